@@ -1,0 +1,43 @@
+# sonoguide — one-command workflows. `make test` does all of its own set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: setup sysdeps test demo lint model eval bench clean
+
+setup: $(STAMP)
+
+# Re-install only when the project metadata changed: `make setup` is fast when nothing did.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+sysdeps:
+	@scripts/ensure-system-deps.sh
+
+test: sysdeps setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: sysdeps setup
+	$(VENV)/bin/sonoguide demo $(DEMO_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check firmware_bridge service sim models tests scripts
+	$(VENV)/bin/ruff format --check firmware_bridge service sim models tests scripts
+	$(VENV)/bin/mypy firmware_bridge service sim models
+
+model: setup
+	$(PY) -m pip install --quiet -e '.[dev,train]'
+	$(VENV)/bin/sonoguide-train $(MODEL_ARGS)
+
+eval: sysdeps setup
+	$(VENV)/bin/sonoguide eval $(EVAL_ARGS)
+
+bench: sysdeps setup
+	$(VENV)/bin/sonoguide bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

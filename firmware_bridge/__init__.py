@@ -1,0 +1,1 @@
+"""Probe firmware bridge: wire protocol, host link, reference probe emulator, probe CLI."""

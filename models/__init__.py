@@ -1,0 +1,1 @@
+"""Model artifacts and the code that makes them (dataset, training, export, quantization)."""

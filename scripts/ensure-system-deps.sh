@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Makes sure the system packages the test bench needs are present: a real mosquitto broker and its
+# clients, and libusb (librealsense loads it even to play back recordings). Installs them with apt-get
+# when running as root; otherwise prints the exact command and fails.
+set -euo pipefail
+
+packages=(mosquitto mosquitto-clients libusb-1.0-0)
+missing=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || missing+=(libusb-1.0-0)
+
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing system packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  exit 0
+fi
+
+echo "missing system packages: ${missing[*]}" >&2
+echo "run:  sudo apt-get update && sudo apt-get install -y ${packages[*]}" >&2
+exit 1

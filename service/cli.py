@@ -1,0 +1,56 @@
+"""The `sonoguide` command: one table of subcommands, each living in its own small module.
+
+A command module provides ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported
+when the parser is built, so they must keep heavy imports (ONNX Runtime, librealsense) inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from service import __version__
+from service.logsetup import setup_logging
+
+# name -> (module, one-line help). The only place a subcommand is registered.
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sonoguide",
+        description="Smart ultrasound acquisition assistant (advisory guidance, not diagnosis).",
+    )
+    parser.add_argument("--version", action="version", version=f"sonoguide {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("--log-format", choices=["auto", "human", "journal"], default="auto")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        cmd_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(cmd_parser)
+        cmd_parser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    setup_logging(
+        level=min(level, logging.INFO) if args.command in {"run", "demo"} else level, fmt=args.log_format
+    )
+    try:
+        return int(args._module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Shared fixtures: a real mosquitto broker, extra brokers with custom configs, and pty pairs.
+
+Later test modules reuse these; nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from firmware_bridge.ptyport import PtyPair
+from service.localbroker import DEFAULT_CONFIG, LocalBroker
+
+# Brokers started for the running test, so their logs can be attached when it fails.
+_brokers_in_test: list[LocalBroker] = []
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    """One real broker for the whole session: anonymous, on a free loopback port."""
+    broker = LocalBroker(workdir=tmp_path_factory.mktemp("mosquitto"), name="session-broker").start()
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+def broker(mosquitto: LocalBroker) -> Iterator[LocalBroker]:
+    """The session broker, with its log attached to this test's report if the test fails."""
+    if not mosquitto.running:  # a previous test may have stopped it to test reconnection
+        mosquitto.start()
+    _brokers_in_test.append(mosquitto)
+    yield mosquitto
+    _brokers_in_test.remove(mosquitto)
+
+
+@pytest.fixture
+def start_broker(tmp_path: Path) -> Iterator[Callable[..., LocalBroker]]:
+    """Factory for extra brokers: ``start_broker(config=..., name=...)``; config may use {port} and {dir}."""
+    started: list[LocalBroker] = []
+
+    def _start(
+        config: str = DEFAULT_CONFIG, name: str = "extra", port: int | None = None, start: bool = True
+    ) -> LocalBroker:
+        b = LocalBroker(
+            config=config, port=port, workdir=tmp_path / f"broker-{name}-{len(started)}", name=name
+        )
+        started.append(b)
+        _brokers_in_test.append(b)
+        return b.start() if start else b
+
+    yield _start
+    for b in started:
+        b.close()
+        _brokers_in_test.remove(b)
+
+
+@pytest.fixture
+def pty_pair() -> Iterator[PtyPair]:
+    """A pseudo-terminal: ``.device_fd`` plays the probe, ``.host_path`` is opened with pyserial."""
+    pair = PtyPair()
+    yield pair
+    pair.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for b in _brokers_in_test:
+            report.sections.append((f"mosquitto log ({b.name}, port {b.port})", b.log_text()[-8000:]))
