@@ -1,0 +1,279 @@
+"""The shipped broker configuration, run for real: the display's TLS listener with passwords and ACL,
+and the bridge to a site broker. Two real mosquitto instances; throwaway certificates from openssl."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from service.localbroker import LocalBroker, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "systemd" / "mosquitto"
+DEVICE = "sonoguide-01"
+ROOT = f"sonoguide/{DEVICE}"
+
+
+def render(text: str, replacements: dict[str, str]) -> str:
+    """Template a shipped config for the test; every placeholder must be there (no silent drift)."""
+    for old, new in replacements.items():
+        assert old in text, f"the shipped config no longer contains {old!r}"
+        text = text.replace(old, new)
+    return text
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate for the bridge."""
+    if not shutil.which("openssl"):
+        pytest.fail("openssl is needed to make test certificates (apt-get install openssl)")
+    d = tmp_path_factory.mktemp("pki")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        cwd=d,
+    )
+    for name, cn, ext in [
+        ("server", "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ("bridge", DEVICE, "extendedKeyUsage=clientAuth"),
+    ]:
+        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
+        (d / f"{name}.ext").write_text(ext + "\n")
+        _openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d,
+        )  # fmt: skip
+    shutil.copy(d / "ca.crt", d / "site-ca.crt")
+    return d
+
+
+class Recorder:
+    """A real MQTT client that records (topic, payload) and can wait for a given message."""
+
+    def __init__(self, port: int, client_id: str, **tls: str) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self._cond = threading.Condition()
+        self.connect_rc: mqtt.ReasonCode | None = None
+        self._connected = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if tls.get("username"):
+            self.client.username_pw_set(tls["username"], tls.get("password"))
+        if tls.get("ca"):
+            self.client.tls_set(ca_certs=tls["ca"])
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.port = port
+
+    def _on_connect(self, c: mqtt.Client, u: object, f: object, rc: mqtt.ReasonCode, p: object) -> None:
+        self.connect_rc = rc
+        self._connected.set()
+
+    def _on_message(self, c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+        with self._cond:
+            self.messages.append((msg.topic, msg.payload))
+            self._cond.notify_all()
+
+    def connect(self, timeout: float = 5.0) -> bool:
+        self.client.connect("127.0.0.1", self.port)
+        self.client.loop_start()
+        assert self._connected.wait(timeout), "no CONNACK"
+        assert self.connect_rc is not None
+        return not self.connect_rc.is_failure
+
+    def subscribe(self, topic: str) -> None:
+        done = threading.Event()
+        self.client.on_subscribe = lambda *a: done.set()
+        self.client.subscribe(topic, qos=1)
+        assert done.wait(5), f"no SUBACK for {topic}"
+
+    def publish(self, topic: str, payload: bytes | str) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def wait_for(self, topic: str, payload: bytes, timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (topic, payload) not in self.messages:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def topics(self) -> set[str]:
+        with self._cond:
+            return {t for t, _ in self.messages}
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _device_broker_config(pki: Path, tls_port: int) -> str:
+    return render(
+        (CONF_DIR / "sonoguide-local.conf").read_text(),
+        {
+            "listener 1883 127.0.0.1": "listener {port} 127.0.0.1",
+            "listener 8883\n": f"listener {tls_port} 127.0.0.1\n",
+            "/etc/mosquitto/sonoguide/": f"{pki}/",
+        },
+    )
+
+
+@pytest.fixture
+def display_broker(pki: Path, start_broker: Callable[..., LocalBroker]) -> tuple[LocalBroker, int]:
+    """The device broker with the shipped listener config, ACL and a password file for display-1."""
+    shutil.copy(CONF_DIR / "sonoguide.acl", pki / "acl")
+    passwd = pki / "passwd"
+    passwd.unlink(missing_ok=True)
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "display-1", "s3cret"], check=True)
+    tls_port = free_port()
+    return start_broker(config=_device_broker_config(pki, tls_port), name="device"), tls_port
+
+
+def test_display_reads_guidance_and_status_and_sends_commands_nothing_else(
+    pki: Path, display_broker: tuple[LocalBroker, int], clients: list[Recorder]
+) -> None:
+    broker, tls_port = display_broker
+    daemon = Recorder(broker.port, "daemon")
+    display = Recorder(tls_port, "display-1", username="display-1", password="s3cret", ca=str(pki / "ca.crt"))
+    clients += [daemon, display]
+    assert daemon.connect() and display.connect()
+    daemon.subscribe("sonoguide/#")
+    display.subscribe("#")
+
+    for topic in ["guidance", "status", "available", "settings", "events", "frame", "reply/display-1/r1",
+                  "reply/display-2/r1", "cmd/set_gain"]:  # fmt: skip
+        daemon.publish(f"{ROOT}/{topic}", b"x")
+    daemon.publish("other/topic", b"x")
+    daemon.publish(f"{ROOT}/status", b"end")  # after everything else: once it arrives, all has
+    assert display.wait_for(f"{ROOT}/status", b"end")
+    assert display.topics() == {
+        f"{ROOT}/{t}" for t in ["guidance", "status", "available", "reply/display-1/r1"]
+    }
+
+    for topic in ["guidance", "status", "settings", "events", "reply/display-2/r1", "cmd/set_gain"]:
+        display.publish(f"{ROOT}/{topic}", b"from-display")
+    display.publish("other/topic", b"from-display")
+    display.publish(f"{ROOT}/cmd/ping", b"end")
+    assert daemon.wait_for(f"{ROOT}/cmd/ping", b"end")
+    from_display = {t for t, p in daemon.messages if p == b"from-display"}
+    assert from_display == {f"{ROOT}/cmd/set_gain"}
+
+
+def test_tls_listener_refuses_clients_without_credentials(
+    pki: Path, display_broker: tuple[LocalBroker, int], clients: list[Recorder]
+) -> None:
+    broker, tls_port = display_broker
+    daemon = Recorder(broker.port, "daemon")
+    clients.append(daemon)
+    assert daemon.connect()
+    daemon.subscribe(f"{ROOT}/cmd/#")
+    ca = str(pki / "ca.crt")
+    for name, creds in [
+        ("anonymous", {}),
+        ("wrong-password", {"username": "display-1", "password": "guess"}),
+    ]:
+        intruder = Recorder(tls_port, name, ca=ca, **creds)
+        clients.append(intruder)
+        assert not intruder.connect(), f"{name} client was accepted on the TLS listener"
+        assert intruder.connect_rc is not None and intruder.connect_rc.value in (0x86, 0x87, 0x04, 0x05)
+        intruder.client.publish(f"{ROOT}/cmd/set_gain", b"intruder", qos=1)
+    # A legitimate display's command after the intruders' shows the listener works and theirs never came.
+    display = Recorder(tls_port, "display-1", username="display-1", password="s3cret", ca=ca)
+    clients.append(display)
+    assert display.connect()
+    display.publish(f"{ROOT}/cmd/ping", b"ok")
+    assert daemon.wait_for(f"{ROOT}/cmd/ping", b"ok")
+    assert (f"{ROOT}/cmd/set_gain", b"intruder") not in daemon.messages
+    # Plain MQTT on the TLS port is no way round it.
+    plain = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plain", protocol=mqtt.MQTTv5)
+    plain.username_pw_set("display-1", "s3cret")
+    with pytest.raises(OSError):
+        plain.connect("127.0.0.1", tls_port)
+        plain.loop(timeout=2)
+        plain.loop(timeout=2)
+        if not plain.is_connected():
+            raise OSError("no plain-text CONNACK on the TLS listener")
+
+
+def test_bridge_carries_status_and_events_up_and_commands_down_never_guidance_or_frames(
+    pki: Path, start_broker: Callable[..., LocalBroker], clients: list[Recorder]
+) -> None:
+    site_tls = free_port()
+    site = start_broker(
+        config=(
+            "per_listener_settings true\n"
+            "listener {port} 127.0.0.1\nallow_anonymous true\n"
+            f"listener {site_tls} 127.0.0.1\n"
+            f"cafile {pki}/ca.crt\ncertfile {pki}/server.crt\nkeyfile {pki}/server.key\n"
+            "require_certificate true\nuse_identity_as_username true\n"
+        ),
+        name="site",
+    )
+    bridge = render(
+        (CONF_DIR / "sonoguide-bridge.conf").read_text(),
+        {"site-broker.example.org:8883": f"127.0.0.1:{site_tls}", "/etc/mosquitto/sonoguide/": f"{pki}/"},
+    )
+    device = start_broker(config=_device_broker_config(pki, free_port()) + bridge, name="device")
+    up = Recorder(site.port, "site-app")
+    local = Recorder(device.port, "daemon")
+    clients += [up, local]
+    assert up.connect() and local.connect()
+    up.subscribe("sonoguide/#")
+    local.subscribe("sonoguide/#")
+
+    # The bridge connects in the background: probe both directions until each crosses once.
+    deadline = time.monotonic() + 15
+    crossed_up = crossed_down = False
+    while not (crossed_up and crossed_down):
+        assert time.monotonic() < deadline, f"the bridge did not connect\n{device.log_text()[-3000:]}"
+        if not crossed_up:
+            local.publish(f"{ROOT}/status", b"probe")
+            crossed_up = up.wait_for(f"{ROOT}/status", b"probe", timeout=0.5)
+        if not crossed_down:
+            up.publish(f"{ROOT}/cmd/ping", b"probe")
+            crossed_down = local.wait_for(f"{ROOT}/cmd/ping", b"probe", timeout=0.5)
+
+    for topic in ["guidance", "frame", "frames/0", "settings", "status", "events", "available",
+                  "reply/display-1/r1", "reply/site/r1"]:  # fmt: skip
+        local.publish(f"{ROOT}/{topic}", b"from-device")
+    local.publish(f"{ROOT}/status", b"end")
+    assert up.wait_for(f"{ROOT}/status", b"end")
+    went_up = {t for t, p in up.messages if p == b"from-device"}
+    assert went_up == {f"{ROOT}/{t}" for t in ["status", "events", "available", "reply/site/r1"]}
+
+    for topic in ["cmd/set_gain", "guidance", "status", "settings", "frame"]:
+        up.publish(f"{ROOT}/{topic}", b"from-site")
+    up.publish(f"{ROOT}/cmd/ping", b"end")
+    assert local.wait_for(f"{ROOT}/cmd/ping", b"end")
+    came_down = {t for t, p in local.messages if p == b"from-site"}
+    assert came_down == {f"{ROOT}/cmd/set_gain"}
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Recorder]]:
+    made: list[Recorder] = []
+    yield made
+    for c in made:
+        c.close()
