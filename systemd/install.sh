@@ -81,11 +81,8 @@ dir() {  # dir MODE PATH
 # --- user and group (systemd-sysusers is idempotent and supports --root) -------------------------
 put 0644 "$SRC/systemd/sonoguide.sysusers" /etc/sysusers.d/sonoguide.conf
 if command -v systemd-sysusers >/dev/null 2>&1; then
-  if [ -n "$ROOT" ]; then
-    systemd-sysusers --root="$ROOT" /etc/sysusers.d/sonoguide.conf >/dev/null
-  else
-    systemd-sysusers /etc/sysusers.d/sonoguide.conf
-  fi
+  # With --root the file argument is still a host path.
+  systemd-sysusers --root="${ROOT:-/}" "$ROOT/etc/sysusers.d/sonoguide.conf" 2>&1 | sed 's/^/install.sh: /' >&2
 else
   echo "install.sh: systemd-sysusers not found (Debian/Ubuntu: apt-get install systemd)" >&2
   exit 1

@@ -1,0 +1,189 @@
+"""``sonoguide doctor [--json]``: is everything the daemon needs here? One line per check, with what to
+do when one fails; exit status 1 when any fails.
+
+The config is read as raw TOML with the contract's keys and defaults (docs/architecture.md, "Config
+file"); the validated loader in service/config.py can take its place later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from service.doctor_checks import (
+    CheckResult,
+    check_broker,
+    check_camera,
+    check_credentials,
+    check_model_files,
+    check_model_runtime,
+    check_probe_port,
+    find_shipped_model,
+)
+
+DEFAULT_CONFIG_PATH = Path("/etc/sonoguide/config.toml")
+# Where systemd's LoadCredential= takes the secrets from (the service sees $CREDENTIALS_DIRECTORY).
+DEFAULT_CREDSTORE = Path("/etc/credstore")
+MODELS_ROOT = Path(__file__).resolve().parents[1] / "models"
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "device": {"id": "sonoguide-01"},
+    "probe": {"port": "/dev/sonoguide-probe"},
+    "camera": {
+        "source": "none",
+        "serial": "",
+        "recording": "",
+        "calibration": "/var/lib/sonoguide/camera-calibration.json",
+    },
+    "model": {"dir": "", "providers": ["tensorrt", "cuda", "cpu"], "engine_cache": "/var/lib/sonoguide/trt-cache"},
+    "mqtt": {
+        "host": "127.0.0.1",
+        "port": 1883,
+        "username": "",
+        "tls": False,
+        "ca_file": "",
+        "cert_file": "",
+        "key_file": "",
+    },
+    "auto": {"gain": True, "depth": True, "manual_pause_s": 10.0},
+    "guidance": {"good_quality": 0.8, "capture_after_s": 1.0},
+}
+
+
+class ConfigFileError(ValueError):
+    pass
+
+
+def load_raw_config(path: Path) -> dict[str, dict[str, Any]]:
+    """The config file merged over the defaults; a syntax error names the file and the problem."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError(f"{path} is not valid TOML: {exc}") from exc
+    merged = copy.deepcopy(DEFAULTS)
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigFileError(f"{path}: '{section}' must be a [section]")
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def run_checks(
+    config: Mapping[str, Mapping[str, Any]],
+    credentials_dir: Path | None,
+    env_password: str | None,
+    models_root: Path = MODELS_ROOT,
+    timeout: float = 3.0,
+) -> list[CheckResult]:
+    """Every check, in the order a technician would fix things."""
+    results = [check_probe_port(str(config["probe"]["port"]))]
+    cam = config["camera"]
+    results.append(check_camera(str(cam["source"]), str(cam["serial"]), str(cam["recording"])))
+    model = config["model"]
+    model_result = check_model_files(str(model["dir"]), models_root)
+    results.append(model_result)
+    results.append(check_model_runtime(_model_file(str(model["dir"]), models_root), list(model["providers"])))
+    mqtt = config["mqtt"]
+    cred_result, password = check_credentials(
+        str(mqtt["username"]),
+        credentials_dir,
+        env_password,
+        bool(mqtt["tls"]),
+        str(mqtt["cert_file"]),
+        str(mqtt["key_file"]),
+    )
+    results.append(cred_result)
+    key_file = str(mqtt["key_file"])
+    if credentials_dir is not None and (credentials_dir / "mqtt-tls-key").exists():
+        key_file = str(credentials_dir / "mqtt-tls-key")
+    results.append(
+        check_broker(
+            str(mqtt["host"]),
+            int(mqtt["port"]),
+            str(mqtt["username"]),
+            password,
+            bool(mqtt["tls"]),
+            str(mqtt["ca_file"]),
+            str(mqtt["cert_file"]),
+            key_file,
+            timeout=timeout,
+        )
+    )
+    return results
+
+
+def _model_file(model_dir: str, models_root: Path) -> Path | None:
+    """The .onnx file a model folder's manifest lists, if there is one."""
+    folder = Path(model_dir) if model_dir else find_shipped_model(models_root)
+    try:
+        files = json.loads((folder / "manifest.json").read_text())["files"] if folder else {}
+        onnx = sorted(n for n in files if str(n).endswith(".onnx"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return folder / onnx[0] if folder and onnx and (folder / onnx[0]).is_file() else None
+
+
+def format_line(result: CheckResult) -> str:
+    line = f"[{' OK ' if result.ok else 'FAIL'}] {result.name}: {result.detail}"
+    if result.fix:
+        line += f"\n       {'fix' if not result.ok else 'hint'}: {result.fix}"
+    return line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, default=None, help=f"config file (default: {DEFAULT_CONFIG_PATH})"
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument(
+        "--credentials-dir",
+        type=Path,
+        default=None,
+        help=f"where the secrets are (default: $CREDENTIALS_DIRECTORY, else {DEFAULT_CREDSTORE})",
+    )
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the broker")
+
+
+def run(args: argparse.Namespace) -> int:
+    config_path: Path = args.config or DEFAULT_CONFIG_PATH
+    results: list[CheckResult] = []
+    if config_path.is_file():
+        try:
+            config = load_raw_config(config_path)
+            results.append(CheckResult("config", True, f"read {config_path}"))
+        except (ConfigFileError, OSError) as exc:
+            config = copy.deepcopy(DEFAULTS)
+            results.append(CheckResult("config", False, str(exc), "fix the file, then run doctor again"))
+    else:
+        config = copy.deepcopy(DEFAULTS)
+        results.append(
+            CheckResult(
+                "config",
+                False,
+                f"no config file at {config_path}; checking with the built-in defaults",
+                "install one with systemd/install.sh, or pass --config FILE",
+            )
+        )
+    cred_env = os.environ.get("CREDENTIALS_DIRECTORY")
+    credentials_dir = args.credentials_dir or (Path(cred_env) if cred_env else DEFAULT_CREDSTORE)
+    results += run_checks(
+        config, credentials_dir, os.environ.get("SONOGUIDE_MQTT_PASSWORD") or None, timeout=args.timeout
+    )
+    failed = [r.name for r in results if not r.ok]
+    if args.json:
+        print(json.dumps({"ok": not failed, "checks": [r.as_dict() for r in results]}, indent=2))
+    else:
+        for r in results:
+            print(format_line(r))
+        print(f"{len(results) - len(failed)} of {len(results)} checks passed" + (f"; failing: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0

@@ -1,0 +1,433 @@
+"""The health checks behind ``sonoguide doctor``: each takes explicit targets and returns a CheckResult.
+
+Every failing result says in plain words what is wrong (``detail``) and what to do (``fix``), for a
+field technician rather than a developer. Heavy libraries are imported inside the checks that need them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import stat
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# Config names of execution providers -> ONNX Runtime names (docs/architecture.md, [model] providers).
+PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+UDEV_RULES = "/etc/udev/rules.d/99-sonoguide.rules"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str  # what was found, in plain words
+    fix: str = ""  # what to do (for a failure), or a hint (for a degraded pass)
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+# --- probe ----------------------------------------------------------------------------------------
+
+
+def check_probe_port(port: str) -> CheckResult:
+    """The probe's serial port exists, is a terminal we may read and write, and is not in use."""
+    import serial  # pyserial: light, but only this check needs it
+
+    name = "probe port"
+    if not port:
+        return CheckResult(name, False, "no probe port is configured", "set [probe] port in the config")
+    if "://" in port:  # a pyserial URL (socket://, rfc2217://): the emulator or a network bridge
+        try:
+            serial.serial_for_url(port, timeout=0.5, do_not_open=False).close()
+        except (serial.SerialException, ValueError, OSError) as exc:
+            return CheckResult(
+                name, False, f"cannot open probe URL {port}: {exc}", "check the address and that it is running"
+            )
+        return CheckResult(name, True, f"opened {port}")
+    path = Path(port)
+    if not path.exists():
+        dangling = " (the link exists but its device is gone)" if path.is_symlink() else ""
+        return CheckResult(
+            name,
+            False,
+            f"probe port {port} does not exist{dangling}: the probe is not connected or not recognised",
+            "plug in the probe's USB cable; if it is plugged in, compare `lsusb` with the vendor/product "
+            f"IDs in {UDEV_RULES}, then `udevadm control --reload-rules && udevadm trigger`",
+        )
+    st = path.stat()
+    if not stat.S_ISCHR(st.st_mode):
+        return CheckResult(
+            name, False, f"{port} is not a serial device", "set [probe] port to the probe's serial device"
+        )
+    if not os.access(path, os.R_OK | os.W_OK):
+        return CheckResult(
+            name,
+            False,
+            f"no permission to read and write {port} (mode {stat.filemode(st.st_mode)}, group id {st.st_gid})",
+            f"the udev rule ({UDEV_RULES}) gives group sonoguide access; run doctor as the service user: "
+            "sudo -u sonoguide sonoguide doctor",
+        )
+    try:
+        # exclusive: a second opener (a running service, a terminal program) is reported, not disturbed.
+        serial.Serial(port, timeout=0.2, exclusive=True).close()
+    except (serial.SerialException, OSError) as exc:
+        busy = "busy" in str(exc).lower() or "lock" in str(exc).lower()
+        return CheckResult(
+            name,
+            False,
+            f"cannot open {port}: {'it is in use by another program' if busy else exc}",
+            "stop the other program (is the sonoguide service running? `systemctl stop sonoguide`)"
+            if busy
+            else "unplug and replug the probe; see `journalctl -k | tail` for USB errors",
+        )
+    return CheckResult(name, True, f"{port} opens for reading and writing")
+
+
+# --- camera ---------------------------------------------------------------------------------------
+
+
+def check_camera(source: str, serial_number: str = "", recording: str = "") -> CheckResult:
+    """The configured camera source: a connected RealSense (by serial) or a readable recording."""
+    name = "camera"
+    if source == "none":
+        return CheckResult(name, True, "camera disabled in the config (source = none): guidance uses the image only")
+    if source == "recording":
+        return _check_recording(recording)
+    if source != "realsense":
+        return CheckResult(
+            name, False, f"unknown camera source {source!r}", 'set [camera] source to "none", "realsense" or "recording"'
+        )
+    try:
+        import pyrealsense2 as rs
+    except ImportError as exc:
+        return CheckResult(
+            name, False, f"the RealSense library is not installed ({exc})", "install pyrealsense2 (docs/jetson.md)"
+        )
+    try:
+        devices = rs.context().query_devices()
+        found = [d.get_info(rs.camera_info.serial_number) for d in devices]
+    except RuntimeError as exc:
+        return CheckResult(name, False, f"cannot list RealSense cameras: {exc}", "replug the camera; check `lsusb`")
+    if not found:
+        return CheckResult(
+            name,
+            False,
+            "no RealSense camera found on USB",
+            "plug the camera into a USB 3 port with its own cable; `lsusb | grep 8086` must list it; "
+            f"the udev rules in {UDEV_RULES} give the service access",
+        )
+    if serial_number and serial_number not in found:
+        return CheckResult(
+            name,
+            False,
+            f"RealSense {serial_number} not found; connected: {', '.join(found)}",
+            "set [camera] serial to the connected camera's serial number",
+        )
+    return CheckResult(name, True, f"RealSense connected: {', '.join(found)}")
+
+
+def _check_recording(recording: str) -> CheckResult:
+    name = "camera"
+    if not recording:
+        return CheckResult(
+            name, False, "camera source is a recording but no file is set", "set [camera] recording to a .db3 file"
+        )
+    path = Path(recording)
+    if not path.is_file():
+        return CheckResult(
+            name, False, f"camera recording {recording} does not exist", "set [camera] recording to an existing file"
+        )
+    if not os.access(path, os.R_OK):
+        return CheckResult(
+            name, False, f"no permission to read camera recording {recording}", "make it readable: chmod a+r FILE"
+        )
+    import pyrealsense2 as rs
+
+    pipe = rs.pipeline()
+    cfg = rs.config()
+    try:
+        cfg.enable_device_from_file(str(path), repeat_playback=False)
+        profile = pipe.start(cfg)
+        profile.get_device().as_playback().set_real_time(False)
+        streams = sorted(s.stream_name() for s in profile.get_streams())
+        pipe.stop()
+    except RuntimeError as exc:
+        return CheckResult(
+            name, False, f"camera recording {recording} cannot be played back: {exc}", "record it again"
+        )
+    return CheckResult(name, True, f"recording {path.name} plays back ({', '.join(streams)})")
+
+
+# --- model ----------------------------------------------------------------------------------------
+
+
+def find_shipped_model(models_root: Path) -> Path | None:
+    """The newest ``<name>/<version>/`` folder with a manifest.json under the shipped models package."""
+    manifests = sorted(models_root.glob("*/*/manifest.json"))
+    return manifests[-1].parent if manifests else None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_model_files(model_dir: str, models_root: Path) -> CheckResult:
+    """The model folder has a manifest and every file it lists is present with the listed sha256."""
+    name = "model"
+    if model_dir:
+        folder = Path(model_dir)
+        if not folder.is_dir():
+            return CheckResult(
+                name, False, f"model folder {model_dir} does not exist", "set [model] dir to an installed model version"
+            )
+    else:
+        found = find_shipped_model(models_root)
+        if found is None:
+            return CheckResult(
+                name,
+                False,
+                f"no model is installed: this build ships none yet (no <name>/<version>/manifest.json in {models_root})",
+                "build it with `make model`, or set [model] dir to a model version folder",
+            )
+        folder = found
+    manifest_path = folder / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        if not isinstance(files, dict) or not files:
+            raise ValueError("'files' must map file names to sha256 hashes")
+    except FileNotFoundError:
+        return CheckResult(name, False, f"{manifest_path} is missing", "reinstall the model version")
+    except (ValueError, KeyError, TypeError) as exc:
+        return CheckResult(name, False, f"{manifest_path} is not a valid manifest: {exc}", "reinstall the model")
+    for file_name, expected in files.items():
+        path = folder / file_name
+        if not path.is_file():
+            return CheckResult(name, False, f"model file {file_name} is missing in {folder}", "reinstall the model")
+        if _sha256(path) != str(expected).lower():
+            return CheckResult(
+                name,
+                False,
+                f"model file {file_name} is damaged or was changed (its sha256 does not match the manifest)",
+                "reinstall the model version; do not edit files in the model store",
+            )
+    return CheckResult(name, True, f"{folder} ({len(files)} files, hashes match)")
+
+
+def check_model_runtime(model_file: Path | None, providers: list[str]) -> CheckResult:
+    """ONNX Runtime loads and which configured execution provider actually runs the model.
+
+    TensorRT is not exercised here: building its engine can take minutes and belongs to the service
+    (the engine cache); its availability in this ONNX Runtime build is reported.
+    """
+    name = "model runtime"
+    unknown = [p for p in providers if p not in PROVIDER_NAMES]
+    if unknown or not providers:
+        return CheckResult(
+            name,
+            False,
+            f"unknown execution providers in the config: {unknown or 'none given'}",
+            f"set [model] providers to some of {list(PROVIDER_NAMES)}",
+        )
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return CheckResult(name, False, f"ONNX Runtime is not installed ({exc})", "see docs/jetson.md")
+    ort.set_default_logger_severity(4)  # a missing GPU is reported below, not as a C++ error dump
+    available = set(ort.get_available_providers())
+    wanted = [PROVIDER_NAMES[p] for p in providers]
+    usable = [p for p in wanted if p in available]
+    if not usable:
+        return CheckResult(
+            name,
+            False,
+            f"none of the configured providers ({', '.join(providers)}) is in this ONNX Runtime build",
+            'add "cpu" to [model] providers, or install the GPU build (docs/jetson.md)',
+        )
+    trt_note = "TensorRT available (engine built by the service)" if "TensorrtExecutionProvider" in usable else ""
+    if model_file is None:
+        return CheckResult(
+            name,
+            False,
+            f"ONNX Runtime {ort.__version__} has {', '.join(usable)}, but there is no model to load",
+            "install a model (see the model check)",
+        )
+    session_providers = [p for p in usable if p != "TensorrtExecutionProvider"] or ["CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(str(model_file), providers=session_providers)
+    except Exception as exc:  # ORT raises its own exception types from C++
+        return CheckResult(
+            name, False, f"ONNX Runtime cannot load {model_file.name}: {exc}", "reinstall the model version"
+        )
+    running = session.get_providers()[0]
+    detail = f"{model_file.name} loads; runs on {running}" + (f"; {trt_note}" if trt_note else "")
+    gpu_wanted = any(p in wanted for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider"))
+    if gpu_wanted and running == "CPUExecutionProvider":
+        return CheckResult(
+            name,
+            True,
+            detail + " (no usable GPU: slower guidance)",
+            "on a Jetson install NVIDIA's onnxruntime-gpu wheel and check `nvpmodel -q` (docs/jetson.md)",
+        )
+    return CheckResult(name, True, detail)
+
+
+# --- credentials and broker -----------------------------------------------------------------------
+
+
+def find_credential(name: str, credentials_dir: Path | None) -> Path | None:
+    if credentials_dir is None:
+        return None
+    path = credentials_dir / name
+    return path if path.exists() else None
+
+
+def check_credentials(
+    username: str,
+    credentials_dir: Path | None,
+    env_password: str | None,
+    tls: bool = False,
+    cert_file: str = "",
+    key_file: str = "",
+) -> tuple[CheckResult, str | None]:
+    """A password exists when a username is set, and secret files are readable by their owner only.
+
+    Returns the result and the password found (for the broker check); the password is never printed.
+    """
+    name = "credentials"
+    where = str(credentials_dir) if credentials_dir else "$CREDENTIALS_DIRECTORY"
+    password: str | None = None
+    found: list[str] = []
+    if username:
+        cred = find_credential("mqtt-password", credentials_dir)
+        if env_password:
+            password, source = env_password, "$SONOGUIDE_MQTT_PASSWORD"
+        elif cred is not None:
+            problem = _secret_file_problem(cred)
+            if problem:
+                return CheckResult(name, False, problem, f"chmod 600 {cred}"), None
+            password, source = cred.read_text().rstrip("\r\n"), str(cred)
+            if not password:
+                return CheckResult(name, False, f"{cred} is empty", f"write the MQTT password into {cred}"), None
+        else:
+            return (
+                CheckResult(
+                    name,
+                    False,
+                    f"MQTT username {username!r} is set but no password was found (no mqtt-password in {where})",
+                    "as root: install -m 600 /dev/stdin /etc/credstore/mqtt-password, type the password, "
+                    "press Ctrl-D; then systemctl restart sonoguide",
+                ),
+                None,
+            )
+        found.append(f"MQTT password for {username!r} from {source}")
+    if tls and cert_file:
+        key = find_credential("mqtt-tls-key", credentials_dir) or (Path(key_file) if key_file else None)
+        if key is None or not key.exists():
+            return (
+                CheckResult(
+                    name,
+                    False,
+                    f"a TLS client certificate is set but its key was not found (no mqtt-tls-key in {where}"
+                    + (f", no {key_file})" if key_file else ")"),
+                    "copy the key to /etc/credstore/mqtt-tls-key with mode 600",
+                ),
+                password,
+            )
+        problem = _secret_file_problem(key)
+        if problem:
+            return CheckResult(name, False, problem, f"chmod 600 {key}"), password
+        found.append(f"TLS client key {key}")
+    if not found:
+        return CheckResult(name, True, "no MQTT credentials configured (anonymous, local broker)"), None
+    return CheckResult(name, True, "; ".join(found)), password
+
+
+def _secret_file_problem(path: Path) -> str:
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    if mode & 0o077:
+        return f"{path} can be read by other users (mode {stat.filemode(mode)})"
+    if not os.access(path, os.R_OK):
+        return f"no permission to read {path}"
+    return ""
+
+
+def check_broker(
+    host: str,
+    port: int,
+    username: str = "",
+    password: str | None = None,
+    tls: bool = False,
+    ca_file: str = "",
+    cert_file: str = "",
+    key_file: str = "",
+    timeout: float = 3.0,
+) -> CheckResult:
+    """A real TCP connection and MQTT CONNECT with the configured credentials."""
+    import paho.mqtt.client as mqtt
+
+    name = "broker"
+    where = f"{host}:{port}" + (" (TLS)" if tls else "")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return CheckResult(
+            name,
+            False,
+            f"cannot reach the MQTT broker at {where}: {exc.strerror or exc}",
+            "start it: systemctl enable --now mosquitto; check [mqtt] host and port",
+        )
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
+    if username:
+        client.username_pw_set(username, password)
+    if tls:
+        client.tls_set(ca_certs=ca_file or None, certfile=cert_file or None, keyfile=key_file or None)
+    done = threading.Event()
+    outcome: list[mqtt.ReasonCode] = []
+
+    def on_connect(c: mqtt.Client, u: object, f: object, rc: mqtt.ReasonCode, p: object) -> None:
+        outcome.append(rc)
+        done.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(host, port, keepalive=10)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        return CheckResult(
+            name, False, f"connection to {where} failed: {exc}", "check [mqtt] tls and ca_file against the broker"
+        )
+    client.loop_start()
+    try:
+        answered = done.wait(timeout)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if not answered:
+        return CheckResult(
+            name, False, f"{where} accepts connections but sent no MQTT answer", "is it an MQTT broker? TLS port?"
+        )
+    rc = outcome[0]
+    if rc.is_failure:
+        return CheckResult(
+            name,
+            False,
+            f"the broker at {where} refused the connection: {rc}",
+            "check [mqtt] username and the password in /etc/credstore/mqtt-password against the broker",
+        )
+    return CheckResult(name, True, f"connected to {where}" + (f" as {username!r}" if username else ""))
