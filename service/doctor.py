@@ -41,7 +41,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "recording": "",
         "calibration": "/var/lib/sonoguide/camera-calibration.json",
     },
-    "model": {"dir": "", "providers": ["tensorrt", "cuda", "cpu"], "engine_cache": "/var/lib/sonoguide/trt-cache"},
+    "model": {
+        "dir": "",
+        "providers": ["tensorrt", "cuda", "cpu"],
+        "engine_cache": "/var/lib/sonoguide/trt-cache",
+    },
     "mqtt": {
         "host": "127.0.0.1",
         "port": 1883,
@@ -185,5 +189,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         for r in results:
             print(format_line(r))
-        print(f"{len(results) - len(failed)} of {len(results)} checks passed" + (f"; failing: {', '.join(failed)}" if failed else ""))
+        print(
+            f"{len(results) - len(failed)} of {len(results)} checks passed"
+            + (f"; failing: {', '.join(failed)}" if failed else "")
+        )
     return 1 if failed else 0

@@ -50,7 +50,10 @@ def check_probe_port(port: str) -> CheckResult:
             serial.serial_for_url(port, timeout=0.5, do_not_open=False).close()
         except (serial.SerialException, ValueError, OSError) as exc:
             return CheckResult(
-                name, False, f"cannot open probe URL {port}: {exc}", "check the address and that it is running"
+                name,
+                False,
+                f"cannot open probe URL {port}: {exc}",
+                "check the address and that it is running",
             )
         return CheckResult(name, True, f"opened {port}")
     path = Path(port)
@@ -99,24 +102,34 @@ def check_camera(source: str, serial_number: str = "", recording: str = "") -> C
     """The configured camera source: a connected RealSense (by serial) or a readable recording."""
     name = "camera"
     if source == "none":
-        return CheckResult(name, True, "camera disabled in the config (source = none): guidance uses the image only")
+        return CheckResult(
+            name, True, "camera disabled in the config (source = none): guidance uses the image only"
+        )
     if source == "recording":
         return _check_recording(recording)
     if source != "realsense":
         return CheckResult(
-            name, False, f"unknown camera source {source!r}", 'set [camera] source to "none", "realsense" or "recording"'
+            name,
+            False,
+            f"unknown camera source {source!r}",
+            'set [camera] source to "none", "realsense" or "recording"',
         )
     try:
         import pyrealsense2 as rs
     except ImportError as exc:
         return CheckResult(
-            name, False, f"the RealSense library is not installed ({exc})", "install pyrealsense2 (docs/jetson.md)"
+            name,
+            False,
+            f"the RealSense library is not installed ({exc})",
+            "install pyrealsense2 (docs/jetson.md)",
         )
     try:
         devices = rs.context().query_devices()
         found = [d.get_info(rs.camera_info.serial_number) for d in devices]
     except RuntimeError as exc:
-        return CheckResult(name, False, f"cannot list RealSense cameras: {exc}", "replug the camera; check `lsusb`")
+        return CheckResult(
+            name, False, f"cannot list RealSense cameras: {exc}", "replug the camera; check `lsusb`"
+        )
     if not found:
         return CheckResult(
             name,
@@ -139,16 +152,25 @@ def _check_recording(recording: str) -> CheckResult:
     name = "camera"
     if not recording:
         return CheckResult(
-            name, False, "camera source is a recording but no file is set", "set [camera] recording to a .db3 file"
+            name,
+            False,
+            "camera source is a recording but no file is set",
+            "set [camera] recording to a .db3 file",
         )
     path = Path(recording)
     if not path.is_file():
         return CheckResult(
-            name, False, f"camera recording {recording} does not exist", "set [camera] recording to an existing file"
+            name,
+            False,
+            f"camera recording {recording} does not exist",
+            "set [camera] recording to an existing file",
         )
     if not os.access(path, os.R_OK):
         return CheckResult(
-            name, False, f"no permission to read camera recording {recording}", "make it readable: chmod a+r FILE"
+            name,
+            False,
+            f"no permission to read camera recording {recording}",
+            "make it readable: chmod a+r FILE",
         )
     import pyrealsense2 as rs
 
@@ -191,7 +213,10 @@ def check_model_files(model_dir: str, models_root: Path) -> CheckResult:
         folder = Path(model_dir)
         if not folder.is_dir():
             return CheckResult(
-                name, False, f"model folder {model_dir} does not exist", "set [model] dir to an installed model version"
+                name,
+                False,
+                f"model folder {model_dir} does not exist",
+                "set [model] dir to an installed model version",
             )
     else:
         found = find_shipped_model(models_root)
@@ -212,11 +237,15 @@ def check_model_files(model_dir: str, models_root: Path) -> CheckResult:
     except FileNotFoundError:
         return CheckResult(name, False, f"{manifest_path} is missing", "reinstall the model version")
     except (ValueError, KeyError, TypeError) as exc:
-        return CheckResult(name, False, f"{manifest_path} is not a valid manifest: {exc}", "reinstall the model")
+        return CheckResult(
+            name, False, f"{manifest_path} is not a valid manifest: {exc}", "reinstall the model"
+        )
     for file_name, expected in files.items():
         path = folder / file_name
         if not path.is_file():
-            return CheckResult(name, False, f"model file {file_name} is missing in {folder}", "reinstall the model")
+            return CheckResult(
+                name, False, f"model file {file_name} is missing in {folder}", "reinstall the model"
+            )
         if _sha256(path) != str(expected).lower():
             return CheckResult(
                 name,
@@ -257,7 +286,9 @@ def check_model_runtime(model_file: Path | None, providers: list[str]) -> CheckR
             f"none of the configured providers ({', '.join(providers)}) is in this ONNX Runtime build",
             'add "cpu" to [model] providers, or install the GPU build (docs/jetson.md)',
         )
-    trt_note = "TensorRT available (engine built by the service)" if "TensorrtExecutionProvider" in usable else ""
+    trt_note = (
+        "TensorRT available (engine built by the service)" if "TensorrtExecutionProvider" in usable else ""
+    )
     if model_file is None:
         return CheckResult(
             name,
@@ -321,7 +352,9 @@ def check_credentials(
                 return CheckResult(name, False, problem, f"chmod 600 {cred}"), None
             password, source = cred.read_text().rstrip("\r\n"), str(cred)
             if not password:
-                return CheckResult(name, False, f"{cred} is empty", f"write the MQTT password into {cred}"), None
+                return CheckResult(
+                    name, False, f"{cred} is empty", f"write the MQTT password into {cred}"
+                ), None
         else:
             return (
                 CheckResult(
@@ -410,7 +443,10 @@ def check_broker(
         client.connect(host, port, keepalive=10)
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         return CheckResult(
-            name, False, f"connection to {where} failed: {exc}", "check [mqtt] tls and ca_file against the broker"
+            name,
+            False,
+            f"connection to {where} failed: {exc}",
+            "check [mqtt] tls and ca_file against the broker",
         )
     client.loop_start()
     try:
@@ -420,7 +456,10 @@ def check_broker(
         client.loop_stop()
     if not answered:
         return CheckResult(
-            name, False, f"{where} accepts connections but sent no MQTT answer", "is it an MQTT broker? TLS port?"
+            name,
+            False,
+            f"{where} accepts connections but sent no MQTT answer",
+            "is it an MQTT broker? TLS port?",
         )
     rc = outcome[0]
     if rc.is_failure:

@@ -91,7 +91,7 @@ class Recorder:
 
     def _on_message(self, c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
         with self._cond:
-            self.messages.append((msg.topic, msg.payload))
+            self.messages.append((msg.topic, bytes(msg.payload)))
             self._cond.notify_all()
 
     def connect(self, timeout: float = 5.0) -> bool:

@@ -1,0 +1,204 @@
+"""`sonoguide doctor`: on a machine with none of the pieces every check fails in plain words; with the
+real pieces (pty, broker, ONNX Runtime session, credential files) the checks pass."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import serial
+
+from firmware_bridge.ptyport import PtyPair
+from service.doctor_checks import (
+    check_broker,
+    check_camera,
+    check_credentials,
+    check_model_files,
+    check_model_runtime,
+    check_probe_port,
+)
+from service.localbroker import LocalBroker, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", "doctor", *args],
+        cwd=REPO,
+        env=dict(env or os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_doctor_names_every_missing_piece_in_plain_words(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[probe]\nport = "{tmp_path}/ttyACM-missing"\n'
+        '[camera]\nsource = "realsense"\n'
+        f'[model]\ndir = "{tmp_path}/no-model"\n'
+        f'[mqtt]\nport = {free_port()}\nusername = "sonoguide"\n'
+    )
+    (tmp_path / "creds").mkdir()
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("SONOGUIDE_MQTT_PASSWORD", "CREDENTIALS_DIRECTORY")
+    }
+    done = _doctor("--config", str(config), "--credentials-dir", str(tmp_path / "creds"), "--json", env=env)
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] is False
+    by_name = {c["name"]: c for c in report["checks"]}
+    expected_words = {
+        "probe port": "does not exist: the probe is not connected",
+        "camera": "no RealSense camera found",
+        "model": "does not exist",
+        "model runtime": "no model to load",
+        "credentials": "no password was found",
+        "broker": "cannot reach the MQTT broker",
+    }
+    assert by_name["config"]["ok"] is True
+    for name, words in expected_words.items():
+        check = by_name[name]
+        assert check["ok"] is False and words in check["detail"], check
+        assert check["fix"], f"{name} fails without saying what to do"
+
+    human = _doctor("--config", str(config), "--credentials-dir", str(tmp_path / "creds"), env=env)
+    assert human.returncode == 1
+    fail_lines = [line for line in human.stdout.splitlines() if line.startswith("[FAIL]")]
+    assert [line.split(":")[0][7:] for line in fail_lines] == list(expected_words)
+    assert "1 of 7 checks passed" in human.stdout
+
+
+def test_doctor_without_a_config_file_says_so(tmp_path: Path) -> None:
+    done = _doctor("--config", str(tmp_path / "absent.toml"), "--json", "--timeout", "0.5")
+    config_check = json.loads(done.stdout)["checks"][0]
+    assert done.returncode == 1
+    assert config_check["name"] == "config" and not config_check["ok"]
+    assert "no config file" in config_check["detail"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[mqtt\nport = 1\n")
+    done = _doctor("--config", str(bad), "--json", "--timeout", "0.5")
+    assert "is not valid TOML" in json.loads(done.stdout)["checks"][0]["detail"]
+
+
+def test_broker_check_passes_against_a_real_broker(broker: LocalBroker) -> None:
+    result = check_broker("127.0.0.1", broker.port, timeout=5)
+    assert result.ok, result
+    assert f"127.0.0.1:{broker.port}" in result.detail
+
+
+def test_broker_check_uses_the_credentials_and_reports_refusal(
+    tmp_path: Path, start_broker: Callable[..., LocalBroker]
+) -> None:
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "sonoguide", "pw-1"], check=True)
+    secured = start_broker(
+        config=f"listener {{port}} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n", name="secured"
+    )
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    secret = creds / "mqtt-password"
+    secret.write_text("pw-1\n")
+    secret.chmod(0o644)
+    result, password = check_credentials("sonoguide", creds, None)
+    assert not result.ok and "can be read by other users" in result.detail and "chmod 600" in result.fix
+    secret.chmod(0o600)
+    result, password = check_credentials("sonoguide", creds, None)
+    assert result.ok and password == "pw-1" and "pw-1" not in result.detail
+    assert check_broker("127.0.0.1", secured.port, "sonoguide", password, timeout=5).ok
+    refused = check_broker("127.0.0.1", secured.port, "sonoguide", "wrong", timeout=5)
+    assert not refused.ok and "refused" in refused.detail and "password" in refused.fix
+    anonymous = check_broker("127.0.0.1", secured.port, timeout=5)
+    assert not anonymous.ok
+
+
+def test_probe_port_check_on_a_real_pty(pty_pair: PtyPair, tmp_path: Path) -> None:
+    assert check_probe_port(pty_pair.host_path).ok
+    with serial.Serial(pty_pair.host_path, exclusive=True):
+        busy = check_probe_port(pty_pair.host_path)
+    assert not busy.ok and "in use by another program" in busy.detail
+    not_a_tty = tmp_path / "file"
+    not_a_tty.write_text("")
+    assert "not a serial device" in check_probe_port(str(not_a_tty)).detail
+    dangling = tmp_path / "sonoguide-probe"
+    dangling.symlink_to(tmp_path / "ttyACM9")
+    assert "its device is gone" in check_probe_port(str(dangling)).detail
+
+
+def test_camera_check_on_recordings(tmp_path: Path) -> None:
+    assert check_camera("none").ok
+    assert "does not exist" in check_camera("recording", recording=str(tmp_path / "x.db3")).detail
+    garbage = tmp_path / "garbage.db3"
+    garbage.write_bytes(b"not a recording" * 10)
+    result = check_camera("recording", recording=str(garbage))
+    assert not result.ok and "cannot be played back" in result.detail
+    assert "unknown camera source" in check_camera("kinect").detail
+
+
+# --- a real (tiny) ONNX model, encoded by hand so the test needs no `onnx` package ------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, value: bytes | int) -> bytes:
+    if isinstance(value, int):
+        return _varint(number << 3) + _varint(value)
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+def identity_model_bytes() -> bytes:
+    """ModelProto: y = Identity(x), x and y float[1, 4], opset 13."""
+    dims = b"".join(_field(1, _field(1, d)) for d in (1, 4))  # TensorShapeProto.dim.dim_value
+    tensor_type = _field(1, _field(1, 1) + _field(2, dims))  # TypeProto.tensor_type(elem FLOAT, shape)
+
+    def value_info(name: bytes) -> bytes:
+        return _field(1, name) + _field(2, tensor_type)
+
+    node = _field(1, b"x") + _field(2, b"y") + _field(4, b"Identity")
+    graph = _field(1, node) + _field(2, b"g") + _field(11, value_info(b"x")) + _field(12, value_info(b"y"))
+    return _field(1, 7) + _field(7, graph) + _field(8, _field(1, b"") + _field(2, 13))
+
+
+def _model_folder(root: Path) -> Path:
+    folder = root / "guide" / "1.0.0"
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(identity_model_bytes())
+    (folder / "card.md").write_text("tiny test model\n")
+    files = {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in ("model.onnx", "card.md")}
+    (folder / "manifest.json").write_text(json.dumps({"name": "guide", "files": files}))
+    return folder
+
+
+def test_model_checks_with_a_real_onnx_runtime_session(tmp_path: Path) -> None:
+    folder = _model_folder(tmp_path / "models")
+    assert check_model_files(str(folder), tmp_path).ok
+    shipped = check_model_files("", tmp_path / "models")  # "" = the newest shipped model
+    assert shipped.ok and str(folder) in shipped.detail
+    runtime = check_model_runtime(folder / "model.onnx", ["tensorrt", "cuda", "cpu"])
+    assert runtime.ok and "runs on" in runtime.detail, runtime
+    assert not check_model_runtime(folder / "model.onnx", ["npu"]).ok
+
+    (folder / "card.md").write_text("edited\n")
+    damaged = check_model_files(str(folder), tmp_path)
+    assert not damaged.ok and "card.md is damaged" in damaged.detail
+    (folder / "model.onnx").write_bytes(b"\x00garbage")
+    broken = check_model_runtime(folder / "model.onnx", ["cpu"])
+    assert not broken.ok and "cannot load model.onnx" in broken.detail
+    (folder / "manifest.json").unlink()
+    assert "manifest.json is missing" in check_model_files(str(folder), tmp_path).detail
+    nothing = check_model_files("", tmp_path / "empty")
+    assert not nothing.ok and "no model is installed" in nothing.detail
