@@ -12,6 +12,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from service.localbroker import LocalBroker, free_port
 
@@ -73,6 +75,7 @@ class Recorder:
 
     def __init__(self, port: int, client_id: str, **tls: str) -> None:
         self.messages: list[tuple[str, bytes]] = []
+        self.response_topics: dict[bytes, str] = {}  # payload -> MQTT 5 response topic it carried
         self._cond = threading.Condition()
         self.connect_rc: mqtt.ReasonCode | None = None
         self._connected = threading.Event()
@@ -92,6 +95,9 @@ class Recorder:
     def _on_message(self, c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
         with self._cond:
             self.messages.append((msg.topic, bytes(msg.payload)))
+            response_topic = getattr(msg.properties, "ResponseTopic", None)
+            if response_topic:
+                self.response_topics[bytes(msg.payload)] = response_topic
             self._cond.notify_all()
 
     def connect(self, timeout: float = 5.0) -> bool:
@@ -107,8 +113,12 @@ class Recorder:
         self.client.subscribe(topic, qos=1)
         assert done.wait(5), f"no SUBACK for {topic}"
 
-    def publish(self, topic: str, payload: bytes | str) -> None:
-        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+    def publish(self, topic: str, payload: bytes | str, response_topic: str = "") -> None:
+        props = None
+        if response_topic:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = response_topic
+        self.client.publish(topic, payload, qos=1, properties=props).wait_for_publish(5)
 
     def wait_for(self, topic: str, payload: bytes, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -265,10 +275,12 @@ def test_bridge_carries_status_and_events_up_and_commands_down_never_guidance_or
 
     for topic in ["cmd/set_gain", "guidance", "status", "settings", "frame"]:
         up.publish(f"{ROOT}/{topic}", b"from-site")
-    up.publish(f"{ROOT}/cmd/ping", b"end")
+    up.publish(f"{ROOT}/cmd/ping", b"end", response_topic=f"{ROOT}/reply/site/42")
     assert local.wait_for(f"{ROOT}/cmd/ping", b"end")
     came_down = {t for t, p in local.messages if p == b"from-site"}
     assert came_down == {f"{ROOT}/cmd/set_gain"}
+    # MQTT 5 across the bridge: the command keeps its response topic, so the reply can find its way up.
+    assert local.response_topics.get(b"end") == f"{ROOT}/reply/site/42"
 
 
 @pytest.fixture
