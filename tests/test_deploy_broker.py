@@ -219,12 +219,17 @@ def test_tls_listener_refuses_clients_without_credentials(
     # Plain MQTT on the TLS port is no way round it.
     plain = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plain", protocol=mqtt.MQTTv5)
     plain.username_pw_set("display-1", "s3cret")
-    with pytest.raises(OSError):
-        plain.connect("127.0.0.1", tls_port)
-        plain.loop(timeout=2)
-        plain.loop(timeout=2)
-        if not plain.is_connected():
-            raise OSError("no plain-text CONNACK on the TLS listener")
+    try:
+        with pytest.raises(OSError):
+            plain.connect("127.0.0.1", tls_port)
+            plain.loop(timeout=2)
+            plain.loop(timeout=2)
+            if not plain.is_connected():
+                raise OSError("no plain-text CONNACK on the TLS listener")
+    finally:
+        sock = plain.socket()
+        if sock is not None:
+            sock.close()
 
 
 def test_bridge_carries_status_and_events_up_and_commands_down_never_guidance_or_frames(
