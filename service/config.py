@@ -214,7 +214,11 @@ def parse_config(
             if key not in keys:
                 raise ConfigError(
                     f"{source}: unknown key '{key}' in [{section}]; known: {', '.join(keys)}"
-                    + (" (the password never goes in the file: see $SONOGUIDE_MQTT_PASSWORD)" if key == "password" else "")
+                    + (
+                        " (the password never goes in the file: see $SONOGUIDE_MQTT_PASSWORD)"
+                        if key == "password"
+                        else ""
+                    )
                 )
             kind, check = keys[key]
             converted, problem = _typed(kind, value)
@@ -229,9 +233,9 @@ def parse_config(
     mqtt["key_file"] = _tls_key_file(env, mqtt.get("key_file", ""))
     camera = sections["camera"]
     if camera.get("source") == "realsense" and not camera.get("serial"):
-        raise ConfigError(f"{source}: [camera] serial: required when source = \"realsense\"")
+        raise ConfigError(f'{source}: [camera] serial: required when source = "realsense"')
     if camera.get("source") == "recording" and not camera.get("recording"):
-        raise ConfigError(f"{source}: [camera] recording: required when source = \"recording\"")
+        raise ConfigError(f'{source}: [camera] recording: required when source = "recording"')
     built = {name: _SECTION_TYPES[name](**values) for name, values in sections.items()}
     return Config(**built, source=source)
 

@@ -22,7 +22,9 @@ class ProbeLimits:
 
     def __post_init__(self) -> None:
         if not self.gain_min_db < self.gain_max_db or self.gain_step_db <= 0:
-            raise ValueError(f"bad gain range {self.gain_min_db}..{self.gain_max_db} step {self.gain_step_db}")
+            raise ValueError(
+                f"bad gain range {self.gain_min_db}..{self.gain_max_db} step {self.gain_step_db}"
+            )
         if not self.depth_steps_mm or list(self.depth_steps_mm) != sorted(set(self.depth_steps_mm)):
             raise ValueError(f"depth steps must be increasing and non-empty, got {self.depth_steps_mm}")
 
@@ -76,7 +78,9 @@ class AutoGain:
         if now < self._quiet_until or not math.isfinite(gain_error_db):
             return None
         a = self.params.smoothing
-        self._estimate = gain_error_db if self._estimate is None else a * gain_error_db + (1 - a) * self._estimate
+        self._estimate = (
+            gain_error_db if self._estimate is None else a * gain_error_db + (1 - a) * self._estimate
+        )
         error = self._estimate
         if abs(error) < self.params.dead_band_db:
             return None
@@ -122,7 +126,10 @@ class AutoDepth:
         if rec != self._candidate:
             self._candidate, self._candidate_since = rec, now
             return None
-        if now - self._candidate_since < self.params.dwell_s or now - self._last_change < self.params.min_interval_s:
+        if (
+            now - self._candidate_since < self.params.dwell_s
+            or now - self._last_change < self.params.min_interval_s
+        ):
             return None
         self.reset(now)
         word = "deeper" if rec > current_depth_mm else "shallower"

@@ -111,8 +111,20 @@ class CorrectionFilter:
             return c
         a = 1.0 - math.exp(-max(0.0, now - self._t) / self.time_constant_s)
         s = self._state
-        mix = lambda old, new: tuple(o + a * (n - o) for o, n in zip(old, new, strict=True))  # noqa: E731
-        self._state = Correction(mix(s.translation_mm, c.translation_mm), mix(s.rotation_deg, c.rotation_deg), c.sigma_mm, c.sigma_deg)  # type: ignore[arg-type]
+
+        def mix(old: Vec3, new: Vec3) -> Vec3:
+            return (
+                old[0] + a * (new[0] - old[0]),
+                old[1] + a * (new[1] - old[1]),
+                old[2] + a * (new[2] - old[2]),
+            )
+
+        self._state = Correction(
+            mix(s.translation_mm, c.translation_mm),
+            mix(s.rotation_deg, c.rotation_deg),
+            c.sigma_mm,
+            c.sigma_deg,
+        )
         self._t = now
         return self._state
 
@@ -142,7 +154,9 @@ class Instruction:
     @property
     def text(self) -> str:
         words = VOCABULARY[self.id]
-        return f"{words} {self.magnitude:.0f} {'°' if self.unit == 'deg' else self.unit}" if self.unit else words
+        return (
+            f"{words} {self.magnitude:.0f} {'°' if self.unit == 'deg' else self.unit}" if self.unit else words
+        )
 
 
 def _patient_direction(vec_probe: np.ndarray, patient_from_probe: np.ndarray) -> tuple[str, float]:
@@ -165,7 +179,7 @@ def choose_instruction(
     """The one instruction for this frame (before hysteresis). ``current`` gets the stickiness bonus."""
     basis = BASIS_DEFAULT if patient_from_probe is None else BASIS_CAMERA
     rot = DEFAULT_PATIENT_FROM_PROBE if patient_from_probe is None else np.asarray(patient_from_probe, float)
-    rot_t = tuple(tuple(float(v) for v in row) for row in rot)
+    rot_t = tuple((float(r[0]), float(r[1]), float(r[2])) for r in rot)
     conf = _confidence(correction)
 
     def make(id_: str, magnitude: float = 0.0, unit: str = "", c: float = 1.0) -> Instruction:

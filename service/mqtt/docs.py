@@ -1,7 +1,7 @@
 """Generate docs/mqtt/*.schema.json and docs/mqtt/asyncapi.yaml from the topic table.
 
-    python -m service.mqtt.docs            # (re)write docs/mqtt/
-    python -m service.mqtt.docs --check    # exit 1 if the committed files differ from the table
+python -m service.mqtt.docs            # (re)write docs/mqtt/
+python -m service.mqtt.docs --check    # exit 1 if the committed files differ from the table
 """
 
 from __future__ import annotations
@@ -33,7 +33,12 @@ def schema_files() -> dict[str, dict[str, Any]]:
 
 
 def _document(t: Topic, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"$schema": SCHEMA_DIALECT, "title": f"{ROOT}/<device_id>/{t.name}", "description": description, **schema}
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "title": f"{ROOT}/<device_id>/{t.name}",
+        "description": description,
+        **schema,
+    }
 
 
 def asyncapi() -> dict[str, Any]:
@@ -116,7 +121,9 @@ def to_yaml(value: Any, indent: int = 0) -> str:
         if not value:
             return "[]"
         return "\n".join(
-            f"{pad}-\n{to_yaml(v, indent + 1)}" if isinstance(v, (dict, list)) and v else f"{pad}- {to_yaml(v)}"
+            f"{pad}-\n{to_yaml(v, indent + 1)}"
+            if isinstance(v, (dict, list)) and v
+            else f"{pad}- {to_yaml(v)}"
             for v in value
         )
     if value is None:
@@ -132,8 +139,14 @@ def to_yaml(value: Any, indent: int = 0) -> str:
 
 def generate() -> dict[str, str]:
     """File name -> exact file content."""
-    files = {name: json.dumps(doc, indent=2, ensure_ascii=False) + "\n" for name, doc in schema_files().items()}
-    files["asyncapi.yaml"] = "# Generated from service/mqtt/topics.py by `python -m service.mqtt.docs`.\n" + to_yaml(asyncapi()) + "\n"
+    files = {
+        name: json.dumps(doc, indent=2, ensure_ascii=False) + "\n" for name, doc in schema_files().items()
+    }
+    files["asyncapi.yaml"] = (
+        "# Generated from service/mqtt/topics.py by `python -m service.mqtt.docs`.\n"
+        + to_yaml(asyncapi())
+        + "\n"
+    )
     return files
 
 
@@ -143,8 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 when out of date")
     args = parser.parse_args(argv)
     files = generate()
-    stale = [n for n, text in files.items() if not (args.out / n).is_file() or (args.out / n).read_text() != text]
-    orphans = sorted(p.name for p in args.out.glob("*.schema.json") if p.name not in files) if args.out.is_dir() else []
+    stale = [
+        n for n, text in files.items() if not (args.out / n).is_file() or (args.out / n).read_text() != text
+    ]
+    orphans = (
+        sorted(p.name for p in args.out.glob("*.schema.json") if p.name not in files)
+        if args.out.is_dir()
+        else []
+    )
     if args.check:
         for n in stale:
             print(f"out of date: {args.out / n}", file=sys.stderr)

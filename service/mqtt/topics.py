@@ -94,9 +94,7 @@ STATUS_SCHEMA = _obj(
         "probe": _obj(
             {"state": {"type": "string", "enum": ["ok", "no_frames", "error"]}, "port": _STR, "info": _STR}
         ),
-        "camera": _obj(
-            {"state": {"type": "string", "enum": ["none", "tracking", "lost"]}, "source": _STR}
-        ),
+        "camera": _obj({"state": {"type": "string", "enum": ["none", "tracking", "lost"]}, "source": _STR}),
         "model": _obj({"name": _STR, "version": _STR, "provider": _STR}),
         "fps": {"type": "number", "minimum": 0},
         "health": {"type": "string", "enum": ["starting", "ok", "degraded"]},
@@ -172,8 +170,24 @@ TOPICS: tuple[Topic, ...] = (
         "`online` on connect; `offline` as the last will when the daemon vanishes; `stopped` on clean exit."
         " The payload is the bare word (not JSON).",
     ),
-    Topic("status", "publish", 1, True, None, STATUS_SCHEMA, "Health of probe, camera and model; every few seconds."),
-    Topic("settings", "publish", 1, True, None, SETTINGS_SCHEMA, "Imaging settings and auto-tuning flags; on change."),
+    Topic(
+        "status",
+        "publish",
+        1,
+        True,
+        None,
+        STATUS_SCHEMA,
+        "Health of probe, camera and model; every few seconds.",
+    ),
+    Topic(
+        "settings",
+        "publish",
+        1,
+        True,
+        None,
+        SETTINGS_SCHEMA,
+        "Imaging settings and auto-tuning flags; on change.",
+    ),
     Topic(
         "guidance",
         "publish",
@@ -183,8 +197,15 @@ TOPICS: tuple[Topic, ...] = (
         GUIDANCE_SCHEMA,
         "One instruction per processed frame. Expires after 1 s: stale guidance is worse than none.",
     ),
-    Topic("events", "publish", 1, False, None, EVENT_SCHEMA, "Automatic and manual changes, captures, warnings."),
-    _cmd("ping", _EMPTY, _obj({"pong": {"type": "boolean"}, "version": _STR, "uptime_s": _NUM}), "Liveness check."),
+    Topic(
+        "events", "publish", 1, False, None, EVENT_SCHEMA, "Automatic and manual changes, captures, warnings."
+    ),
+    _cmd(
+        "ping",
+        _EMPTY,
+        _obj({"pong": {"type": "boolean"}, "version": _STR, "uptime_s": _NUM}),
+        "Liveness check.",
+    ),
     _cmd(
         "set_auto",
         _obj({"param": {"type": "string", "enum": _AUTO_NAMES}, "enabled": {"type": "boolean"}}),
@@ -209,7 +230,9 @@ TOPICS: tuple[Topic, ...] = (
         _obj({"frozen": {"type": "boolean"}}),
         "Freeze or unfreeze the image; guidance and auto-tuning pause while frozen.",
     ),
-    _cmd("capture", _EMPTY, _obj({"frame_id": {"type": ["integer", "null"]}}), "Capture the current frame now."),
+    _cmd(
+        "capture", _EMPTY, _obj({"frame_id": {"type": ["integer", "null"]}}), "Capture the current frame now."
+    ),
     _cmd(
         "calibrate_camera",
         _EMPTY,
