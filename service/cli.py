@@ -17,6 +17,7 @@ from service.logsetup import setup_logging
 
 # name -> (module, one-line help). The only place a subcommand is registered.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("service.cmd_run", "run the guidance daemon (as systemd does)"),
     "doctor": ("service.doctor", "check the probe, camera, model, broker and credentials; say what to fix"),
 }
 

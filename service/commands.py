@@ -1,0 +1,145 @@
+"""The daemon's answers to ``cmd/<name>`` requests (already parsed and schema-checked by the MQTT side).
+
+Each handler returns the ``result`` object of the response or raises :class:`CommandError` with a
+message for the requester. Nothing here touches pipeline threads directly: settings go through the
+pipeline's locked methods and the probe link, which reads every value back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from service import __version__
+from service.inference import Model
+from service.mqtt.client import CommandError
+from service.pipeline import AUTO_PARAM, Pipeline
+from service.probe import DEPTH, FREQUENCY, GAIN
+
+log = logging.getLogger(__name__)
+
+# Exam presets: starting settings a clinician picks on the display (depth snaps to the probe's steps).
+PRESETS: dict[str, dict[str, float]] = {
+    "abdomen": {GAIN: 50.0, DEPTH: 160.0, FREQUENCY: 3.5},
+    "cardiac": {GAIN: 55.0, DEPTH: 150.0, FREQUENCY: 2.5},
+    "lung": {GAIN: 45.0, DEPTH: 120.0, FREQUENCY: 3.5},
+    "vascular": {GAIN: 45.0, DEPTH: 40.0, FREQUENCY: 7.5},
+}
+
+ModelLoader = Callable[[str], Model]  # model folder ("" = the configured one) -> warmed-up model
+Calibrator = Callable[[], dict[str, Any]]
+
+
+class CommandHandler:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        model_loader: ModelLoader | None = None,
+        calibrator: Calibrator | None = None,
+        started_at: float | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.model_loader = model_loader
+        self.calibrator = calibrator
+        self.started_at = time.monotonic() if started_at is None else started_at
+
+    def __call__(self, name: str, request: dict[str, Any]) -> dict[str, Any]:
+        handler = getattr(self, f"cmd_{name}", None)
+        if handler is None:
+            raise CommandError(f"command '{name}' is not implemented")
+        result: dict[str, Any] = handler(request)
+        return result
+
+    def cmd_ping(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "pong": True,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+        }
+
+    def cmd_set_auto(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.pipeline.set_auto(request["param"], bool(request["enabled"]))
+        return {"param": request["param"], "enabled": bool(request["enabled"])}
+
+    def cmd_set_param(self, request: dict[str, Any]) -> dict[str, Any]:
+        param, value = request["param"], float(request["value"])
+        limits = self.pipeline.limits
+        if param == GAIN and not limits.gain_min_db <= value <= limits.gain_max_db:
+            raise CommandError(
+                f"gain_db {value:g} is outside the probe's range {limits.gain_min_db:g}..{limits.gain_max_db:g} dB"
+            )
+        if param == DEPTH and value not in limits.depth_steps_mm:
+            raise CommandError(
+                f"depth_mm {value:g} is not one of the probe's depth steps {list(limits.depth_steps_mm)}"
+            )
+        try:
+            readback = self.pipeline.set_manual(param, value)
+        except Exception as e:
+            raise CommandError(str(e)) from None
+        paused = self.pipeline.override.pause_s if param in AUTO_PARAM.values() else 0.0
+        return {"param": param, "value": readback, "auto_paused_s": paused}
+
+    def cmd_preset(self, request: dict[str, Any]) -> dict[str, Any]:
+        name = request["name"]
+        if name not in PRESETS:
+            raise CommandError(f"unknown preset '{name}'; known: {', '.join(sorted(PRESETS))}")
+        applied: dict[str, float] = {}
+        for param, value in PRESETS[name].items():
+            if param == DEPTH:
+                value = self.pipeline.limits.nearest_depth(value)
+            elif param == GAIN:
+                value = self.pipeline.limits.quantize_gain(value)
+            try:
+                applied[param] = self.pipeline.set_manual(param, value)
+            except Exception as e:
+                raise CommandError(
+                    f"preset '{name}' stopped at {param}: {e}; applied so far: {applied}"
+                ) from None
+        return {"name": name, "settings": applied}
+
+    def cmd_freeze(self, request: dict[str, Any]) -> dict[str, Any]:
+        frozen = bool(request["frozen"])
+        try:
+            self.pipeline.link.set_param("freeze", frozen)
+        except Exception as e:
+            raise CommandError(f"the probe did not accept freeze = {frozen}: {e}") from None
+        self.pipeline.frozen = frozen
+        self.pipeline.event("info", "image frozen" if frozen else "image live", source="command")
+        self.pipeline.publish_settings()
+        return {"frozen": frozen}
+
+    def cmd_capture(self, request: dict[str, Any]) -> dict[str, Any]:
+        frame_id = self.pipeline.last_frame_id
+        self.pipeline.event(
+            "capture",
+            f"capture of frame {frame_id} on request",
+            source="command",
+            **({"frame_id": frame_id} if frame_id is not None else {}),
+        )
+        return {"frame_id": frame_id}
+
+    def cmd_calibrate_camera(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.calibrator is None:
+            raise CommandError('no camera configured ([camera] source = "none"): nothing to calibrate')
+        try:
+            return self.calibrator()
+        except Exception as e:
+            raise CommandError(f"calibration failed: {e}") from None
+
+    def cmd_reload_model(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.model_loader is None:
+            raise CommandError("this daemon runs a fixed model; reloading is not available")
+        folder = request.get("dir", "")
+        try:
+            model = self.model_loader(folder)
+        except Exception as e:
+            raise CommandError(
+                f"could not load the model from {folder or 'the configured folder'}: {e}; the old model keeps running"
+            ) from None
+        self.pipeline.swap_model(model)
+        self.pipeline.event(
+            "info", f"model {model.name} {model.version} loaded ({model.provider})", source="command"
+        )
+        return {"name": model.name, "version": model.version, "provider": model.provider}

@@ -1,0 +1,281 @@
+"""The daemon's TOML config: parsed, validated and frozen at start.
+
+The file layout is the contract in docs/architecture.md ("Config file"), shared with the install script
+and ``sonoguide doctor``. Every key has a default, so an empty file (or no file, for the demo) is valid.
+Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key and the file.
+Secrets never come from the file: the MQTT password comes from ``$SONOGUIDE_MQTT_PASSWORD`` or the
+systemd credential ``mqtt-password``; the TLS client key from the credential ``mqtt-tls-key`` or
+``key_file``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+DEFAULT_CONFIG_PATH = Path("/etc/sonoguide/config.toml")
+PASSWORD_ENV = "SONOGUIDE_MQTT_PASSWORD"
+PASSWORD_CREDENTIAL = "mqtt-password"
+TLS_KEY_CREDENTIAL = "mqtt-tls-key"
+PROVIDERS = ("tensorrt", "cuda", "cpu")
+CAMERA_SOURCES = ("none", "realsense", "recording")
+# The device id becomes an MQTT topic level: no wildcards, no separators, nothing a shell would mangle.
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    id: str = "sonoguide-01"
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    port: str = "/dev/sonoguide-probe"
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    source: str = "none"
+    serial: str = ""
+    recording: str = ""
+    calibration: str = "/var/lib/sonoguide/camera-calibration.json"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    dir: str = ""
+    providers: tuple[str, ...] = PROVIDERS
+    engine_cache: str = "/var/lib/sonoguide/trt-cache"
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = ""
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    # From the environment or systemd credentials only; repr=False keeps it out of logs and tracebacks.
+    password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class AutoConfig:
+    gain: bool = True
+    depth: bool = True
+    manual_pause_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    good_quality: float = 0.8
+    capture_after_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Config:
+    device: DeviceConfig = DeviceConfig()
+    probe: ProbeConfig = ProbeConfig()
+    camera: CameraConfig = CameraConfig()
+    model: ModelConfig = ModelConfig()
+    mqtt: MqttConfig = MqttConfig()
+    auto: AutoConfig = AutoConfig()
+    guidance: GuidanceConfig = GuidanceConfig()
+    source: str = "<defaults>"  # the file it came from, for messages
+
+
+# --- the schema: section -> key -> (kind, check) ------------------------------------------------------
+
+Check = Callable[[Any], str | None]  # returns a problem description or None
+
+
+def _range(lo: float, hi: float) -> Check:
+    return lambda v: None if lo <= v <= hi else f"must be between {lo} and {hi}, got {v}"
+
+
+def _one_of(choices: tuple[str, ...]) -> Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(map(repr, choices))}, got {v!r}"
+
+
+def _device_id(v: str) -> str | None:
+    if _DEVICE_ID.match(v):
+        return None
+    return f"must be 1-64 letters, digits, '.', '_' or '-' (it is an MQTT topic level), got {v!r}"
+
+
+def _providers(v: list[str]) -> str | None:
+    if not v:
+        return "must name at least one execution provider"
+    bad = [p for p in v if p not in PROVIDERS]
+    return f"unknown provider(s) {bad}; known: {list(PROVIDERS)}" if bad else None
+
+
+def _not_empty(v: str) -> str | None:
+    return None if v.strip() else "must not be empty"
+
+
+_SCHEMA: dict[str, dict[str, tuple[str, Check | None]]] = {
+    "device": {"id": ("str", _device_id)},
+    "probe": {"port": ("str", _not_empty)},
+    "camera": {
+        "source": ("str", _one_of(CAMERA_SOURCES)),
+        "serial": ("str", None),
+        "recording": ("str", None),
+        "calibration": ("str", None),
+    },
+    "model": {
+        "dir": ("str", None),
+        "providers": ("list[str]", _providers),
+        "engine_cache": ("str", None),
+    },
+    "mqtt": {
+        "host": ("str", _not_empty),
+        "port": ("int", _range(1, 65535)),
+        "username": ("str", None),
+        "tls": ("bool", None),
+        "ca_file": ("str", None),
+        "cert_file": ("str", None),
+        "key_file": ("str", None),
+    },
+    "auto": {
+        "gain": ("bool", None),
+        "depth": ("bool", None),
+        "manual_pause_s": ("float", _range(0.0, 3600.0)),
+    },
+    "guidance": {
+        "good_quality": ("float", _range(0.0, 1.0)),
+        "capture_after_s": ("float", _range(0.0, 60.0)),
+    },
+}
+
+_SECTION_TYPES: dict[str, type] = {
+    "device": DeviceConfig,
+    "probe": ProbeConfig,
+    "camera": CameraConfig,
+    "model": ModelConfig,
+    "mqtt": MqttConfig,
+    "auto": AutoConfig,
+    "guidance": GuidanceConfig,
+}
+
+
+def _typed(kind: str, value: Any) -> tuple[Any, str | None]:
+    """The value converted to ``kind``, or a description of the type mismatch."""
+    name = type(value).__name__
+    if kind == "str":
+        return (value, None) if isinstance(value, str) else (None, f"expected a string, got {name}")
+    if kind == "bool":
+        return (value, None) if isinstance(value, bool) else (None, f"expected true or false, got {name}")
+    if kind == "int":  # bool is an int in Python, never in a config file
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return (value, None) if ok else (None, f"expected an integer, got {name}")
+    if kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value), None
+        return None, f"expected a number, got {name}"
+    if kind == "list[str]":
+        if isinstance(value, list) and all(isinstance(x, str) for x in value):
+            return tuple(value), None
+        return None, f"expected a list of strings, got {name}"
+    raise AssertionError(kind)
+
+
+def parse_config(
+    data: Mapping[str, Any], source: str = "<config>", env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a parsed TOML document and attach the secrets; raises :class:`ConfigError`."""
+    env = os.environ if env is None else env
+    for section, body in data.items():
+        if section not in _SCHEMA:
+            raise ConfigError(f"{source}: unknown section [{section}]; known: {', '.join(_SCHEMA)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table, got {type(body).__name__}")
+    sections: dict[str, Any] = {}
+    for section, keys in _SCHEMA.items():
+        body = data.get(section, {})
+        values: dict[str, Any] = {}
+        for key, value in body.items():
+            if key not in keys:
+                raise ConfigError(
+                    f"{source}: unknown key '{key}' in [{section}]; known: {', '.join(keys)}"
+                    + (
+                        " (the password never goes in the file: see $SONOGUIDE_MQTT_PASSWORD)"
+                        if key == "password"
+                        else ""
+                    )
+                )
+            kind, check = keys[key]
+            converted, problem = _typed(kind, value)
+            if problem is None and check is not None:
+                problem = check(converted)
+            if problem is not None:
+                raise ConfigError(f"{source}: [{section}] {key}: {problem}")
+            values[key] = converted
+        sections[section] = values
+    mqtt = sections["mqtt"]
+    mqtt["password"] = _mqtt_password(env)
+    mqtt["key_file"] = _tls_key_file(env, mqtt.get("key_file", ""))
+    camera = sections["camera"]
+    if camera.get("source") == "realsense" and not camera.get("serial"):
+        raise ConfigError(f'{source}: [camera] serial: required when source = "realsense"')
+    if camera.get("source") == "recording" and not camera.get("recording"):
+        raise ConfigError(f'{source}: [camera] recording: required when source = "recording"')
+    built = {name: _SECTION_TYPES[name](**values) for name, values in sections.items()}
+    return Config(**built, source=source)
+
+
+def load_config(path: Path | str | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate ``path``; ``None`` means built-in defaults (the demo runs without a file)."""
+    if path is None:
+        return parse_config({}, "<defaults>", env)
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    return parse_config(data, str(path), env)
+
+
+def _credential(env: Mapping[str, str], name: str) -> Path | None:
+    directory = env.get("CREDENTIALS_DIRECTORY", "")
+    if not directory:
+        return None
+    path = Path(directory) / name
+    return path if path.is_file() else None
+
+
+def _mqtt_password(env: Mapping[str, str]) -> str:
+    if env.get(PASSWORD_ENV):
+        return env[PASSWORD_ENV]
+    cred = _credential(env, PASSWORD_CREDENTIAL)
+    # One trailing newline is an artefact of `echo secret > file`, not part of the password.
+    return cred.read_text().removesuffix("\n") if cred else ""
+
+
+def _tls_key_file(env: Mapping[str, str], key_file: str) -> str:
+    cred = _credential(env, TLS_KEY_CREDENTIAL)
+    return str(cred) if cred else key_file

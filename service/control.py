@@ -1,0 +1,195 @@
+"""Auto gain, auto depth and the manual-override pause: pure decision logic, no I/O.
+
+Each controller takes the model's judgement and the probe's current setting and returns either
+``None`` (leave it) or a :class:`Change` with its reason; the pipeline applies it through the probe
+link (which reads the value back) and publishes it. Time comes in as an argument.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ProbeLimits:
+    """What the probe allows (from ``link.info`` capabilities)."""
+
+    gain_min_db: float = 0.0
+    gain_max_db: float = 90.0
+    gain_step_db: float = 1.0
+    depth_steps_mm: tuple[float, ...] = (40.0, 60.0, 80.0, 100.0, 120.0, 150.0, 180.0, 210.0, 240.0)
+
+    def __post_init__(self) -> None:
+        if not self.gain_min_db < self.gain_max_db or self.gain_step_db <= 0:
+            raise ValueError(
+                f"bad gain range {self.gain_min_db}..{self.gain_max_db} step {self.gain_step_db}"
+            )
+        if not self.depth_steps_mm or list(self.depth_steps_mm) != sorted(set(self.depth_steps_mm)):
+            raise ValueError(f"depth steps must be increasing and non-empty, got {self.depth_steps_mm}")
+
+    def quantize_gain(self, gain_db: float) -> float:
+        """Nearest gain the probe can set: on its step grid, inside its range."""
+        steps = round((gain_db - self.gain_min_db) / self.gain_step_db)
+        value = self.gain_min_db + steps * self.gain_step_db
+        return float(min(max(value, self.gain_min_db), self.gain_max_db))
+
+    def nearest_depth(self, depth_mm: float) -> float:
+        return float(min(self.depth_steps_mm, key=lambda d: (abs(d - depth_mm), d)))
+
+
+@dataclass(frozen=True)
+class Change:
+    param: str  # "gain_db" | "depth_mm"
+    old: float
+    new: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class GainParams:
+    dead_band_db: float = 2.0  # leave the gain alone while |error| is below this
+    max_step_db: float = 4.0  # never move further than this per update
+    settle_s: float = 0.25  # after a change, ignore frames taken before the image could follow
+    smoothing: float = 0.5  # weight of the newest error in the running estimate (1 = no smoothing)
+
+
+class AutoGain:
+    """Dead band + bounded proportional step + settle time.
+
+    The error is measured, not integrated: after each change we wait ``settle_s`` and restart the
+    running estimate, so the controller never acts twice on the same stale error (the classic cause
+    of oscillation with a delayed plant). Inside the dead band nothing happens, so once the error is
+    small the gain stays put.
+    """
+
+    def __init__(self, limits: ProbeLimits, params: GainParams | None = None) -> None:
+        self.limits = limits
+        self.params = params or GainParams()
+        self._estimate: float | None = None
+        self._quiet_until = -math.inf
+
+    def reset(self, now: float) -> None:
+        """Forget the running estimate (after any gain change, ours or the user's)."""
+        self._estimate = None
+        self._quiet_until = now + self.params.settle_s
+
+    def update(self, gain_error_db: float, current_gain_db: float, now: float) -> Change | None:
+        if now < self._quiet_until or not math.isfinite(gain_error_db):
+            return None
+        a = self.params.smoothing
+        self._estimate = (
+            gain_error_db if self._estimate is None else a * gain_error_db + (1 - a) * self._estimate
+        )
+        error = self._estimate
+        if abs(error) < self.params.dead_band_db:
+            return None
+        step = max(-self.params.max_step_db, min(self.params.max_step_db, -error))
+        target = self.limits.quantize_gain(current_gain_db + step)
+        if target == self.limits.quantize_gain(current_gain_db):
+            return None  # at the end of the range, or the step rounds to nothing
+        self.reset(now)
+        word = "too bright" if error > 0 else "too dark"
+        return Change("gain_db", current_gain_db, target, f"image {word} by {abs(error):.1f} dB")
+
+
+@dataclass(frozen=True)
+class DepthParams:
+    dwell_s: float = 1.0  # the recommendation must hold this long before we act
+    min_interval_s: float = 1.0  # at most one change per this many seconds
+
+
+class AutoDepth:
+    """Chooses the probe depth step nearest the model's best depth, after a dwell, rate-limited."""
+
+    def __init__(self, limits: ProbeLimits, params: DepthParams | None = None) -> None:
+        self.limits = limits
+        self.params = params or DepthParams()
+        self._candidate: float | None = None
+        self._candidate_since = 0.0
+        self._last_change = -math.inf
+
+    def reset(self, now: float) -> None:
+        self._candidate = None
+        self._last_change = now
+
+    def recommend(self, best_depth_mm: float) -> float:
+        return self.limits.nearest_depth(best_depth_mm)
+
+    def update(self, best_depth_mm: float, current_depth_mm: float, now: float) -> Change | None:
+        if not math.isfinite(best_depth_mm):
+            return None
+        rec = self.recommend(best_depth_mm)
+        if rec == current_depth_mm:
+            self._candidate = None
+            return None
+        if rec != self._candidate:
+            self._candidate, self._candidate_since = rec, now
+            return None
+        if (
+            now - self._candidate_since < self.params.dwell_s
+            or now - self._last_change < self.params.min_interval_s
+        ):
+            return None
+        self.reset(now)
+        word = "deeper" if rec > current_depth_mm else "shallower"
+        return Change(
+            "depth_mm",
+            current_depth_mm,
+            rec,
+            f"target needs a {word} view (best {best_depth_mm:.0f} mm, stable {self.params.dwell_s:.1f} s)",
+        )
+
+
+class ManualOverride:
+    """A manual change wins: auto-tuning of that parameter pauses for ``pause_s``."""
+
+    def __init__(self, pause_s: float) -> None:
+        self.pause_s = pause_s
+        self._until: dict[str, float] = {}
+
+    def note_manual(self, param: str, now: float) -> float:
+        """Record a manual change of ``param``; returns when auto-tuning may resume."""
+        self._until[param] = now + self.pause_s
+        return self._until[param]
+
+    def paused(self, param: str, now: float) -> bool:
+        return now < self._until.get(param, -math.inf)
+
+    def remaining(self, param: str, now: float) -> float:
+        return max(0.0, self._until.get(param, -math.inf) - now)
+
+
+class ManualChangeDetector:
+    """Spots settings changed behind our back (probe buttons) in the frames' parameter snapshots.
+
+    We know what we set; a snapshot value that differs from every value we set or saw recently is
+    somebody else's change. Frames in flight from before our own change carry the old value, so a
+    value we moved away from within ``grace_s`` is not mistaken for a manual change back.
+    """
+
+    def __init__(self, tolerance: float = 1e-3, grace_s: float = 1.0) -> None:
+        self.tolerance = tolerance
+        self.grace_s = grace_s
+        self._known: dict[str, float] = {}
+        self._previous: dict[str, tuple[float, float]] = {}  # param -> (old value, changed at)
+
+    def expect(self, param: str, value: float, now: float) -> None:
+        """We (auto or a command) set ``param`` to ``value``."""
+        if param in self._known and abs(self._known[param] - value) > self.tolerance:
+            self._previous[param] = (self._known[param], now)
+        self._known[param] = value
+
+    def observe(self, param: str, value: float, now: float) -> bool:
+        """A frame says ``param`` is ``value``; True when that is a manual change."""
+        known = self._known.get(param)
+        if known is None:
+            self._known[param] = value
+            return False
+        if abs(known - value) <= self.tolerance:
+            return False
+        prev = self._previous.get(param)
+        if prev is not None and abs(prev[0] - value) <= self.tolerance and now - prev[1] < self.grace_s:
+            return False  # a frame from before our own change
+        self.expect(param, value, now)
+        return True

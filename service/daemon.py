@@ -1,0 +1,143 @@
+"""The daemon wired together: model, pipeline, MQTT API, commands, health. No hardware knowledge here.
+
+``Daemon`` takes an already-open probe link and a model, so the run command, the demo and the tests
+build it the same way with different links (real serial, the emulator on a pty, a test frame source).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from service import __version__
+from service.clock import Clock, MonotonicClock
+from service.commands import Calibrator, CommandHandler, ModelLoader
+from service.config import Config
+from service.guidance import GuidanceParams
+from service.health import HealthMonitor, SdNotifier
+from service.inference import Model
+from service.logsetup import device_logger
+from service.mqtt.client import MqttApi
+from service.pipeline import Pipeline, PoseSource
+from service.probe import ProbeLinkLike, describe_info
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        link: ProbeLinkLike,
+        model: Model,
+        clock: Clock | None = None,
+        camera: PoseSource | None = None,
+        model_loader: ModelLoader | None = None,
+        calibrator: Calibrator | None = None,
+        notifier: SdNotifier | None = None,
+        status_period_s: float = 2.0,
+        mqtt_reconnect_delay_s: tuple[float, float] = (0.5, 10.0),
+    ) -> None:
+        self.config = config
+        self.clock = clock or MonotonicClock()
+        self.link = link
+        self.model = model
+        self.camera = camera
+        self.log = device_logger(__name__, f"device:{config.device.id}")
+        self.started_at = self.clock.now()
+        self.status_period_s = status_period_s
+        self.mqtt = MqttApi(config.device.id, config.mqtt, reconnect_delay_s=mqtt_reconnect_delay_s)
+        guidance = GuidanceParams(
+            good_quality=config.guidance.good_quality, capture_after_s=config.guidance.capture_after_s
+        )
+        self.pipeline = Pipeline(link, model, self.mqtt, self.clock, config.auto, guidance, camera=camera)
+        self.mqtt.command_handler = CommandHandler(self.pipeline, model_loader, calibrator)
+        self.health = HealthMonitor(notifier or SdNotifier())
+        self.model_warm = False
+        self._stop = threading.Event()
+        self._health_thread: threading.Thread | None = None
+
+    def start(self) -> Daemon:
+        self.log.info("warming up model %s %s (%s)", self.model.name, self.model.version, self.model.provider)
+        self.model.warmup()
+        self.model_warm = True
+        self.mqtt.start()
+        self.pipeline.publish_settings()
+        self.publish_status()
+        self.pipeline.start()
+        self._health_thread = threading.Thread(target=self._health_loop, name="health", daemon=True)
+        self._health_thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.health.stopping()
+        self.pipeline.stop()
+        if self._health_thread is not None:
+            self._health_thread.join(3)
+        self.publish_status(health="degraded", summary="stopped")
+        self.mqtt.stop()
+        self.log.info("stopped")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stop.wait(timeout)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # --- status -----------------------------------------------------------------------------------
+
+    def status_message(self, health: str | None = None, summary: str | None = None) -> dict[str, Any]:
+        now = self.clock.now()
+        flowing = self.health.frames_flowing(self.pipeline.last_frame_time, now)
+        probe_state = "ok" if flowing else "no_frames"
+        camera_state = "none" if self.camera is None else self.camera.state
+        if health is None:
+            health = (
+                "starting"
+                if self.pipeline.last_frame_time is None and now - self.started_at < 10
+                else ("ok" if flowing else "degraded")
+            )
+        model = self.pipeline.model
+        fps = round(self.pipeline.fps, 1) if flowing else 0.0
+        if summary is None:
+            summary = (
+                f"probe {probe_state}, {fps:g} fps, camera {camera_state}"
+                + ("" if camera_state == "tracking" else " (guidance from the image alone)")
+                + f", model {model.name} {model.version} on {model.provider}"
+            )
+        return {
+            "probe": {
+                "state": probe_state,
+                "port": self.config.probe.port,
+                "info": describe_info(getattr(self.link, "info", None)),
+            },
+            "camera": {"state": camera_state, "source": self.config.camera.source},
+            "model": {"name": model.name, "version": model.version, "provider": model.provider},
+            "fps": fps,
+            "health": health,
+            "summary": summary,
+            "dropped": self.pipeline.dropped(),
+            "uptime_s": round(max(0.0, now - self.started_at), 1),
+            "version": __version__,
+        }
+
+    def publish_status(self, health: str | None = None, summary: str | None = None) -> dict[str, Any]:
+        message = self.status_message(health, summary)
+        self.mqtt.publish_retained("status", message)
+        return message
+
+    def _health_loop(self) -> None:
+        last_status = -1e18
+        while not self._stop.wait(0.25):
+            try:
+                now = self.clock.now()
+                message = self.status_message() if now - last_status >= self.status_period_s else None
+                if message is not None:
+                    last_status = now
+                    self.mqtt.publish_retained("status", message)
+                    self.pipeline.publish_settings()  # the pause countdown moves
+                summary = message["summary"] if message else self.health._last_status
+                sent = self.health.tick(now, self.model_warm, self.pipeline.last_frame_time, summary)
+                if "READY=1" in sent:
+                    self.log.info("ready: model warm, frames flowing")
+            except Exception:
+                self.log.exception("health check failed")

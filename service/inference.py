@@ -1,0 +1,107 @@
+"""The model seam: what the pipeline asks of a model, and a heuristic placeholder.
+
+The real model (INT8 ONNX, ``service/onnxmodel.py``) implements :class:`Model`; until it lands the
+pipeline runs :class:`HeuristicModel`, which judges gain and contact from image statistics only and
+claims no knowledge of the probe pose (zero correction, zero confidence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+Vec3 = tuple[float, float, float]
+ZERO3: Vec3 = (0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """One frame's judgement (units from docs/architecture.md, "Model API")."""
+
+    gain_error_db: float  # current - best gain; positive = too bright
+    best_depth_mm: float
+    target_visible: float  # 0-1
+    quality: float  # 0-1, view quality
+    contact: float  # 0-1, acoustic coupling
+    correction_mm: Vec3 = ZERO3  # motion to apply, current probe frame
+    correction_deg: Vec3 = ZERO3  # rotation vector, current probe frame
+    confidence: float = 0.0  # 0-1: how much to trust the pose correction
+
+
+class Model(Protocol):
+    name: str
+    version: str
+    provider: str  # execution provider actually used, e.g. "CPUExecutionProvider"
+
+    def warmup(self) -> None:
+        """Run once on a dummy input so the first real frame is not slow."""
+        ...
+
+    def predict(self, image: np.ndarray, gain_db: float, depth_mm: float, freq_mhz: float) -> ModelOutput:
+        """``image``: uint8 (H, W) B-mode, rows = depth."""
+        ...
+
+
+class HeuristicModel:
+    """Placeholder model from image statistics, used until the ONNX model lands.
+
+    B-mode brightness is log-compressed: over the display's dynamic range, one dB of gain moves the
+    grey level by about ``255 / dynamic_range_db``. The gain error is the distance of the tissue's
+    median grey level from a mid-grey target, in those dB. Contact is the fraction of the near field
+    that carries echo. Depth: if echo reaches the bottom of the image, the structure continues deeper
+    than the view; otherwise the view should end a little below where echo stops.
+    """
+
+    name = "heuristic"
+    version = "0"
+    provider = "numpy"
+
+    def __init__(
+        self,
+        target_level: float = 100.0,
+        dynamic_range_db: float = 60.0,
+        noise_floor: int = 12,
+        fill_fraction: float = 0.85,
+    ) -> None:
+        self.target_level = target_level
+        self.db_per_level = dynamic_range_db / 255.0
+        self.noise_floor = noise_floor
+        self.fill_fraction = fill_fraction
+        self.warmed_up = False
+
+    def warmup(self) -> None:
+        self.predict(np.zeros((64, 64), np.uint8), 0.0, 100.0, 3.5)
+        self.warmed_up = True
+
+    def predict(self, image: np.ndarray, gain_db: float, depth_mm: float, freq_mhz: float) -> ModelOutput:
+        if image.ndim != 2 or image.dtype != np.uint8 or image.size == 0:
+            raise ValueError(f"expected a non-empty uint8 (H, W) image, got {image.dtype} {image.shape}")
+        rows = image.shape[0]
+        echo = image > self.noise_floor
+        near = echo[: max(1, rows // 4)]
+        contact = float(np.clip((near.mean() - 0.1) / 0.5, 0.0, 1.0))
+        tissue = image[echo]
+        if tissue.size < 0.02 * image.size:  # nothing but noise: probe in air, nothing to judge
+            return ModelOutput(0.0, float(depth_mm), 0.0, 0.0, contact)
+        # Median of the tissue, not the mean: bright specular lines should not decide the gain.
+        level = float(np.median(tissue))
+        gain_error = (level - self.target_level) * self.db_per_level
+        # Saturation hides how far too bright we are; a clipped image is at least this far off.
+        if (image >= 250).mean() > 0.3:
+            gain_error = max(gain_error, 10.0)
+        row_echo = echo.mean(axis=1) > 0.2
+        deepest = int(np.nonzero(row_echo)[0].max()) + 1 if row_echo.any() else rows
+        if deepest >= rows - max(1, rows // 20):
+            best_depth = depth_mm * 1.3  # echo to the bottom edge: the structure goes on below
+        else:
+            best_depth = depth_mm * (deepest / rows) / self.fill_fraction
+        quality = contact * float(np.clip(1.0 - abs(gain_error) / 20.0, 0.0, 1.0))
+        return ModelOutput(
+            gain_error_db=float(gain_error),
+            best_depth_mm=float(best_depth),
+            target_visible=0.0,
+            quality=quality,
+            contact=contact,
+        )

@@ -1,0 +1,278 @@
+"""The daemon's MQTT side: paho-mqtt 2, MQTT 5, driven by the topic table.
+
+- ``available``: last will ``offline`` (retained); ``online`` on every connect; ``stopped`` on clean exit.
+- Retained ``status`` and ``settings`` are remembered and republished on every (re)connect.
+- Subscriptions are made in on_connect, so they come back after a reconnect with a clean session.
+- paho's own thread (``loop_start``) reconnects with exponential backoff (``reconnect_delay_set``).
+- Outgoing queue bounded (``max_queued_messages_set``); guidance is dropped, not queued, while
+  disconnected: a late instruction is worse than none.
+- Commands are parsed and validated against the table here, then run on one worker thread (never on
+  paho's network thread, never on a pipeline thread); every outcome is answered on the response topic.
+- Exceptions inside callbacks are caught and logged: they must never kill the network loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from service.config import MqttConfig
+from service.logsetup import device_logger
+from service.mqtt.topics import BY_NAME, COMMANDS, topic_path
+from service.mqtt.validate import validate
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUED = 200  # outgoing messages paho may hold while the broker is slow or away
+MAX_PENDING_COMMANDS = 16
+
+
+class CommandError(Exception):
+    """A command that cannot be done as asked; the message goes back to the requester."""
+
+
+CommandHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
+
+
+def _safe(fn: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a paho callback: an exception is logged, never propagated into the network loop."""
+
+    def wrapper(*args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("error in MQTT callback %s", fn.__name__)
+
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+class MqttApi:
+    """Publishes the daemon's topics and serves its commands. Thread-safe publish methods."""
+
+    def __init__(
+        self,
+        device_id: str,
+        config: MqttConfig,
+        command_handler: CommandHandler | None = None,
+        reconnect_delay_s: tuple[float, float] = (0.5, 10.0),
+        keepalive_s: int = 10,
+    ) -> None:
+        self.device_id = device_id
+        self.config = config
+        self.command_handler = command_handler
+        self.keepalive_s = keepalive_s
+        self.log = device_logger(__name__, f"mqtt:{config.host}:{config.port}")
+        self._lock = threading.Lock()
+        self._retained: dict[str, bytes] = {}  # topic name -> last payload, republished on reconnect
+        self._connected = threading.Event()
+        self._stopping = False
+        self._commands: queue.Queue[tuple[str, dict[str, Any], str | None, bytes | None] | None] = (
+            queue.Queue(MAX_PENDING_COMMANDS)
+        )
+        self._worker: threading.Thread | None = None
+        self.stats = {
+            "guidance_sent": 0,
+            "guidance_dropped": 0,
+            "connects": 0,
+            "commands": 0,
+            "queue_full": 0,
+        }
+        self.client = self._make_client(reconnect_delay_s)
+
+    def topic(self, name: str) -> str:
+        return topic_path(self.device_id, name)
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    def _make_client(self, reconnect_delay_s: tuple[float, float]) -> mqtt.Client:
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"sonoguide-{self.device_id}",
+            protocol=mqtt.MQTTv5,
+        )
+        c.will_set(self.topic("available"), b"offline", qos=1, retain=True)
+        if self.config.username:
+            c.username_pw_set(self.config.username, self.config.password or None)
+        if self.config.tls:
+            c.tls_set(
+                ca_certs=self.config.ca_file or None,
+                certfile=self.config.cert_file or None,
+                keyfile=self.config.key_file or None,
+            )
+        c.max_queued_messages_set(MAX_QUEUED)
+        c.max_inflight_messages_set(20)
+        lo, hi = reconnect_delay_s
+        c.reconnect_delay_set(min_delay=lo, max_delay=hi)  # type: ignore[arg-type]  # floats work
+        c.on_connect = _safe(self._on_connect)
+        c.on_disconnect = _safe(self._on_disconnect)
+        c.on_message = _safe(self._on_message)
+        return c
+
+    def start(self) -> MqttApi:
+        """Connect in the background; paho keeps retrying until the broker answers."""
+        self._worker = threading.Thread(target=self._command_loop, name="mqtt-commands", daemon=True)
+        self._worker.start()
+        self.client.connect_async(self.config.host, self.config.port, keepalive=self.keepalive_s)
+        self.client.loop_start()
+        return self
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Clean exit: retained ``stopped``, then disconnect (so the broker does not send the will)."""
+        self._stopping = True
+        if self._connected.is_set():
+            info = self.client.publish(self.topic("available"), b"stopped", qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._commands.put(None) if not self._commands.full() else None
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    # --- callbacks (paho's thread) ----------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if rc.is_failure:
+            self.log.warning("broker refused the connection: %s", rc)
+            return
+        self.stats["connects"] += 1
+        self.log.info("connected (connection %d)", self.stats["connects"])
+        client.subscribe(self.topic("cmd/+"), qos=1)
+        client.publish(self.topic("available"), b"online", qos=1, retain=True)
+        with self._lock:
+            retained = dict(self._retained)
+        for name, payload in retained.items():
+            client.publish(self.topic(name), payload, qos=BY_NAME[name].qos, retain=True)
+        self._connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._connected.clear()
+        if not self._stopping:
+            self.log.warning("disconnected from the broker (%s); reconnecting with backoff", rc)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        name = msg.topic.removeprefix(self.topic("cmd/"))
+        props = getattr(msg, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None) or None
+        correlation = getattr(props, "CorrelationData", None)
+        problem, request = parse_command(name, bytes(msg.payload))
+        if problem is not None:
+            self.log.warning("rejected command %r: %s", name, problem)
+            self._respond(name, response_topic, correlation, {"ok": False, "command": name, "error": problem})
+            return
+        try:
+            self._commands.put_nowait((name, request, response_topic, correlation))
+        except queue.Full:
+            self._respond(
+                name,
+                response_topic,
+                correlation,
+                {"ok": False, "command": name, "error": "busy: too many pending commands"},
+            )
+
+    # --- commands (worker thread) -------------------------------------------------------------------
+
+    def _command_loop(self) -> None:
+        while True:
+            item = self._commands.get()
+            if item is None:
+                return
+            name, request, response_topic, correlation = item
+            self.stats["commands"] += 1
+            try:
+                if self.command_handler is None:
+                    raise CommandError("commands are not available yet")
+                result = self.command_handler(name, request)
+                reply: dict[str, Any] = {"ok": True, "command": name, "result": result}
+            except CommandError as e:
+                reply = {"ok": False, "command": name, "error": str(e)}
+            except Exception as e:  # a bug must not end the worker; the requester still hears back
+                self.log.exception("command %s failed", name)
+                reply = {"ok": False, "command": name, "error": f"internal error: {type(e).__name__}: {e}"}
+            try:
+                self._respond(name, response_topic, correlation, reply)
+            except Exception:
+                self.log.exception("could not send the response to %s", name)
+
+    def _respond(
+        self, name: str, response_topic: str | None, correlation: bytes | None, reply: dict[str, Any]
+    ) -> None:
+        if not response_topic:
+            if not reply["ok"]:
+                self.log.warning("command %s without a response topic failed: %s", name, reply["error"])
+            return
+        props = Properties(PacketTypes.PUBLISH)
+        if correlation is not None:
+            props.CorrelationData = correlation
+        self.client.publish(response_topic, json.dumps(reply).encode(), qos=1, properties=props)
+
+    # --- publishing (any thread) ---------------------------------------------------------------------
+
+    def publish_retained(self, name: str, message: dict[str, Any]) -> None:
+        """``status`` or ``settings``: remembered for reconnects, sent now if connected."""
+        payload = json.dumps(message, separators=(",", ":")).encode()
+        with self._lock:
+            if self._retained.get(name) == payload:
+                return
+            self._retained[name] = payload
+        if self._connected.is_set():
+            self._publish(name, payload)
+
+    def publish_guidance(self, message: dict[str, Any]) -> bool:
+        """QoS 0 with a 1 s expiry; dropped (False) while disconnected instead of queued."""
+        if not self._connected.is_set():
+            self.stats["guidance_dropped"] += 1
+            return False
+        t = BY_NAME["guidance"]
+        props = Properties(PacketTypes.PUBLISH)
+        props.MessageExpiryInterval = t.expiry_s
+        ok = self._publish("guidance", json.dumps(message, separators=(",", ":")).encode(), props)
+        self.stats["guidance_sent" if ok else "guidance_dropped"] += 1
+        return ok
+
+    def publish_event(self, message: dict[str, Any]) -> bool:
+        """QoS 1: paho queues it (bounded) across a short disconnection."""
+        return self._publish("events", json.dumps(message, separators=(",", ":")).encode())
+
+    def _publish(self, name: str, payload: bytes, props: Properties | None = None) -> bool:
+        t = BY_NAME[name]
+        info = self.client.publish(self.topic(name), payload, qos=t.qos, retain=t.retain, properties=props)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            self.stats["queue_full"] += 1
+            return False
+        return info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
+
+
+def parse_command(name: str, payload: bytes) -> tuple[str | None, dict[str, Any]]:
+    """(problem, request): the problem names what is wrong, for the error response."""
+    topic = COMMANDS.get(name)
+    if topic is None:
+        return f"unknown command '{name}'; known: {', '.join(sorted(COMMANDS))}", {}
+    if not payload.strip():
+        request: Any = {}
+    else:
+        try:
+            request = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            return f"payload is not UTF-8 JSON: {e}", {}
+    problems = validate(request, topic.schema, "")
+    if problems:
+        return "invalid request: " + "; ".join(problems), {}
+    return None, request

@@ -1,0 +1,255 @@
+"""THE table of the MQTT API. Code, docs/mqtt/*.schema.json and docs/mqtt/asyncapi.yaml derive from it.
+
+Every topic lives under ``sonoguide/<device_id>/``. Direction is the daemon's view: ``publish`` topics
+are written by the daemon, ``subscribe`` topics (commands) are read by it. Commands use MQTT 5
+request/response: the requester sets the response topic and correlation data; the reply goes there
+with the same correlation data and validates against ``response_schema``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ROOT = "sonoguide"
+Schema = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str  # relative to sonoguide/<device_id>/
+    direction: str  # "publish" | "subscribe" (from the daemon's side)
+    qos: int
+    retain: bool
+    expiry_s: int | None  # MQTT 5 message expiry interval
+    schema: Schema  # JSON Schema of the payload (UTF-8 JSON, or a JSON string for `available`)
+    description: str
+    response_schema: Schema | None = None  # commands only
+
+    @property
+    def is_command(self) -> bool:
+        return self.name.startswith("cmd/")
+
+    @property
+    def file_stem(self) -> str:
+        return self.name.replace("/", "-")
+
+
+def _obj(props: dict[str, Schema], required: list[str] | None = None, extra: bool = False) -> Schema:
+    return {
+        "type": "object",
+        "properties": props,
+        "required": sorted(props) if required is None else required,
+        "additionalProperties": extra,
+    }
+
+
+_NUM: Schema = {"type": "number"}
+_UNIT: Schema = {"type": "number", "minimum": 0, "maximum": 1}
+_STR: Schema = {"type": "string"}
+_OPT_NUM: Schema = {"type": ["number", "null"]}
+_PARAM_NAMES = ["gain_db", "depth_mm", "frequency_mhz"]
+_AUTO_NAMES = ["gain", "depth"]
+INSTRUCTIONS = [
+    "slide_head", "slide_feet", "slide_left", "slide_right", "rotate_cw", "rotate_ccw",
+    "tilt_head", "tilt_feet", "tilt_left", "tilt_right", "rock_head", "rock_feet", "rock_left",
+    "rock_right", "press", "more_gel", "scan", "hold_still", "good_view",
+]  # fmt: skip
+
+_STAGE_TIMES = _obj(
+    {
+        "device_us": {"type": "integer", "description": "probe timestamp of the frame (µs)"},
+        "received": {**_NUM, "description": "host monotonic time the frame arrived (s)"},
+        "preprocessed": _NUM,
+        "inferred": _NUM,
+        "guided": _NUM,
+        "published": _NUM,
+    }
+)
+
+GUIDANCE_SCHEMA = _obj(
+    {
+        "seq": {"type": "integer", "minimum": 0},
+        "frame_id": {"type": "integer", "minimum": 0},
+        "instruction": {"type": "string", "enum": INSTRUCTIONS},
+        "text": {**_STR, "description": "the instruction in words, with its magnitude"},
+        "magnitude": {"type": "number", "minimum": 0},
+        "unit": {"type": "string", "enum": ["mm", "deg", ""]},
+        "confidence": _UNIT,
+        "quality": _UNIT,
+        "target_visible": _UNIT,
+        "contact": _UNIT,
+        "basis": {
+            "type": "string",
+            "enum": ["camera", "assumed_marker_toward_head"],
+            "description": "how head/feet/left/right were worked out: tracked probe pose, or the default hold",
+        },
+        "frozen": {"type": "boolean"},
+        "t": {**_STAGE_TIMES, "description": "per-stage host monotonic timestamps (s) for latency"},
+    }
+)
+
+STATUS_SCHEMA = _obj(
+    {
+        "probe": _obj(
+            {"state": {"type": "string", "enum": ["ok", "no_frames", "error"]}, "port": _STR, "info": _STR}
+        ),
+        "camera": _obj({"state": {"type": "string", "enum": ["none", "tracking", "lost"]}, "source": _STR}),
+        "model": _obj({"name": _STR, "version": _STR, "provider": _STR}),
+        "fps": {"type": "number", "minimum": 0},
+        "health": {"type": "string", "enum": ["starting", "ok", "degraded"]},
+        "summary": _STR,
+        "dropped": {
+            "type": "object",
+            "additionalProperties": {"type": "integer", "minimum": 0},
+            "description": "frames dropped per stage hand-off (latest value wins)",
+        },
+        "uptime_s": {"type": "number", "minimum": 0},
+        "version": _STR,
+    }
+)
+
+SETTINGS_SCHEMA = _obj(
+    {
+        "gain_db": _OPT_NUM,
+        "depth_mm": _OPT_NUM,
+        "frequency_mhz": _OPT_NUM,
+        "auto": _obj({"gain": {"type": "boolean"}, "depth": {"type": "boolean"}}),
+        "paused_s": _obj(
+            {"gain": {"type": "number", "minimum": 0}, "depth": {"type": "number", "minimum": 0}},
+        ),
+        "frozen": {"type": "boolean"},
+    }
+)
+
+EVENT_SCHEMA = _obj(
+    {
+        "seq": {"type": "integer", "minimum": 0},
+        "time": _NUM,
+        "kind": {"type": "string", "enum": ["auto_change", "manual_change", "capture", "warning", "info"]},
+        "message": _STR,
+        "param": {"type": "string", "enum": _PARAM_NAMES},
+        "old": _OPT_NUM,
+        "new": _OPT_NUM,
+        "reason": _STR,
+        "frame_id": {"type": "integer", "minimum": 0},
+        "source": {"type": "string", "enum": ["auto", "probe", "command"]},
+    },
+    required=["seq", "time", "kind", "message"],
+)
+
+RESPONSE_SCHEMA = _obj(
+    {
+        "ok": {"type": "boolean"},
+        "command": _STR,
+        "result": {"type": "object"},
+        "error": _STR,
+    },
+    required=["ok", "command"],
+)
+
+_EMPTY = _obj({})
+
+
+def _cmd(name: str, request: Schema, result: Schema, description: str) -> Topic:
+    response = {
+        **RESPONSE_SCHEMA,
+        "properties": {**RESPONSE_SCHEMA["properties"], "result": result},
+    }
+    return Topic(f"cmd/{name}", "subscribe", 1, False, None, request, description, response)
+
+
+TOPICS: tuple[Topic, ...] = (
+    Topic(
+        "available",
+        "publish",
+        1,
+        True,
+        None,
+        {"type": "string", "enum": ["online", "offline", "stopped"]},
+        "`online` on connect; `offline` as the last will when the daemon vanishes; `stopped` on clean exit."
+        " The payload is the bare word (not JSON).",
+    ),
+    Topic(
+        "status",
+        "publish",
+        1,
+        True,
+        None,
+        STATUS_SCHEMA,
+        "Health of probe, camera and model; every few seconds.",
+    ),
+    Topic(
+        "settings",
+        "publish",
+        1,
+        True,
+        None,
+        SETTINGS_SCHEMA,
+        "Imaging settings and auto-tuning flags; on change.",
+    ),
+    Topic(
+        "guidance",
+        "publish",
+        0,
+        False,
+        1,
+        GUIDANCE_SCHEMA,
+        "One instruction per processed frame. Expires after 1 s: stale guidance is worse than none.",
+    ),
+    Topic(
+        "events", "publish", 1, False, None, EVENT_SCHEMA, "Automatic and manual changes, captures, warnings."
+    ),
+    _cmd(
+        "ping",
+        _EMPTY,
+        _obj({"pong": {"type": "boolean"}, "version": _STR, "uptime_s": _NUM}),
+        "Liveness check.",
+    ),
+    _cmd(
+        "set_auto",
+        _obj({"param": {"type": "string", "enum": _AUTO_NAMES}, "enabled": {"type": "boolean"}}),
+        _obj({"param": _STR, "enabled": {"type": "boolean"}}),
+        "Switch auto gain or auto depth on or off.",
+    ),
+    _cmd(
+        "set_param",
+        _obj({"param": {"type": "string", "enum": _PARAM_NAMES}, "value": _NUM}),
+        _obj({"param": _STR, "value": _NUM, "auto_paused_s": {"type": "number", "minimum": 0}}),
+        "A manual setting from the display: wins over auto-tuning, which pauses for [auto] manual_pause_s.",
+    ),
+    _cmd(
+        "preset",
+        _obj({"name": {"type": "string", "minLength": 1, "maxLength": 64}}),
+        _obj({"name": _STR, "settings": {"type": "object"}}),
+        "Apply an exam preset (its gain, depth and frequency), as a manual change.",
+    ),
+    _cmd(
+        "freeze",
+        _obj({"frozen": {"type": "boolean"}}),
+        _obj({"frozen": {"type": "boolean"}}),
+        "Freeze or unfreeze the image; guidance and auto-tuning pause while frozen.",
+    ),
+    _cmd(
+        "capture", _EMPTY, _obj({"frame_id": {"type": ["integer", "null"]}}), "Capture the current frame now."
+    ),
+    _cmd(
+        "calibrate_camera",
+        _EMPTY,
+        _obj({"residual_mm": _NUM}, required=[], extra=True),
+        "Find the calibration stickers and compute the camera-to-patient transform.",
+    ),
+    _cmd(
+        "reload_model",
+        _obj({"dir": {"type": "string", "maxLength": 4096}}, required=[]),
+        _obj({"name": _STR, "version": _STR, "provider": _STR}),
+        "Load (and warm up) a model version folder, or the configured one; the old model stays on failure.",
+    ),
+)
+
+BY_NAME: dict[str, Topic] = {t.name: t for t in TOPICS}
+COMMANDS: dict[str, Topic] = {t.name.removeprefix("cmd/"): t for t in TOPICS if t.is_command}
+
+
+def topic_path(device_id: str, name: str) -> str:
+    return f"{ROOT}/{device_id}/{name}"

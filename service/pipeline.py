@@ -1,0 +1,418 @@
+"""The acquisition-to-guidance pipeline.
+
+Stages, each owning a thread, joined by latest-value-wins slots (a slow stage drops stale frames):
+
+    acquire ─▶ preprocess ─▶ infer ─┬─▶ guide ─▶ publish (MQTT, paho's thread)
+                                    └─▶ control ─▶ link.set_param (read back), events
+
+Control runs beside guidance rather than in front of it, so a slow serial read-back never delays an
+instruction. The same stage functions run synchronously in :meth:`Pipeline.step` for simulated-time
+evaluation (no threads). Time comes from an injected :class:`~service.clock.Clock`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from service.clock import Clock
+from service.config import AutoConfig
+from service.control import AutoDepth, AutoGain, Change, ManualChangeDetector, ManualOverride, ProbeLimits
+from service.guidance import Correction, GuidanceEngine, GuidanceParams, model_correction
+from service.handoff import LatestSlot
+from service.inference import Model, ModelOutput
+from service.logsetup import device_logger
+from service.probe import DEPTH, FREQUENCY, GAIN, TUNABLE, ProbeLinkLike, limits_from_info
+
+AUTO_PARAM = {"gain": GAIN, "depth": DEPTH}  # auto flag -> probe parameter
+
+
+class Publisher(Protocol):
+    def publish_guidance(self, message: dict[str, Any]) -> bool: ...
+    def publish_event(self, message: dict[str, Any]) -> bool: ...
+    def publish_retained(self, name: str, message: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrackedPose:
+    """What camera tracking gives guidance for one frame (wired when service.tracking lands)."""
+
+    patient_from_probe: np.ndarray  # 3×3, columns = probe axes in patient coordinates
+    correction: Correction | None = None  # camera-derived motion toward the target, probe frame
+
+
+class PoseSource(Protocol):
+    state: str  # "tracking" | "lost"
+
+    def pose_at(self, host_time: float) -> TrackedPose | None: ...
+
+
+@dataclass
+class Work:
+    """One frame on its way through the stages."""
+
+    frame: Any
+    params: dict[str, Any]
+    times: dict[str, float] = field(default_factory=dict)
+    image: np.ndarray | None = None
+    output: ModelOutput | None = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        link: ProbeLinkLike,
+        model: Model,
+        publisher: Publisher,
+        clock: Clock,
+        auto: AutoConfig | None = None,
+        guidance: GuidanceParams | None = None,
+        limits: ProbeLimits | None = None,
+        camera: PoseSource | None = None,
+        name: str = "probe",
+    ) -> None:
+        auto = auto or AutoConfig()
+        self.link, self.model, self.publisher, self.clock, self.camera = link, model, publisher, clock, camera
+        self.log = device_logger(__name__, name)
+        self.limits = limits or limits_from_info(getattr(link, "info", None))
+        self.auto_gain = AutoGain(self.limits)
+        self.auto_depth = AutoDepth(self.limits)
+        self.override = ManualOverride(auto.manual_pause_s)
+        self.detector = ManualChangeDetector()
+        self.guidance = GuidanceEngine(guidance)
+        self.auto_enabled = {"gain": auto.gain, "depth": auto.depth}
+        self.frozen = False
+        self.settings: dict[str, float | None] = dict.fromkeys(TUNABLE)
+        self._lock = threading.RLock()  # settings, detector, auto flags: touched by several stages
+        self._model_lock = threading.Lock()
+        self.slots = {n: LatestSlot[Work](n) for n in ("preprocess", "infer", "guide", "control")}
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._seq = 0
+        self._event_seq = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        self.last_frame_time: float | None = None  # clock time of the last frame fully guided
+        self.last_frame_id: int | None = None
+        self.fps = 0.0
+        self.errors = 0
+        self.on_guided: Callable[[dict[str, Any]], None] | None = None  # e.g. health bookkeeping
+
+    # --- stage functions (shared by threads and step) ----------------------------------------------
+
+    def receive(self, frame: Any) -> Work:
+        now = self.clock.now()
+        params = dict(getattr(frame, "params", {}) or {})
+        with self._lock:
+            for p in TUNABLE:
+                if p not in params:
+                    continue
+                value = float(params[p])
+                if self.detector.observe(p, value, now):
+                    self._manual_change(p, self.settings.get(p), value, "probe", now)
+                self.settings[p] = value
+        self.frames_in += 1
+        return Work(frame, params, {"received": now})
+
+    def preprocess(self, work: Work) -> Work:
+        image = np.asarray(work.frame.image)
+        if image.ndim != 2 or image.dtype != np.uint8:
+            raise ValueError(
+                f"frame {work.frame.frame_id}: expected uint8 (H, W), got {image.dtype} {image.shape}"
+            )
+        work.image = np.ascontiguousarray(image)
+        work.times["preprocessed"] = self.clock.now()
+        return work
+
+    def infer(self, work: Work) -> Work:
+        assert work.image is not None
+        p = work.params
+        with self._model_lock:
+            model = self.model
+        work.output = model.predict(
+            work.image, float(p.get(GAIN, 0.0)), float(p.get(DEPTH, 0.0)), float(p.get(FREQUENCY, 0.0))
+        )
+        work.times["inferred"] = self.clock.now()
+        return work
+
+    def control(self, work: Work) -> list[Change]:
+        """Auto gain and depth for this frame; applied through the link, published and logged."""
+        out, now = work.output, self.clock.now()
+        if out is None or self.frozen:
+            return []
+        changes = []
+        with self._lock:
+            current = dict(self.settings)
+            enabled = dict(self.auto_enabled)
+        frame_gain, frame_depth = work.params.get(GAIN), work.params.get(DEPTH)
+        # Act only on frames taken at the current setting: older frames show the image before our change.
+        if (
+            enabled["gain"]
+            and frame_gain is not None
+            and float(frame_gain) == current[GAIN]
+            and not self.override.paused(GAIN, now)
+            and out.contact >= 0.5
+        ):
+            change = self.auto_gain.update(out.gain_error_db, float(frame_gain), now)
+            if change:
+                changes.append(change)
+        if (
+            enabled["depth"]
+            and frame_depth is not None
+            and float(frame_depth) == current[DEPTH]
+            and not self.override.paused(DEPTH, now)
+            and out.contact >= 0.5
+        ):
+            change = self.auto_depth.update(out.best_depth_mm, float(frame_depth), now)
+            if change:
+                changes.append(change)
+        applied = []
+        for change in changes:
+            if self._apply(change, "auto", work.frame.frame_id):
+                applied.append(change)
+        return applied
+
+    def guide(self, work: Work) -> dict[str, Any]:
+        out, now = work.output, self.clock.now()
+        assert out is not None
+        pose = self.camera.pose_at(work.frame.host_time) if self.camera is not None else None
+        shown, capture = self.guidance.update(
+            model_correction(out.correction_mm, out.correction_deg, out.confidence),
+            out.quality,
+            out.contact,
+            now,
+            camera=pose.correction if pose else None,
+            patient_from_probe=pose.patient_from_probe if pose else None,
+        )
+        work.times["guided"] = now
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+        times = {"device_us": int(work.frame.device_ts_us), **{k: round(v, 6) for k, v in work.times.items()}}
+        message = {
+            "seq": seq,
+            "frame_id": int(work.frame.frame_id),
+            "instruction": shown.id,
+            "text": shown.text,
+            "magnitude": shown.magnitude,
+            "unit": shown.unit,
+            "confidence": shown.confidence,
+            "quality": round(_unit(out.quality), 3),
+            "target_visible": round(_unit(out.target_visible), 3),
+            "contact": round(_unit(out.contact), 3),
+            "basis": shown.basis,
+            "frozen": self.frozen,
+            "t": times,
+        }
+        if capture:
+            self.event(
+                "capture",
+                f"automatic capture of frame {work.frame.frame_id}: good view held",
+                frame_id=int(work.frame.frame_id),
+                source="auto",
+                reason=f"quality >= {self.guidance.params.good_quality} for {self.guidance.params.capture_after_s} s",
+            )
+        return message
+
+    def publish(self, message: dict[str, Any]) -> None:
+        message["t"]["published"] = round(self.clock.now(), 6)
+        self.publisher.publish_guidance(message)
+        now = self.clock.now()
+        if self.last_frame_time is not None and now > self.last_frame_time:
+            inst = 1.0 / (now - self.last_frame_time)
+            self.fps = inst if self.fps == 0 else 0.9 * self.fps + 0.1 * inst
+        self.last_frame_time, self.last_frame_id = now, message["frame_id"]
+        self.frames_out += 1
+        if self.on_guided is not None:
+            self.on_guided(message)
+
+    def step(self, frame: Any) -> tuple[dict[str, Any], list[Change]]:
+        """One frame through every stage on the caller's thread (simulated-time evaluation)."""
+        work = self.infer(self.preprocess(self.receive(frame)))
+        changes = self.control(work)
+        message = self.guide(work)
+        self.publish(message)
+        self.publish_settings()
+        return message, changes
+
+    # --- settings, manual changes, events -----------------------------------------------------------
+
+    def _apply(self, change: Change, source: str, frame_id: int | None = None) -> bool:
+        """Set a parameter through the link (read back) and tell everyone why."""
+        now = self.clock.now()
+        try:
+            readback = float(self.link.set_param(change.param, change.new))
+        except Exception as e:
+            self.log.warning("could not set %s to %s: %s", change.param, change.new, e)
+            self.event(
+                "warning",
+                f"could not set {change.param} to {change.new}: {e}",
+                param=change.param,
+                source=source,
+            )
+            return False
+        with self._lock:
+            self.detector.expect(change.param, readback, now)
+            self.settings[change.param] = readback
+        if change.param == GAIN:
+            self.auto_gain.reset(now)
+        elif change.param == DEPTH:
+            self.auto_depth.reset(now)
+        kind = "auto_change" if source == "auto" else "manual_change"
+        self.log.info(
+            "%s %s %s -> %s (%s)", kind.replace("_", " "), change.param, change.old, readback, change.reason
+        )
+        self.event(
+            kind,
+            f"{change.param} {change.old:g} -> {readback:g}: {change.reason}",
+            param=change.param,
+            old=change.old,
+            new=readback,
+            reason=change.reason,
+            source=source,
+            **({"frame_id": frame_id} if frame_id is not None else {}),
+        )
+        if abs(readback - change.new) > 1e-6:
+            self.event(
+                "warning",
+                f"{change.param}: asked for {change.new:g}, probe reports {readback:g}",
+                param=change.param,
+                source=source,
+            )
+        self.publish_settings()
+        return True
+
+    def set_manual(self, param: str, value: float, source: str = "command") -> float:
+        """A manual setting (display command): applied, and auto-tuning of it pauses."""
+        now = self.clock.now()
+        old = self.settings.get(param)
+        change = Change(
+            param, float(old) if old is not None else float("nan"), float(value), "manual setting"
+        )
+        if not self._apply(change, source):
+            raise RuntimeError(f"the probe did not accept {param} = {value}")
+        self.override.note_manual(param, now)
+        return float(self.settings[param] or 0.0)
+
+    def _manual_change(self, param: str, old: float | None, new: float, source: str, now: float) -> None:
+        self.override.note_manual(param, now)
+        self.log.info(
+            "manual change of %s on the %s: %s -> %s; auto paused %.0f s",
+            param,
+            source,
+            old,
+            new,
+            self.override.pause_s,
+        )
+        self.event(
+            "manual_change",
+            f"{param} changed on the {source}; auto-tuning paused {self.override.pause_s:g} s",
+            param=param,
+            old=old,
+            new=new,
+            source=source,
+            reason="manual change wins",
+        )
+
+    def set_auto(self, which: str, enabled: bool) -> None:
+        with self._lock:
+            self.auto_enabled[which] = enabled
+        self.log.info("auto %s %s", which, "on" if enabled else "off")
+        self.event("info", f"auto {which} {'on' if enabled else 'off'}", source="command")
+        self.publish_settings()
+
+    def event(self, kind: str, message: str, **fields: Any) -> None:
+        with self._lock:
+            self._event_seq += 1
+            seq = self._event_seq
+        body = {"seq": seq, "time": round(self.clock.now(), 6), "kind": kind, "message": message}
+        body.update({k: v for k, v in fields.items() if v is not None})
+        self.publisher.publish_event(body)
+
+    def settings_message(self) -> dict[str, Any]:
+        now = self.clock.now()
+        with self._lock:
+            return {
+                **{k: self.settings.get(k) for k in TUNABLE},
+                "auto": dict(self.auto_enabled),
+                "paused_s": {w: float(round(self.override.remaining(p, now))) for w, p in AUTO_PARAM.items()},
+                "frozen": self.frozen,
+            }
+
+    def publish_settings(self) -> None:
+        self.publisher.publish_retained("settings", self.settings_message())
+
+    def swap_model(self, model: Model) -> None:
+        with self._model_lock:
+            self.model = model
+
+    # --- threads ------------------------------------------------------------------------------------
+
+    def start(self) -> Pipeline:
+        stages: list[tuple[str, Callable[[], None]]] = [
+            ("acquire", self._acquire_loop),
+            (
+                "preprocess",
+                lambda: self._loop("preprocess", lambda w: self._to(["infer"], self.preprocess(w))),
+            ),
+            ("infer", lambda: self._loop("infer", lambda w: self._to(["guide", "control"], self.infer(w)))),
+            ("control", lambda: self._loop("control", self.control)),
+            ("guide", lambda: self._loop("guide", lambda w: self.publish(self.guide(w)))),
+        ]
+        for name, target in stages:
+            t = threading.Thread(target=target, name=f"stage-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self._stop.set()
+        for slot in self.slots.values():
+            slot.close()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads.clear()
+
+    def _to(self, names: list[str], work: Work) -> None:
+        for n in names:
+            self.slots[n].put(work)
+
+    def _acquire_loop(self) -> None:
+        last_id = None
+        while not self._stop.is_set():
+            try:
+                frame = self.link.latest_frame(timeout=0.1)
+                if frame is None or frame.frame_id == last_id:
+                    continue
+                last_id = frame.frame_id
+                self.slots["preprocess"].put(self.receive(frame))
+            except Exception:
+                self._stage_error("acquire")
+                self._stop.wait(0.05)  # real time: a failing link must not spin the CPU
+
+    def _loop(self, name: str, body: Callable[[Work], Any]) -> None:
+        slot = self.slots[name]
+        while not self._stop.is_set():
+            work = slot.get(timeout=0.2)
+            if work is None:
+                continue
+            try:
+                body(work)
+            except Exception:
+                self._stage_error(name)
+
+    def _stage_error(self, stage: str) -> None:
+        self.errors += 1
+        if self.errors <= 5 or self.errors % 100 == 0:  # a broken frame source must not flood the log
+            self.log.exception("stage %s failed (error %d); frame dropped", stage, self.errors)
+
+    def dropped(self) -> dict[str, int]:
+        return {n: s.dropped for n, s in self.slots.items()}
+
+
+def _unit(x: float) -> float:
+    return float(min(1.0, max(0.0, x)))
