@@ -164,7 +164,7 @@ class Recorder:
     def _on_message(self, c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == self.reply_topic:
             body = json.loads(msg.payload)
-            corr = msg.properties.CorrelationData if hasattr(msg.properties, "CorrelationData") else b""
+            corr = getattr(msg.properties, "CorrelationData", b"")
             name = body.get("command", "?")
             self._check(body, f"cmd/{name}", response=True)
             with self._cond:
