@@ -107,3 +107,34 @@ def test_last_will_offline_when_the_daemon_vanishes(broker: LocalBroker) -> None
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_username_and_password_from_the_environment(start_broker, tmp_path: Path) -> None:
+    import shutil
+
+    from service.config import parse_config
+    from service.mqtt.client import MqttApi
+
+    passwd = tmp_path / "passwd"
+    subprocess.run(
+        [shutil.which("mosquitto_passwd") or "mosquitto_passwd", "-b", "-c", str(passwd), "probe-01", "pa55-word"],
+        check=True, capture_output=True, timeout=10,
+    )  # fmt: skip
+    passwd.chmod(0o644)
+    broker = start_broker(
+        config=f"listener {{port}} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n", name="auth"
+    )
+    good = parse_config(
+        {"mqtt": {"port": broker.port, "username": "probe-01"}}, env={"SONOGUIDE_MQTT_PASSWORD": "pa55-word"}
+    )
+    bad = parse_config(
+        {"mqtt": {"port": broker.port, "username": "probe-01"}}, env={"SONOGUIDE_MQTT_PASSWORD": "nope"}
+    )
+    ok_api = MqttApi("auth-ok", good.mqtt).start()
+    bad_api = MqttApi("auth-bad", bad.mqtt).start()
+    try:
+        assert ok_api.wait_connected(5)
+        assert not bad_api.wait_connected(1.5)
+    finally:
+        ok_api.stop()
+        bad_api.stop()
