@@ -73,7 +73,7 @@ def test_guidance_at_frame_rate_retained_state_and_clean_exit(broker: LocalBroke
     t0 = time.monotonic()
     time.sleep(2.0)
     rate = len(rec.of("guidance", since=t0)) / (time.monotonic() - t0)
-    assert rate >= 0.85 * bench.probe.fps, f"guidance at {rate:.1f}/s for a {bench.probe.fps} fps probe"
+    assert rate >= 0.8 * bench.probe.fps, f"guidance at {rate:.1f}/s for a {bench.probe.fps} fps probe"
     g = rec.of("guidance")[-1]
     assert g.props.MessageExpiryInterval == 1 and not g.retain
     t = g.payload["t"]
@@ -104,7 +104,6 @@ def test_guidance_at_frame_rate_retained_state_and_clean_exit(broker: LocalBroke
         )
     finally:
         late.close()
-    bench.daemon.stop = lambda: None  # already stopped cleanly
 
 
 def test_auto_gain_converges_from_15_db_too_low(make_bench) -> None:
