@@ -51,6 +51,7 @@ def test_empty_file_and_no_file_give_defaults(tmp_path: Path) -> None:
         ('[mqtt]\npassword = "hunter2"\n', ["unknown key 'password'", "SONOGUIDE_MQTT_PASSWORD"]),
         ("[mqtt]\nport = 1883\n[extra]\n", ["unknown section [extra]"]),
         ("[mqtt\n", ["invalid TOML"]),
+        ('[mqtt]\ntls = true\nca_file = "/nonexistent/ca.crt"\n', ["[mqtt] ca_file", "no such file"]),
     ],
 )
 def test_errors_name_key_and_file(tmp_path: Path, body: str, fragments: list[str]) -> None:

@@ -138,3 +138,49 @@ def test_username_and_password_from_the_environment(start_broker, tmp_path: Path
     finally:
         ok_api.stop()
         bad_api.stop()
+
+
+def test_tls_with_a_private_ca(start_broker, tmp_path: Path) -> None:
+    from service.config import parse_config
+    from service.mqtt.client import MqttApi
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30, cwd=tmp_path)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            "-days", "2", "-subj", "/CN=sonoguide test CA")  # fmt: skip
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "2", "-extfile", "san.ext")  # fmt: skip
+    for f in tmp_path.iterdir():
+        f.chmod(0o644)
+    broker = start_broker(
+        config=(
+            "listener {port} 127.0.0.1\nallow_anonymous true\n"
+            f"cafile {tmp_path / 'ca.crt'}\ncertfile {tmp_path / 'server.crt'}\nkeyfile {tmp_path / 'server.key'}\n"
+        ),
+        name="tls",
+    )
+    cfg = parse_config(
+        {"mqtt": {"port": broker.port, "tls": True, "ca_file": str(tmp_path / "ca.crt")}}, env={}
+    )
+    api = MqttApi("tls-ok", cfg.mqtt).start()
+    plain = MqttApi("tls-plain", parse_config({"mqtt": {"port": broker.port}}, env={}).mqtt).start()
+    try:
+        assert api.wait_connected(5), broker.log_text()
+        assert not plain.wait_connected(1.0)  # the listener speaks TLS only
+    finally:
+        api.stop()
+        plain.stop()
