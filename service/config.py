@@ -231,6 +231,12 @@ def parse_config(
     mqtt = sections["mqtt"]
     mqtt["password"] = _mqtt_password(env)
     mqtt["key_file"] = _tls_key_file(env, mqtt.get("key_file", ""))
+    if mqtt.get("tls"):
+        for key in ("ca_file", "cert_file", "key_file"):
+            if mqtt.get(key) and not Path(mqtt[key]).is_file():
+                raise ConfigError(
+                    f"{source}: [mqtt] {key}: no such file {mqtt[key]!r} (needed with tls = true)"
+                )
     camera = sections["camera"]
     if camera.get("source") == "realsense" and not camera.get("serial"):
         raise ConfigError(f'{source}: [camera] serial: required when source = "realsense"')

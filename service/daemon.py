@@ -53,6 +53,7 @@ class Daemon:
         self.health = HealthMonitor(notifier or SdNotifier())
         self.model_warm = False
         self._stop = threading.Event()
+        self._stopped = False
         self._health_thread: threading.Thread | None = None
 
     def start(self) -> Daemon:
@@ -68,6 +69,10 @@ class Daemon:
         return self
 
     def stop(self) -> None:
+        """Clean exit (idempotent): pipeline down, last status, retained ``stopped``, disconnect."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._stop.set()
         self.health.stopping()
         self.pipeline.stop()

@@ -159,10 +159,20 @@ class Instruction:
         )
 
 
-def _patient_direction(vec_probe: np.ndarray, patient_from_probe: np.ndarray) -> tuple[str, float]:
-    """The patient direction (head/feet/left/right) closest to a probe-frame vector, and its length."""
+def _patient_direction(
+    vec_probe: np.ndarray, patient_from_probe: np.ndarray, prefer: str | None = None, stickiness: float = 1.0
+) -> tuple[str, float]:
+    """The patient direction (head/feet/left/right) closest to a probe-frame vector, and its length.
+
+    ``prefer`` (the direction shown now) keeps winning near the diagonal, by the ``stickiness`` factor.
+    """
     v = patient_from_probe @ vec_probe
     x, y = float(v[0]), float(v[1])
+    if prefer in _DIRECTIONS:
+        px, py = _DIRECTIONS[prefer]
+        along, across = px * x + py * y, abs(py * x - px * y)
+        if along > 0 and along * stickiness >= across:
+            return prefer, math.hypot(x, y)
     if abs(y) >= abs(x):
         return ("head" if y > 0 else "feet"), math.hypot(x, y)
     return ("left" if x > 0 else "right"), math.hypot(x, y)
@@ -195,7 +205,8 @@ def choose_instruction(
         return make("scan", c=0.0)
     dx, dy, dz = correction.translation_mm
     rx, ry, rz = correction.rotation_deg
-    slide_dir, slide_len = _patient_direction(np.array([dx, dy, 0.0]), rot)
+    shown_slide = current.removeprefix("slide_") if current and current.startswith("slide_") else None
+    slide_dir, slide_len = _patient_direction(np.array([dx, dy, 0.0]), rot, shown_slide, params.stickiness)
     # Tilt (about probe x) swings the beam toward probe -y per +rx; rock (about y) toward probe +x per +ry.
     tilt_dir, _ = _patient_direction(np.array([0.0, -math.copysign(1.0, rx), 0.0]), rot)
     rock_dir, _ = _patient_direction(np.array([math.copysign(1.0, ry), 0.0, 0.0]), rot)

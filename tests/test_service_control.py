@@ -1,0 +1,107 @@
+"""Auto gain and auto depth against simple plants with the real sign conventions; manual override."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from service.control import (
+    AutoDepth,
+    AutoGain,
+    DepthParams,
+    ManualChangeDetector,
+    ManualOverride,
+    ProbeLimits,
+)
+
+LIMITS = ProbeLimits(
+    gain_min_db=0, gain_max_db=90, gain_step_db=1.0, depth_steps_mm=(40, 60, 80, 100, 120, 150)
+)
+
+
+def _run_gain_plant(start_gain: float, best_gain: float, seconds: float = 6.0, delay_frames: int = 2):
+    """The image shows gain error = gain - best (+ measurement noise), a few frames late."""
+    import random
+
+    rng = random.Random(7)
+    ctrl = AutoGain(LIMITS)
+    gain, history, changes = start_gain, [start_gain] * delay_frames, []
+    for i in range(int(seconds * 30)):
+        now = i / 30
+        seen_gain = history[-delay_frames]
+        change = ctrl.update(seen_gain - best_gain + rng.gauss(0, 0.7), gain, now)
+        if change:
+            assert change.new == LIMITS.quantize_gain(change.new)
+            assert abs(change.new - change.old) <= ctrl.params.max_step_db
+            changes.append(change)
+            gain = change.new
+        history.append(gain)
+    return gain, changes
+
+
+def test_gain_converges_from_15_db_too_low_without_oscillation() -> None:
+    gain, changes = _run_gain_plant(start_gain=35, best_gain=50)
+    assert abs(gain - 50) < AutoGain(LIMITS).params.dead_band_db
+    steps = [c.new - c.old for c in changes]
+    assert all(s > 0 for s in steps), f"overshoot/oscillation: {steps}"
+    assert len(changes) <= 6
+    assert "too dark" in changes[0].reason
+
+
+def test_gain_too_bright_goes_down_and_dead_band_holds() -> None:
+    gain, changes = _run_gain_plant(start_gain=70, best_gain=58)
+    assert abs(gain - 58) < 2 and all(c.new < c.old for c in changes)
+    ctrl = AutoGain(LIMITS)
+    assert all(ctrl.update(1.0, 50, t / 30) is None for t in range(90))
+
+
+def test_gain_clamps_to_probe_range_and_step() -> None:
+    limits = ProbeLimits(gain_min_db=10, gain_max_db=40, gain_step_db=2.5, depth_steps_mm=(50,))
+    ctrl = AutoGain(limits)
+    change = ctrl.update(-30.0, 38.0, 0.0)
+    assert change is not None and change.new == 40.0
+    assert AutoGain(limits).update(-30.0, 40.0, 0.0) is None  # at the top: nothing to do
+    assert limits.quantize_gain(23.4) == 22.5
+
+
+def test_depth_deepens_after_dwell_and_at_most_once_a_second() -> None:
+    ctrl = AutoDepth(LIMITS, DepthParams(dwell_s=1.0, min_interval_s=1.0))
+    depth, changes = 60.0, []
+    target_bottom = 130.0  # the structure ends here: best view about 130 mm
+    for i in range(8 * 30):
+        now = i / 30
+        best = depth * 1.3 if depth < target_bottom else target_bottom  # echo to the bottom: deeper
+        change = ctrl.update(best, depth, now)
+        if change:
+            changes.append((now, change))
+            depth = change.new
+    assert depth == 120 or depth == 150
+    assert changes[0][0] >= 1.0 and changes[0][1].new > 60
+    times = [t for t, _ in changes]
+    assert all(b - a >= 1.0 for a, b in itertools.pairwise(times))
+    assert "deeper" in changes[0][1].reason
+
+
+def test_depth_ignores_a_flickering_recommendation() -> None:
+    ctrl = AutoDepth(LIMITS)
+    for i in range(200):
+        best = 100 if i % 10 < 5 else 60  # flips every 1/6 s: never stable for the dwell
+        assert ctrl.update(best, 80, i / 30) is None
+
+
+def test_manual_override_pauses_per_parameter() -> None:
+    ov = ManualOverride(pause_s=5)
+    ov.note_manual("gain_db", 10.0)
+    assert ov.paused("gain_db", 14.9) and not ov.paused("depth_mm", 11)
+    assert not ov.paused("gain_db", 15.0) and ov.remaining("gain_db", 12.0) == pytest.approx(3.0)
+
+
+def test_detector_tells_our_changes_from_manual_ones() -> None:
+    d = ManualChangeDetector(grace_s=1.0)
+    assert not d.observe("gain_db", 40, 0.0)  # first sight
+    d.expect("gain_db", 44, 1.0)  # we set it
+    assert not d.observe("gain_db", 40, 1.05)  # a frame from before our change
+    assert not d.observe("gain_db", 44, 1.1)
+    assert d.observe("gain_db", 30, 2.0)  # somebody pressed a button
+    assert not d.observe("gain_db", 30, 2.1)

@@ -1,0 +1,186 @@
+"""The synchronous pipeline path on simulated time, the `run` command's start-up errors, the last will."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from service.clock import SimClock
+from service.config import AutoConfig
+from service.inference import HeuristicModel
+from service.localbroker import LocalBroker
+from service.pipeline import Pipeline
+from tests.service_bench import Recorder, SyntheticProbe
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+class ListPublisher:
+    """Collects what the pipeline publishes (the MQTT side is tested against a real broker elsewhere)."""
+
+    def __init__(self) -> None:
+        self.guidance: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.retained: dict[str, dict[str, Any]] = {}
+
+    def publish_guidance(self, message: dict[str, Any]) -> bool:
+        self.guidance.append(message)
+        return True
+
+    def publish_event(self, message: dict[str, Any]) -> bool:
+        self.events.append(message)
+        return True
+
+    def publish_retained(self, name: str, message: dict[str, Any]) -> None:
+        self.retained[name] = message
+
+
+def test_step_on_simulated_clock_converges_gain_without_threads() -> None:
+    probe = SyntheticProbe(gain_db=35.0, best_gain_db=50.0)  # not started: step() pulls frames itself
+    clock = SimClock()
+    pub = ListPublisher()
+    pipe = Pipeline(probe, HeuristicModel(), pub, clock, AutoConfig(depth=False))
+    for i in range(150):  # 5 simulated seconds at 30 fps, in well under a real second
+        frame = type("F", (), {})()
+        frame.frame_id, frame.device_ts_us, frame.host_time = i + 1, i * 33333, clock.now()
+        frame.image, frame.params = probe.render(), dict(probe.params)
+        message, _ = pipe.step(frame)
+        clock.advance(1 / 30)
+    assert abs(probe.params["gain_db"] - 50) < 2
+    assert [e["kind"] for e in pub.events].count("auto_change") >= 3
+    assert len(pub.guidance) == 150 and message["t"]["published"] >= message["t"]["received"]
+    assert pub.retained["settings"]["gain_db"] == probe.params["gain_db"]
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_run_rejects_a_bad_config_naming_key_and_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("[auto]\nmanual_pause_s = -1\n")
+    out = _run_cli("run", "--config", str(cfg))
+    assert out.returncode == 2
+    assert str(cfg) in out.stderr and "[auto] manual_pause_s" in out.stderr
+    out = _run_cli("run", "--help")
+    assert out.returncode == 0 and "--config" in out.stdout
+
+
+def test_last_will_offline_when_the_daemon_vanishes(broker: LocalBroker) -> None:
+    device = f"will-{os.getpid()}"
+    script = textwrap.dedent(f"""
+        import time
+        from service.config import parse_config
+        from service.mqtt.client import MqttApi
+        cfg = parse_config({{"mqtt": {{"port": {broker.port}}}}}, env={{}})
+        api = MqttApi("{device}", cfg.mqtt).start()
+        assert api.wait_connected(5)
+        print("connected", flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "connected"
+        rec = Recorder(broker.port, device)
+        assert rec.wait_for(lambda: [m.payload for m in rec.of("available")] == ["online"], 5)
+        os.kill(proc.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        assert rec.wait_for(lambda: rec.of("available")[-1].payload == "offline", 5)
+        assert time.monotonic() - t0 < 5
+        rec.close()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_username_and_password_from_the_environment(start_broker, tmp_path: Path) -> None:
+    import shutil
+
+    from service.config import parse_config
+    from service.mqtt.client import MqttApi
+
+    passwd = tmp_path / "passwd"
+    subprocess.run(
+        [shutil.which("mosquitto_passwd") or "mosquitto_passwd", "-b", "-c", str(passwd), "probe-01", "pa55-word"],
+        check=True, capture_output=True, timeout=10,
+    )  # fmt: skip
+    passwd.chmod(0o644)
+    broker = start_broker(
+        config=f"listener {{port}} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n", name="auth"
+    )
+    good = parse_config(
+        {"mqtt": {"port": broker.port, "username": "probe-01"}}, env={"SONOGUIDE_MQTT_PASSWORD": "pa55-word"}
+    )
+    bad = parse_config(
+        {"mqtt": {"port": broker.port, "username": "probe-01"}}, env={"SONOGUIDE_MQTT_PASSWORD": "nope"}
+    )
+    ok_api = MqttApi("auth-ok", good.mqtt).start()
+    bad_api = MqttApi("auth-bad", bad.mqtt).start()
+    try:
+        assert ok_api.wait_connected(5)
+        assert not bad_api.wait_connected(1.5)
+    finally:
+        ok_api.stop()
+        bad_api.stop()
+
+
+def test_tls_with_a_private_ca(start_broker, tmp_path: Path) -> None:
+    from service.config import parse_config
+    from service.mqtt.client import MqttApi
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30, cwd=tmp_path)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            "-days", "2", "-subj", "/CN=sonoguide test CA")  # fmt: skip
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "2", "-extfile", "san.ext")  # fmt: skip
+    for f in tmp_path.iterdir():
+        f.chmod(0o644)
+    broker = start_broker(
+        config=(
+            "listener {port} 127.0.0.1\nallow_anonymous true\n"
+            f"cafile {tmp_path / 'ca.crt'}\ncertfile {tmp_path / 'server.crt'}\nkeyfile {tmp_path / 'server.key'}\n"
+        ),
+        name="tls",
+    )
+    cfg = parse_config(
+        {"mqtt": {"port": broker.port, "tls": True, "ca_file": str(tmp_path / "ca.crt")}}, env={}
+    )
+    api = MqttApi("tls-ok", cfg.mqtt).start()
+    plain = MqttApi("tls-plain", parse_config({"mqtt": {"port": broker.port}}, env={}).mqtt).start()
+    try:
+        assert api.wait_connected(5), broker.log_text()
+        assert not plain.wait_connected(1.0)  # the listener speaks TLS only
+    finally:
+        api.stop()
+        plain.stop()
