@@ -18,11 +18,11 @@ SPECULAR_GAIN = 40.0
 # The scanner's built-in depth compensation (what neutral TGC sliders give), dB/cm/MHz one way.
 NOMINAL_ATTEN_DB_CM_MHZ = 0.5
 # Display level (dB, after gain) that maps to grey 0.
-BLACK_LEVEL_DB = 0.0
+BLACK_LEVEL_DB = -10.0
 # Coarse texture cell edge (mm): the grain of organ parenchyma above the speckle scale.
 TEXTURE_CELL_MM = 2.0
 
-_TABLE_BITS = 16
+_TABLE_BITS = 18
 
 
 def gaussian_table(seed: int, n: int = 1 << _TABLE_BITS) -> tuple[np.ndarray, np.ndarray]:

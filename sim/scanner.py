@@ -18,7 +18,7 @@ import numpy as np
 from scipy.ndimage import correlate1d
 
 from sim import physics
-from sim.geometry import BeamGrid, ScanConversion, beam_grid, scan_conversion
+from sim.geometry import BeamGrid, ScanConversion, beam_grid, block_for_box, scan_conversion
 from sim.phantom import Phantom
 from sim.tissues import ANECHOIC, LABEL
 from sim.types import ImagingSettings, Pose
@@ -27,6 +27,8 @@ from sim.types import ImagingSettings, Pose
 # (soft tissue and gel conform to a pressed probe) and the beam points into the body.
 CONTACT_GAP_MM = 3.0
 CONTACT_MAX_ANGLE_DEG = 70.0
+# Fraction of a press (face below the undeformed skin) that moves the underlying tissue down.
+PRESS_TRANSFER = 0.3
 _LATERAL_BANDS = 16
 _NOISE_TABLE = 1 << 18
 
@@ -100,36 +102,61 @@ class Scanner:
         return self._cache(float(settings.depth_mm), float(settings.freq_mhz), tgc)
 
     # --- geometry shared with ground truth -----------------------------------------------------
-    def beam_contact(self, pose: Pose, grid: BeamGrid) -> np.ndarray:
-        """Which beams image tissue: the face at the element touches (or presses) the skin and the beam
-        points into the body. Lifted or tilted-off probes give no tissue signal."""
+    def face_gaps(self, pose: Pose, grid: BeamGrid) -> tuple[np.ndarray, np.ndarray]:
+        """Per beam: the skin's height above the face at its element (mm; > 0 means the face is lifted
+        there) and whether the beam images tissue (contact): the gap is at most CONTACT_GAP_MM plus the
+        face's own curvature (soft tissue and gel conform to a pressed probe) and the beam points into
+        the body. Lifted or tilted-off probes give no tissue signal."""
         ph = self.phantom
         if self.probe.kind == "phased":
             # One small face for all beams: in contact when most of its footprint is.
             a, e = self.probe.aperture_mm / 2, self.probe.elevation_mm / 4
             foot = np.array([[-a, 0, 0], [a, 0, 0], [0, -e, 0], [0, e, 0], [0, 0, 0]], dtype=float)
             fp = pose.to_points(foot)
-            gap = ph.surface_z(fp[:, 0], fp[:, 1]) - fp[:, 2]
-            touching = np.mean(gap <= CONTACT_GAP_MM) >= 0.6
+            gap_foot = fp[:, 2] - ph.surface_z(fp[:, 0], fp[:, 1])
+            touching = np.mean(-gap_foot <= CONTACT_GAP_MM) >= 0.6
             ok = np.full(grid.n_beams, bool(touching))
+            depth = np.full(grid.n_beams, float(gap_foot[-1]))
         else:
             fp = pose.to_points(grid.origins)
-            gap = ph.surface_z(fp[:, 0], fp[:, 1]) - fp[:, 2]
-            ok = gap <= CONTACT_GAP_MM + grid.face_sag_mm
+            depth = fp[:, 2] - ph.surface_z(fp[:, 0], fp[:, 1])  # face depth below the skin
+            ok = -depth <= CONTACT_GAP_MM + grid.face_sag_mm
         r = pose.rotation_matrix()
         beam_dirs = grid.directions @ r.T
         centre = pose.position_mm
         normal = ph.surface_normal(float(centre[0]), float(centre[1]))
         ok &= beam_dirs @ normal > np.cos(np.radians(CONTACT_MAX_ANGLE_DEG))
-        return np.asarray(ok, dtype=bool)
+        return -depth, np.asarray(ok, dtype=bool)
+
+    def beam_contact(self, pose: Pose, grid: BeamGrid) -> np.ndarray:
+        return self.face_gaps(pose, grid)[1]
 
     def _labels(self, pose: Pose, grid: BeamGrid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pts = grid.points @ pose.rotation_matrix().T.astype(np.float32) + pose.position_mm.astype(np.float32)
-        contact = self.beam_contact(pose, grid)
+        ph = self.phantom
+        rot = pose.rotation_matrix()
+        pts = grid.points @ rot.T.astype(np.float32) + pose.position_mm.astype(np.float32)
+        gap, contact = self.face_gaps(pose, grid)
+        # Tissue deforms to meet the face: where the face stands off the skin the tissue follows it
+        # up; where it presses in, part of the push compresses the layers and part moves tissue down.
+        shift = np.where(gap > 0, gap, PRESS_TRANSFER * gap) * contact
+        pts3 = pts.reshape(grid.n_samples, grid.n_beams, 3)
+        pts3[:, :, 2] += shift[None, :].astype(np.float32)
         conform = np.broadcast_to(contact[None, :], (grid.n_samples, grid.n_beams)).reshape(-1)
-        labels = self.phantom.labels(pts, conform)
-        labels.reshape(grid.n_samples, grid.n_beams)[:, ~contact] = LABEL["outside"]
-        return pts, labels.reshape(grid.n_samples, grid.n_beams), contact
+        flat, depth = ph.layer_labels(pts, conform)
+        labels = flat.reshape(grid.n_samples, grid.n_beams)
+        below_skin = (depth >= ph.skin_mm).reshape(labels.shape)
+        # Paint structures only over the beam-grid block their section by the image plane can touch.
+        for shape, label in ph.structures:
+            box = shape.plane_box(rot, pose.position_mm)
+            if box is None:
+                continue
+            s0, s1, b0, b1 = block_for_box(self.probe, grid, box)
+            if s0 >= s1 or b0 >= b1:
+                continue
+            inside = shape.contains(pts3[s0:s1, b0:b1].reshape(-1, 3)).reshape(s1 - s0, b1 - b0)
+            labels[s0:s1, b0:b1][inside & below_skin[s0:s1, b0:b1]] = label
+        labels[:, ~contact] = LABEL["outside"]
+        return pts, labels, contact
 
     def _attenuation(self, labels: np.ndarray, freq_mhz: float, grid: BeamGrid) -> np.ndarray:
         alpha = self.phantom.atten[labels] * np.float32(freq_mhz)
