@@ -16,7 +16,9 @@ from service import __version__
 from service.logsetup import setup_logging
 
 # name -> (module, one-line help). The only place a subcommand is registered.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sim": ("sim.cli", "virtual bench: simulated B-mode frames and RealSense recordings"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
