@@ -30,6 +30,7 @@ CONTACT_MAX_ANGLE_DEG = 70.0
 # Fraction of a press (face below the undeformed skin) that moves the underlying tissue down.
 PRESS_TRANSFER = 0.3
 _LATERAL_BANDS = 16
+_TEXTURE_BITS = 12
 _NOISE_TABLE = 1 << 18
 
 
@@ -69,10 +70,15 @@ class Scanner:
         self.probe = phantom.preset.probe
         self.size = (int(size[0]), int(size[1]))
         self.n_samples = int(n_samples or max(256, self.size[0]))
-        self._scatter, self._texture = physics.gaussian_table(phantom.seed)
+        self._scatter, texture = physics.gaussian_table(phantom.seed)
+        # Per label and coarse texture cell: echogenicity × exp(σg − σ²) (keeps the mean power).
+        g = texture[: 1 << _TEXTURE_BITS][None, :]
+        sig = phantom.texture[:, None]
+        self._strength = (phantom.echo_amp[:, None] * np.exp(sig * g - sig * sig)).astype(np.float32).ravel()
         rng = np.random.default_rng([phantom.seed, 0x0015E])
-        self._noise = (rng.standard_normal((2, _NOISE_TABLE)) / np.sqrt(2.0)).astype(np.float32)
         self._noise_amp = np.float32(10.0 ** (physics.NOISE_DB / 20.0))
+        noise = rng.standard_normal((2, _NOISE_TABLE)) / np.sqrt(2.0) * float(self._noise_amp)
+        self._noise = (noise[0] + 1j * noise[1]).astype(np.complex64)
         self._cache = lru_cache(maxsize=16)(self._build_cache)
 
     # --- per-settings precomputation -----------------------------------------------------------
@@ -85,7 +91,8 @@ class Scanner:
         axial = physics.gaussian_kernel(physics.axial_fwhm_mm(freq_mhz, self.probe) / 2.355 / grid.sample_mm)
         focus = 0.5 * depth_mm
         fwhm = physics.lateral_fwhm_mm(freq_mhz, self.probe, s, focus)
-        sigma_beams = np.minimum(fwhm / 2.355 / grid.lateral_spacing_mm, grid.n_beams / 8)
+        # Capped: near a phased array's apex the beams crowd together and the (display-sized) blur saturates.
+        sigma_beams = np.minimum(fwhm / 2.355 / grid.lateral_spacing_mm, 6.0)
         bands = []
         edges = np.linspace(0, grid.n_samples, _LATERAL_BANDS + 1).astype(int)
         for a, b in itertools.pairwise(edges):
@@ -134,7 +141,15 @@ class Scanner:
     def _labels(self, pose: Pose, grid: BeamGrid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ph = self.phantom
         rot = pose.rotation_matrix()
-        pts = grid.points @ rot.T.astype(np.float32) + pose.position_mm.astype(np.float32)
+        # Sample = beam origin + distance along the beam, both mapped to patient space (broadcast,
+        # cheaper than a matrix product over all samples).
+        rot32 = rot.astype(np.float32)
+        starts = grid.origins.astype(np.float32) @ rot32.T + pose.position_mm.astype(np.float32)
+        dirs = grid.directions.astype(np.float32) @ rot32.T
+        dist = ((np.arange(grid.n_samples, dtype=np.float32) + 0.5) * np.float32(grid.sample_mm))[
+            :, None, None
+        ]
+        pts = (starts[None, :, :] + dist * dirs[None, :, :]).reshape(-1, 3)
         gap, contact = self.face_gaps(pose, grid)
         # Tissue deforms to meet the face: where the face stands off the skin the tissue follows it
         # up; where it presses in, part of the push compresses the layers and part moves tissue down.
@@ -182,12 +197,17 @@ class Scanner:
 
         # Fixed scatterer field: complex Gaussian amplitude per patient-space cell.
         idx = physics.cell_hash(pts, self.preset.scatterer_cell_mm, ph.seed)
-        tex_idx = physics.cell_hash(pts, physics.TEXTURE_CELL_MM, ph.seed + 7919)
-        sigma = ph.texture[flat_labels]
-        # exp(σg − σ²) keeps the mean power of a textured tissue equal to its echogenicity.
-        strength = ph.echo_amp[flat_labels] * np.exp(sigma * self._texture[tex_idx] - sigma * sigma)
-        field = self._scatter[:, idx] * strength  # (2, N)
-        field = field.reshape(2, grid.n_samples, grid.n_beams)
+        # Organ texture: coarse cells (2 mm), so a half-resolution lookup repeated 2x2 is enough.
+        ns2, nb2 = (grid.n_samples + 1) // 2, (grid.n_beams + 1) // 2
+        coarse = pts.reshape(grid.n_samples, grid.n_beams, 3)[::2, ::2].reshape(-1, 3)
+        tex = physics.cell_hash(coarse, physics.TEXTURE_CELL_MM, ph.seed + 7919, _TEXTURE_BITS).reshape(
+            ns2, 1, nb2, 1
+        )
+        tex = np.broadcast_to(tex, (ns2, 2, nb2, 2)).reshape(2 * ns2, 2 * nb2)[
+            : grid.n_samples, : grid.n_beams
+        ]
+        strength = self._strength[flat_labels.astype(np.intp) * (1 << _TEXTURE_BITS) + tex.ravel()]
+        field = (self._scatter[idx] * strength).reshape(grid.n_samples, grid.n_beams)  # complex64
 
         # Specular echoes where the tissue changes along a beam (impedance mismatch).
         z = ph.impedance[labels]
@@ -196,19 +216,21 @@ class Scanner:
         refl[:, ~contact] = 0.0
         boundary = refl > 1e-3
         if np.any(boundary):
-            phase = self._scatter[:, idx.reshape(labels.shape)[boundary]]
-            phase /= np.maximum(np.sqrt(np.sum(phase * phase, axis=0)), 1e-6)
-            field[:, boundary] += phase * (physics.SPECULAR_GAIN * refl[boundary])
+            phase = self._scatter[idx.reshape(labels.shape)[boundary]]
+            phase /= np.maximum(np.abs(phase), np.float32(1e-6))
+            field[boundary] += phase * (physics.SPECULAR_GAIN * refl[boundary])
 
         atten = self._attenuation(labels, settings.freq_mhz, grid)
         field *= atten
 
-        # Point-spread function: axial pulse, then lateral beam width band by band.
+        # Point-spread function: axial pulse, then lateral beam width band by band (on the I/Q pairs).
+        iq = field.view(np.float32).reshape(grid.n_samples, grid.n_beams, 2)
         if len(cache.axial_kernel) > 1:
-            field = correlate1d(field, cache.axial_kernel, axis=1, mode="constant")
+            iq = correlate1d(iq, cache.axial_kernel, axis=0, mode="constant")
         for a, b, kernel in cache.lateral_bands:
             if len(kernel) > 1:
-                field[:, a:b] = correlate1d(field[:, a:b], kernel, axis=2, mode="constant")
+                iq[a:b] = correlate1d(iq[a:b], kernel, axis=1, mode="constant")
+        field = iq.reshape(grid.n_samples, 2 * grid.n_beams).view(np.complex64)
 
         # Receiver noise (fixed level before gain), different for every frame.
         n = grid.n_samples * grid.n_beams
@@ -216,9 +238,8 @@ class Scanner:
             physics.cell_hash(np.array([[frame_index, ph.seed, 17]], dtype=np.float32), 1.0, 99, 30)[0]
         )
         start %= _NOISE_TABLE - n
-        noise = self._noise[:, start : start + n].reshape(2, grid.n_samples, grid.n_beams)
-        field += noise * self._noise_amp
-        envelope = np.sqrt(field[0] * field[0] + field[1] * field[1])
+        field += self._noise[start : start + n].reshape(grid.n_samples, grid.n_beams)
+        envelope = np.abs(field)
 
         gain = cache.depth_gain[:, None] + np.float32(settings.gain_db)
         grey = physics.log_compress(envelope, gain, self.preset.dynamic_range_db)
