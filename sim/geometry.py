@@ -7,6 +7,7 @@ full width at that depth (non-square pixels); pixels outside the fan are black.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,3 +126,40 @@ def scan_conversion(probe: ProbeGeometry, grid: BeamGrid, shape: tuple[int, int]
     weights = np.stack([(1 - fs) * (1 - fb), (1 - fs) * fb, fs * (1 - fb), fs * fb]).astype(np.float32)
     weights[:, ~inside] = 0.0
     return ScanConversion(idx=idx, weights=weights, inside=inside, shape=shape)
+
+
+def block_for_box(
+    probe: ProbeGeometry, grid: BeamGrid, box: tuple[float, float, float, float]
+) -> tuple[int, int, int, int]:
+    """Sample and beam index ranges [s0, s1) x [b0, b1) of the beam grid that cover the probe-frame
+    rectangle box = (x0, x1, z0, z1) (conservative, with one index of margin). Scalar math: this runs
+    once per structure per frame."""
+    x0, x1, z0, z1 = (float(v) for v in box)
+    n, ns = grid.n_beams, grid.n_samples
+    if probe.kind == "linear":
+        b_lo = (x0 + probe.aperture_mm / 2) / probe.aperture_mm * n - 0.5
+        b_hi = (x1 + probe.aperture_mm / 2) / probe.aperture_mm * n - 0.5
+        s_lo, s_hi = z0 / grid.sample_mm - 0.5, z1 / grid.sample_mm - 0.5
+    else:
+        r = probe.radius_mm
+        half = math.radians(probe.fov_deg) / 2
+        corners = [(x, z + r) for x in (x0, x1) for z in (z0, z1)]
+        if z0 + r <= 0:
+            b_lo, b_hi = -1.0, float(n)
+        else:
+            theta = [math.atan2(x, zr) for x, zr in corners]
+            b_lo = (min(theta) + half) / (2 * half) * n - 0.5
+            b_hi = (max(theta) + half) / (2 * half) * n - 0.5
+        near = math.hypot(min(max(0.0, x0), x1), min(max(0.0, z0 + r), z1 + r)) - r
+        far = max(math.hypot(x, zr) for x, zr in corners) - r
+        s_lo, s_hi = near / grid.sample_mm - 0.5, far / grid.sample_mm - 0.5
+
+    def clamp(v: float, hi: int) -> int:
+        return int(min(max(v, 0), hi))
+
+    return (
+        clamp(math.floor(s_lo) - 1, ns),
+        clamp(math.ceil(s_hi) + 2, ns),
+        clamp(math.floor(b_lo) - 1, n),
+        clamp(math.ceil(b_hi) + 2, n),
+    )

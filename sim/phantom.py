@@ -68,8 +68,10 @@ class Phantom:
     def depth_below_skin(self, points: np.ndarray) -> np.ndarray:
         return points[:, 2] - self.surface_z(points[:, 0], points[:, 1]).astype(np.float32)
 
-    def labels(self, points: np.ndarray, conform: np.ndarray | None = None) -> np.ndarray:
-        """Tissue label (uint8) of each point (N, 3) float32.
+    def layer_labels(
+        self, points: np.ndarray, conform: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Labels (uint8) of the skin, fat, muscle and background layers, and the depth below the skin.
 
         ``conform``: points where the probe face pushes the skin in (so gel/air between the face and
         the undeformed skin counts as skin, as under a pressed probe).
@@ -85,17 +87,19 @@ class Phantom:
         if conform is not None:
             outside &= ~conform
         lab[outside] = LABEL["outside"]
+        return lab, d
+
+    def labels(self, points: np.ndarray, conform: np.ndarray | None = None) -> np.ndarray:
+        """Tissue label (uint8) of each point (N, 3) float32: layers, then structures painted in order."""
+        lab, d = self.layer_labels(points, conform)
         if len(points) == 0:
             return lab
         lo, hi = points.min(axis=0), points.max(axis=0)
+        below_skin = d >= self.skin_mm
         for shape, label in self.structures:
             if aabb_hits(shape, lo, hi):
-                lab[shape.contains(points) & (d >= self.skin_mm)] = label
+                lab[shape.contains(points) & below_skin] = label
         return lab
-
-
-def _frame_from(rot: np.ndarray) -> np.ndarray:
-    return np.asarray(rot, dtype=float)
 
 
 def make_phantom(preset: str | ExamPreset, seed: int) -> Phantom:

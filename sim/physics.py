@@ -18,17 +18,18 @@ SPECULAR_GAIN = 40.0
 # The scanner's built-in depth compensation (what neutral TGC sliders give), dB/cm/MHz one way.
 NOMINAL_ATTEN_DB_CM_MHZ = 0.5
 # Display level (dB, after gain) that maps to grey 0.
-BLACK_LEVEL_DB = 0.0
+BLACK_LEVEL_DB = -10.0
 # Coarse texture cell edge (mm): the grain of organ parenchyma above the speckle scale.
 TEXTURE_CELL_MM = 2.0
 
-_TABLE_BITS = 16
+_TABLE_BITS = 18
 
 
 def gaussian_table(seed: int, n: int = 1 << _TABLE_BITS) -> tuple[np.ndarray, np.ndarray]:
-    """Unit-power complex Gaussians (as (2, n) float32: real, imag) and unit real Gaussians."""
+    """Unit-power complex Gaussians (complex64) and unit real Gaussians (float32)."""
     rng = np.random.default_rng([seed, 0x5CA7])
-    cplx = (rng.standard_normal((2, n)) / np.sqrt(2.0)).astype(np.float32)
+    pair = rng.standard_normal((2, n)) / np.sqrt(2.0)
+    cplx = (pair[0] + 1j * pair[1]).astype(np.complex64)
     real = rng.standard_normal(n).astype(np.float32)
     return cplx, real
 
@@ -84,7 +85,7 @@ def round_trip_attenuation(alpha_db_cm: np.ndarray, sample_mm: float) -> np.ndar
     """
     one_way = np.cumsum(alpha_db_cm, axis=0) * np.float32(sample_mm / 10.0)
     one_way -= alpha_db_cm * np.float32(0.5 * sample_mm / 10.0)
-    return np.power(np.float32(10.0), -one_way / np.float32(10.0)).astype(np.float32)
+    return np.exp(one_way * np.float32(-np.log(10.0) / 10.0)).astype(np.float32)
 
 
 def depth_gain_db(

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.ndimage import correlate1d
 
 from sim import physics
-from sim.geometry import BeamGrid, ScanConversion, beam_grid, scan_conversion
+from sim.geometry import BeamGrid, ScanConversion, beam_grid, block_for_box, scan_conversion
 from sim.phantom import Phantom
 from sim.tissues import ANECHOIC, LABEL
 from sim.types import ImagingSettings, Pose
@@ -27,7 +27,10 @@ from sim.types import ImagingSettings, Pose
 # (soft tissue and gel conform to a pressed probe) and the beam points into the body.
 CONTACT_GAP_MM = 3.0
 CONTACT_MAX_ANGLE_DEG = 70.0
+# Fraction of a press (face below the undeformed skin) that moves the underlying tissue down.
+PRESS_TRANSFER = 0.3
 _LATERAL_BANDS = 16
+_TEXTURE_BITS = 12
 _NOISE_TABLE = 1 << 18
 
 
@@ -67,10 +70,15 @@ class Scanner:
         self.probe = phantom.preset.probe
         self.size = (int(size[0]), int(size[1]))
         self.n_samples = int(n_samples or max(256, self.size[0]))
-        self._scatter, self._texture = physics.gaussian_table(phantom.seed)
+        self._scatter, texture = physics.gaussian_table(phantom.seed)
+        # Per label and coarse texture cell: echogenicity × exp(σg − σ²) (keeps the mean power).
+        g = texture[: 1 << _TEXTURE_BITS][None, :]
+        sig = phantom.texture[:, None]
+        self._strength = (phantom.echo_amp[:, None] * np.exp(sig * g - sig * sig)).astype(np.float32).ravel()
         rng = np.random.default_rng([phantom.seed, 0x0015E])
-        self._noise = (rng.standard_normal((2, _NOISE_TABLE)) / np.sqrt(2.0)).astype(np.float32)
         self._noise_amp = np.float32(10.0 ** (physics.NOISE_DB / 20.0))
+        noise = rng.standard_normal((2, _NOISE_TABLE)) / np.sqrt(2.0) * float(self._noise_amp)
+        self._noise = (noise[0] + 1j * noise[1]).astype(np.complex64)
         self._cache = lru_cache(maxsize=16)(self._build_cache)
 
     # --- per-settings precomputation -----------------------------------------------------------
@@ -83,7 +91,8 @@ class Scanner:
         axial = physics.gaussian_kernel(physics.axial_fwhm_mm(freq_mhz, self.probe) / 2.355 / grid.sample_mm)
         focus = 0.5 * depth_mm
         fwhm = physics.lateral_fwhm_mm(freq_mhz, self.probe, s, focus)
-        sigma_beams = np.minimum(fwhm / 2.355 / grid.lateral_spacing_mm, grid.n_beams / 8)
+        # Capped: near a phased array's apex the beams crowd together and the (display-sized) blur saturates.
+        sigma_beams = np.minimum(fwhm / 2.355 / grid.lateral_spacing_mm, 6.0)
         bands = []
         edges = np.linspace(0, grid.n_samples, _LATERAL_BANDS + 1).astype(int)
         for a, b in itertools.pairwise(edges):
@@ -100,36 +109,69 @@ class Scanner:
         return self._cache(float(settings.depth_mm), float(settings.freq_mhz), tgc)
 
     # --- geometry shared with ground truth -----------------------------------------------------
-    def beam_contact(self, pose: Pose, grid: BeamGrid) -> np.ndarray:
-        """Which beams image tissue: the face at the element touches (or presses) the skin and the beam
-        points into the body. Lifted or tilted-off probes give no tissue signal."""
+    def face_gaps(self, pose: Pose, grid: BeamGrid) -> tuple[np.ndarray, np.ndarray]:
+        """Per beam: the skin's height above the face at its element (mm; > 0 means the face is lifted
+        there) and whether the beam images tissue (contact): the gap is at most CONTACT_GAP_MM plus the
+        face's own curvature (soft tissue and gel conform to a pressed probe) and the beam points into
+        the body. Lifted or tilted-off probes give no tissue signal."""
         ph = self.phantom
         if self.probe.kind == "phased":
             # One small face for all beams: in contact when most of its footprint is.
             a, e = self.probe.aperture_mm / 2, self.probe.elevation_mm / 4
             foot = np.array([[-a, 0, 0], [a, 0, 0], [0, -e, 0], [0, e, 0], [0, 0, 0]], dtype=float)
             fp = pose.to_points(foot)
-            gap = ph.surface_z(fp[:, 0], fp[:, 1]) - fp[:, 2]
-            touching = np.mean(gap <= CONTACT_GAP_MM) >= 0.6
+            gap_foot = fp[:, 2] - ph.surface_z(fp[:, 0], fp[:, 1])
+            touching = np.mean(-gap_foot <= CONTACT_GAP_MM) >= 0.6
             ok = np.full(grid.n_beams, bool(touching))
+            depth = np.full(grid.n_beams, float(gap_foot[-1]))
         else:
             fp = pose.to_points(grid.origins)
-            gap = ph.surface_z(fp[:, 0], fp[:, 1]) - fp[:, 2]
-            ok = gap <= CONTACT_GAP_MM + grid.face_sag_mm
+            depth = fp[:, 2] - ph.surface_z(fp[:, 0], fp[:, 1])  # face depth below the skin
+            ok = -depth <= CONTACT_GAP_MM + grid.face_sag_mm
         r = pose.rotation_matrix()
         beam_dirs = grid.directions @ r.T
         centre = pose.position_mm
         normal = ph.surface_normal(float(centre[0]), float(centre[1]))
         ok &= beam_dirs @ normal > np.cos(np.radians(CONTACT_MAX_ANGLE_DEG))
-        return np.asarray(ok, dtype=bool)
+        return -depth, np.asarray(ok, dtype=bool)
+
+    def beam_contact(self, pose: Pose, grid: BeamGrid) -> np.ndarray:
+        return self.face_gaps(pose, grid)[1]
 
     def _labels(self, pose: Pose, grid: BeamGrid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pts = grid.points @ pose.rotation_matrix().T.astype(np.float32) + pose.position_mm.astype(np.float32)
-        contact = self.beam_contact(pose, grid)
+        ph = self.phantom
+        rot = pose.rotation_matrix()
+        # Sample = beam origin + distance along the beam, both mapped to patient space (broadcast,
+        # cheaper than a matrix product over all samples).
+        rot32 = rot.astype(np.float32)
+        starts = grid.origins.astype(np.float32) @ rot32.T + pose.position_mm.astype(np.float32)
+        dirs = grid.directions.astype(np.float32) @ rot32.T
+        dist = ((np.arange(grid.n_samples, dtype=np.float32) + 0.5) * np.float32(grid.sample_mm))[
+            :, None, None
+        ]
+        pts = (starts[None, :, :] + dist * dirs[None, :, :]).reshape(-1, 3)
+        gap, contact = self.face_gaps(pose, grid)
+        # Tissue deforms to meet the face: where the face stands off the skin the tissue follows it
+        # up; where it presses in, part of the push compresses the layers and part moves tissue down.
+        shift = np.where(gap > 0, gap, PRESS_TRANSFER * gap) * contact
+        pts3 = pts.reshape(grid.n_samples, grid.n_beams, 3)
+        pts3[:, :, 2] += shift[None, :].astype(np.float32)
         conform = np.broadcast_to(contact[None, :], (grid.n_samples, grid.n_beams)).reshape(-1)
-        labels = self.phantom.labels(pts, conform)
-        labels.reshape(grid.n_samples, grid.n_beams)[:, ~contact] = LABEL["outside"]
-        return pts, labels.reshape(grid.n_samples, grid.n_beams), contact
+        flat, depth = ph.layer_labels(pts, conform)
+        labels = flat.reshape(grid.n_samples, grid.n_beams)
+        below_skin = (depth >= ph.skin_mm).reshape(labels.shape)
+        # Paint structures only over the beam-grid block their section by the image plane can touch.
+        for shape, label in ph.structures:
+            box = shape.plane_box(rot, pose.position_mm)
+            if box is None:
+                continue
+            s0, s1, b0, b1 = block_for_box(self.probe, grid, box)
+            if s0 >= s1 or b0 >= b1:
+                continue
+            inside = shape.contains(pts3[s0:s1, b0:b1].reshape(-1, 3)).reshape(s1 - s0, b1 - b0)
+            labels[s0:s1, b0:b1][inside & below_skin[s0:s1, b0:b1]] = label
+        labels[:, ~contact] = LABEL["outside"]
+        return pts, labels, contact
 
     def _attenuation(self, labels: np.ndarray, freq_mhz: float, grid: BeamGrid) -> np.ndarray:
         alpha = self.phantom.atten[labels] * np.float32(freq_mhz)
@@ -155,12 +197,17 @@ class Scanner:
 
         # Fixed scatterer field: complex Gaussian amplitude per patient-space cell.
         idx = physics.cell_hash(pts, self.preset.scatterer_cell_mm, ph.seed)
-        tex_idx = physics.cell_hash(pts, physics.TEXTURE_CELL_MM, ph.seed + 7919)
-        sigma = ph.texture[flat_labels]
-        # exp(σg − σ²) keeps the mean power of a textured tissue equal to its echogenicity.
-        strength = ph.echo_amp[flat_labels] * np.exp(sigma * self._texture[tex_idx] - sigma * sigma)
-        field = self._scatter[:, idx] * strength  # (2, N)
-        field = field.reshape(2, grid.n_samples, grid.n_beams)
+        # Organ texture: coarse cells (2 mm), so a half-resolution lookup repeated 2x2 is enough.
+        ns2, nb2 = (grid.n_samples + 1) // 2, (grid.n_beams + 1) // 2
+        coarse = pts.reshape(grid.n_samples, grid.n_beams, 3)[::2, ::2].reshape(-1, 3)
+        tex = physics.cell_hash(coarse, physics.TEXTURE_CELL_MM, ph.seed + 7919, _TEXTURE_BITS).reshape(
+            ns2, 1, nb2, 1
+        )
+        tex = np.broadcast_to(tex, (ns2, 2, nb2, 2)).reshape(2 * ns2, 2 * nb2)[
+            : grid.n_samples, : grid.n_beams
+        ]
+        strength = self._strength[flat_labels.astype(np.intp) * (1 << _TEXTURE_BITS) + tex.ravel()]
+        field = (self._scatter[idx] * strength).reshape(grid.n_samples, grid.n_beams)  # complex64
 
         # Specular echoes where the tissue changes along a beam (impedance mismatch).
         z = ph.impedance[labels]
@@ -169,19 +216,21 @@ class Scanner:
         refl[:, ~contact] = 0.0
         boundary = refl > 1e-3
         if np.any(boundary):
-            phase = self._scatter[:, idx.reshape(labels.shape)[boundary]]
-            phase /= np.maximum(np.sqrt(np.sum(phase * phase, axis=0)), 1e-6)
-            field[:, boundary] += phase * (physics.SPECULAR_GAIN * refl[boundary])
+            phase = self._scatter[idx.reshape(labels.shape)[boundary]]
+            phase /= np.maximum(np.abs(phase), np.float32(1e-6))
+            field[boundary] += phase * (physics.SPECULAR_GAIN * refl[boundary])
 
         atten = self._attenuation(labels, settings.freq_mhz, grid)
         field *= atten
 
-        # Point-spread function: axial pulse, then lateral beam width band by band.
+        # Point-spread function: axial pulse, then lateral beam width band by band (on the I/Q pairs).
+        iq = field.view(np.float32).reshape(grid.n_samples, grid.n_beams, 2)
         if len(cache.axial_kernel) > 1:
-            field = correlate1d(field, cache.axial_kernel, axis=1, mode="constant")
+            iq = correlate1d(iq, cache.axial_kernel, axis=0, mode="constant")
         for a, b, kernel in cache.lateral_bands:
             if len(kernel) > 1:
-                field[:, a:b] = correlate1d(field[:, a:b], kernel, axis=2, mode="constant")
+                iq[a:b] = correlate1d(iq[a:b], kernel, axis=1, mode="constant")
+        field = iq.reshape(grid.n_samples, 2 * grid.n_beams).view(np.complex64)
 
         # Receiver noise (fixed level before gain), different for every frame.
         n = grid.n_samples * grid.n_beams
@@ -189,9 +238,8 @@ class Scanner:
             physics.cell_hash(np.array([[frame_index, ph.seed, 17]], dtype=np.float32), 1.0, 99, 30)[0]
         )
         start %= _NOISE_TABLE - n
-        noise = self._noise[:, start : start + n].reshape(2, grid.n_samples, grid.n_beams)
-        field += noise * self._noise_amp
-        envelope = np.sqrt(field[0] * field[0] + field[1] * field[1])
+        field += self._noise[start : start + n].reshape(grid.n_samples, grid.n_beams)
+        envelope = np.abs(field)
 
         gain = cache.depth_gain[:, None] + np.float32(settings.gain_db)
         grey = physics.log_compress(envelope, gain, self.preset.dynamic_range_db)

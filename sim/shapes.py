@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+Box = tuple[float, float, float, float]
+
 
 @dataclass(frozen=True)
 class Ellipsoid:
@@ -24,6 +26,16 @@ class Ellipsoid:
 
     def bounding_radius(self) -> float:
         return float(np.max(self.semi_mm))
+
+    def plane_box(self, rot: np.ndarray, origin: np.ndarray) -> Box | None:
+        """Bounds (x0, x1, z0, z1) of the shape's section by the probe's image plane (y = 0 in the
+        frame ``rot``, ``origin``); None when the plane misses it."""
+        m = rot.T @ self.axes
+        c = rot.T @ (self.center - origin)
+        half = np.sqrt(np.sum((m * self.semi_mm[None, :]) ** 2, axis=1))
+        if abs(c[1]) > half[1]:
+            return None
+        return (c[0] - half[0], c[0] + half[0], c[2] - half[2], c[2] + half[2])
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,22 @@ class Cylinder:
 
     def bounding_radius(self) -> float:
         return float(max(self.radius_mm, self.half_length_mm))
+
+    def plane_box(self, rot: np.ndarray, origin: np.ndarray) -> Box | None:
+        """Bounds (x0, x1, z0, z1) of the tube's section by the image plane; None when it misses."""
+        u = rot.T @ self.direction
+        c = rot.T @ (self.center - origin)
+        r = self.radius_mm
+        if self.half_length_mm < 1e5:
+            ends = np.stack([c - u * self.half_length_mm, c + u * self.half_length_mm])
+            if np.all(ends[:, 1] > r) or np.all(ends[:, 1] < -r):
+                return None
+            return (ends[:, 0].min() - r, ends[:, 0].max() + r, ends[:, 2].min() - r, ends[:, 2].max() + r)
+        if abs(u[1]) < 1e-6:
+            return None if abs(c[1]) > r else (-1e9, 1e9, -1e9, 1e9)
+        q = c - u * (c[1] / u[1])
+        ext = r / abs(u[1])
+        return (q[0] - ext, q[0] + ext, q[2] - ext, q[2] + ext)
 
 
 Shape = Ellipsoid | Cylinder
