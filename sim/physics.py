@@ -7,6 +7,7 @@ Gaussian field, so its envelope is Rayleigh distributed. All arrays float32.
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import uniform_filter
 
 from sim.presets import ProbeGeometry
 
@@ -17,6 +18,8 @@ NOISE_DB = -72.0
 SPECULAR_GAIN = 40.0
 # The scanner's built-in depth compensation (what neutral TGC sliders give), dB/cm/MHz one way.
 NOMINAL_ATTEN_DB_CM_MHZ = 0.5
+# The receiver's depth-gain range: compensation stops growing past this (deep fields go dark).
+MAX_DEPTH_GAIN_DB = 55.0
 # Display level (dB, after gain) that maps to grey 0.
 BLACK_LEVEL_DB = -10.0
 # Coarse texture cell edge (mm): the grain of organ parenchyma above the speckle scale.
@@ -88,12 +91,24 @@ def round_trip_attenuation(alpha_db_cm: np.ndarray, sample_mm: float) -> np.ndar
     return np.exp(one_way * np.float32(-np.log(10.0) / 10.0)).astype(np.float32)
 
 
+def specular_incidence(impedance: np.ndarray, sample_mm: float, lateral_mm: np.ndarray) -> np.ndarray:
+    """cos² of the angle between each boundary's normal and the beam, from the gradient of the
+    (lightly smoothed) impedance map on the beam grid: specular echoes are strong only where the
+    beam meets a surface square on."""
+    smooth = uniform_filter(impedance, size=(3, 5), mode="nearest")
+    g_ax = np.gradient(smooth, axis=0) / np.float32(sample_mm)
+    g_lat = np.gradient(smooth, axis=1) / lateral_mm[:, None].astype(np.float32)
+    return (g_ax * g_ax / np.maximum(g_ax * g_ax + g_lat * g_lat, np.float32(1e-12))).astype(np.float32)
+
+
 def depth_gain_db(
     z_mm: np.ndarray, depth_mm: float, freq_mhz: float, tgc_db: tuple[float, float, float]
 ) -> np.ndarray:
     """Total depth-dependent gain (dB): built-in attenuation compensation plus the TGC sliders
     (near, mid, far) interpolated over the imaging depth."""
-    builtin = 2.0 * NOMINAL_ATTEN_DB_CM_MHZ * freq_mhz * np.asarray(z_mm) / 10.0
+    builtin = np.minimum(
+        2.0 * NOMINAL_ATTEN_DB_CM_MHZ * freq_mhz * np.asarray(z_mm) / 10.0, MAX_DEPTH_GAIN_DB
+    )
     sliders = np.interp(np.asarray(z_mm) / depth_mm, [0.0, 0.5, 1.0], list(tgc_db))
     return (builtin + sliders).astype(np.float32)
 

@@ -216,6 +216,7 @@ class Scanner:
         refl[:, ~contact] = 0.0
         boundary = refl > 1e-3
         if np.any(boundary):
+            refl[boundary] *= physics.specular_incidence(z, grid.sample_mm, grid.lateral_spacing_mm)[boundary]
             phase = self._scatter[idx.reshape(labels.shape)[boundary]]
             phase /= np.maximum(np.abs(phase), np.float32(1e-6))
             field[boundary] += phase * (physics.SPECULAR_GAIN * refl[boundary])
