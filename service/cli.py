@@ -16,7 +16,10 @@ from service import __version__
 from service.logsetup import setup_logging
 
 # name -> (module, one-line help). The only place a subcommand is registered.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "probe": ("firmware_bridge.cli", "talk to a probe: info, get, set, stream, record, replay, conformance, bench"),
+    "probe-emulator": ("firmware_bridge.emulator_cli", "the reference probe emulator on a pty or serial device"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
