@@ -307,7 +307,11 @@ class ProbeLink:
         self._last_heartbeat = self.clock()
         self._down_reason = None
         self._connected.set()
-        self.sync_time()
+        try:
+            self.sync_time()
+        except ProbeTimeout as exc:  # usable without it; frames then carry device time only
+            self.log.warning("time sync failed: %s", exc)
+            self._last_sync = self.clock()
         self.log.info("connected: %s serial %s firmware %s protocol %d.%d", info.model, info.serial,
                       info.firmware, *info.protocol)
 
@@ -357,10 +361,6 @@ class ProbeLink:
                 if not self.auto_reconnect:
                     continue
                 self._reconnect(self._down_reason)
-            elif self._connected.is_set() and now - self._last_heartbeat > self.heartbeat_timeout:
-                self.counters["heartbeat_losses"] += 1
-                self._emit({"type": "heartbeat_lost", "silent_s": round(now - self._last_heartbeat, 3)})
-                self._link_down(f"no heartbeat for {now - self._last_heartbeat:.2f} s")
             elif self._connected.is_set() and now - self._last_sync > TIME_SYNC_PERIOD_S:
                 try:
                     self.sync_time(1)
@@ -395,6 +395,7 @@ class ProbeLink:
                 continue
             now = self.clock()
             self.assembler.expire(now)
+            self._watch_heartbeat(now)
             if not data:
                 continue
             self.counters["bytes_rx"] += len(data)
@@ -406,6 +407,14 @@ class ProbeLink:
                 self._dispatch(raw.msg_type, raw.seq, raw.payload, now)
             if self.decoder.stats.crc_errors != crc_before:
                 self._protocol_error(f"{self.decoder.stats.crc_errors - crc_before} frame(s) failed CRC")
+
+    def _watch_heartbeat(self, now: float) -> None:
+        """Here on the reader (which wakes every 50 ms) so a blocked request cannot delay it."""
+        silent = now - self._last_heartbeat
+        if self._connected.is_set() and silent > self.heartbeat_timeout:
+            self.counters["heartbeat_losses"] += 1
+            self._link_down(f"no heartbeat for {silent:.2f} s")
+            self._emit({"type": "heartbeat_lost", "silent_s": round(silent, 3)})
 
     def _protocol_error(self, what: str) -> None:
         now = self.clock()

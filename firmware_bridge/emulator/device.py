@@ -88,6 +88,7 @@ class ProbeEmulator:
         self.applied: collections.deque[tuple[str, int, float, str]] = collections.deque(maxlen=10000)
         self.boots = 0
         self.chunks_dropped = 0
+        self.fault_log: list[tuple[float, str]] = []  # (clock time, what) of injected faults, for tests
         self.temperature_c = 33.0
         self._start_t = clock()
         self._boot()
@@ -149,6 +150,10 @@ class ProbeEmulator:
             self._event(m.EV_FREEZE_BUTTON, m.SOURCE_MANUAL, m.PARAM_FROZEN, 0, float(self.params.frozen))
 
         self.call(do)
+
+    def inject_raw(self, data: bytes) -> None:
+        """Put bytes on the line between two messages (line noise, a bootloader banner)."""
+        self.call(lambda: self._control.append(bytes(data)))
 
     def press_capture(self) -> None:
         self.call(lambda: self._event(m.EV_CAPTURE_BUTTON, m.SOURCE_MANUAL, 0, 0, 0.0))
@@ -336,6 +341,7 @@ class ProbeEmulator:
     def _pause(self, seconds: float, why: str) -> None:
         """Go silent (stalled or rebooting): neither read nor write, as a hung device would."""
         self.log.warning("%s for %.1f s", why, seconds)
+        self.fault_log.append((self.clock(), why))
         self._stop.wait(seconds)
 
     def _scheduled_faults(self, t: float) -> None:
