@@ -142,10 +142,13 @@ def _stream(args: argparse.Namespace) -> int:
 def _record(args: argparse.Namespace) -> int:
     from firmware_bridge.recording import Recorder
 
-    link = _link(args)
+    from firmware_bridge.link import ProbeLink
+
     rec = Recorder(args.file)
-    link.add_raw_tap(lambda data: rec.write(time.monotonic(), data))
+    link = ProbeLink(args.port, name="probe", reconnect=False)
+    link.add_raw_tap(lambda data: rec.write(time.monotonic(), data))  # before start: the handshake too
     try:
+        link.start()
         time.sleep(args.seconds)
     finally:
         link.stop()
