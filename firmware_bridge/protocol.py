@@ -5,13 +5,15 @@ A frame on the wire::
     off  size  field
     0    2     magic 0x53 0x47 ("SG")
     2    1     message type
-    3    1     flags (reserved, sent as 0, ignored on receipt)
-    4    2     sequence number, u16 little-endian, per sender, wraps
-    6    2     payload length N, u16 little-endian, N <= MAX_PAYLOAD
+    3    2     sequence number, u16 little-endian, per sender, wraps
+    5    2     payload length N, u16 little-endian, N <= MAX_PAYLOAD
+    7    1     header check: CRC-8/SMBUS of bytes 2 .. 6
     8    N     payload
     8+N  4     CRC-32/ISO-HDLC (zlib) of bytes 2 .. 8+N-1, u32 little-endian
 
-The decoder never raises on bad input: it resyncs to the next magic, counting what it discarded.
+The header check lets a receiver reject a false magic in garbage at once, instead of waiting for the
+bogus length's worth of bytes. The decoder never raises on bad input: it resyncs to the next magic,
+counting what it discarded.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import zlib
 from dataclasses import dataclass
 
 MAGIC = b"SG"
-HEADER = struct.Struct("<2sBBHH")
+HEADER = struct.Struct("<2sBHHB")
 HEADER_SIZE = HEADER.size  # 8
 CRC_SIZE = 4
 OVERHEAD = HEADER_SIZE + CRC_SIZE
@@ -36,6 +38,27 @@ PROTOCOL_MINOR = 0
 _CRC = struct.Struct("<I")
 
 
+def _crc8_table() -> bytes:
+    table = bytearray(256)
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = ((c << 1) ^ 0x07) & 0xFF if c & 0x80 else (c << 1) & 0xFF
+        table[i] = c
+    return bytes(table)
+
+
+_CRC8 = _crc8_table()
+
+
+def crc8(data: bytes | bytearray | memoryview) -> int:
+    """CRC-8/SMBUS: poly 0x07, init 0, not reflected, xorout 0; check("123456789") = 0xF4."""
+    c = 0
+    for b in data:
+        c = _CRC8[c ^ b]
+    return c
+
+
 def crc32(data: bytes | bytearray | memoryview) -> int:
     """CRC-32/ISO-HDLC: poly 0x04C11DB7 reflected, init and xorout 0xFFFFFFFF; check("123456789") = 0xCBF43926."""
     return zlib.crc32(data) & 0xFFFFFFFF
@@ -47,7 +70,8 @@ def encode_frame(msg_type: int, seq: int, payload: bytes | bytearray | memoryvie
         raise ValueError(f"payload of {len(payload)} bytes exceeds MAX_PAYLOAD={MAX_PAYLOAD}")
     if not 0 <= msg_type <= 0xFF:
         raise ValueError(f"message type {msg_type} is not a byte")
-    head = HEADER.pack(MAGIC, msg_type, 0, seq & 0xFFFF, len(payload))
+    fields = struct.pack("<BHH", msg_type, seq & 0xFFFF, len(payload))
+    head = MAGIC + fields + bytes([crc8(fields)])
     crc = zlib.crc32(payload, zlib.crc32(head[2:]))
     return b"".join((head, payload, _CRC.pack(crc & 0xFFFFFFFF)))
 
@@ -63,6 +87,7 @@ class RawFrame:
 class DecoderStats:
     messages_ok: int = 0
     crc_errors: int = 0
+    header_errors: int = 0  # a magic whose header check fails (usually a false magic in garbage)
     oversize: int = 0  # headers announcing a payload above MAX_PAYLOAD
     discarded_bytes: int = 0  # bytes skipped while looking for the next valid frame
     seq_gaps: int = 0  # messages missing according to the sender's sequence numbers
@@ -110,7 +135,12 @@ class FrameDecoder:
             pos = start
             if n - pos < HEADER_SIZE:
                 break
-            _, msg_type, _flags, seq, length = HEADER.unpack_from(buf, pos)
+            _, msg_type, seq, length, check = HEADER.unpack_from(buf, pos)
+            if crc8(memoryview(buf)[pos + 2 : pos + 7]) != check:
+                stats.header_errors += 1
+                stats.discarded_bytes += 1
+                pos += 1
+                continue
             if length > MAX_PAYLOAD:
                 stats.oversize += 1
                 stats.discarded_bytes += 1

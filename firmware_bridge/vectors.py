@@ -156,10 +156,14 @@ def build_vectors() -> dict[str, Any]:
     good_a = bytes.fromhex(vectors[2]["hex"])
     good_b = bytes.fromhex(vectors[3]["hex"])
     corrupt = bytearray(good_b)
-    corrupt[9] ^= 0xFF
-    stream = b"\x00\xffSG\x01garbage" + bytes(corrupt) + good_a + b"S" + good_b
+    corrupt[9] ^= 0xFF  # a payload byte: the header is fine, the CRC-32 is not
+    # A false magic followed by a plausible header (length 300) whose check byte is wrong: rejected at
+    # once, so the good frame right behind it is not held up.
+    false_header = b"SG\x01\x00\x00\x2c\x01\x00"
+    stream = b"\x00\xffSG\x01garbage" + bytes(corrupt) + false_header + good_a + b"S" + good_b
     return {
         "crc": {"variant": "CRC-32/ISO-HDLC", "check_input": "123456789", "check": "cbf43926"},
+        "header_check": {"variant": "CRC-8/SMBUS", "check_input": "123456789", "check": "f4"},
         "messages": vectors,
         "streams": [
             {
@@ -167,6 +171,7 @@ def build_vectors() -> dict[str, Any]:
                 "hex": stream.hex(),
                 "frames": [vectors[2]["hex"], vectors[3]["hex"]],
                 "crc_errors": 1,
+                "header_errors": 2,
                 "discarded_bytes": len(stream) - len(good_a) - len(good_b),
             }
         ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware_bridge import messages as m
-from firmware_bridge.protocol import MAX_FRAME_BYTES, MAX_PAYLOAD, FrameDecoder, crc32, encode_frame
+from firmware_bridge.protocol import MAX_FRAME_BYTES, MAX_PAYLOAD, FrameDecoder, crc8, crc32, encode_frame
 from firmware_bridge.vectors import build_vectors, load_vectors
 
 C_DIR = Path(__file__).resolve().parent.parent / "firmware_bridge" / "c"
@@ -30,8 +31,9 @@ def test_vector_file_is_up_to_date_and_covers_every_message_type() -> None:
     assert {v["type"] for v in VECTORS["messages"]} == set(m.SCHEMAS)
 
 
-def test_crc_is_the_named_variant() -> None:
+def test_crcs_are_the_named_variants() -> None:
     assert f"{crc32(b'123456789'):08x}" == VECTORS["crc"]["check"] == "cbf43926"
+    assert f"{crc8(b'123456789'):02x}" == VECTORS["header_check"]["check"] == "f4"
 
 
 @pytest.mark.parametrize("v", VECTORS["messages"], ids=lambda v: v["name"])
@@ -53,6 +55,7 @@ def test_stream_vector_resyncs_after_garbage_and_bad_crc() -> None:
             frames += dec.feed(data[i : i + 3])
         assert [encode_frame(f.msg_type, f.seq, f.payload).hex() for f in frames] == s["frames"]
         assert dec.stats.crc_errors == s["crc_errors"]
+        assert dec.stats.header_errors == s["header_errors"]
         assert dec.stats.discarded_bytes == s["discarded_bytes"]
 
 
@@ -62,7 +65,8 @@ def c_checker(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert gcc, "a C compiler is needed for the reference implementation (apt-get install gcc)"
     out = tmp_path_factory.mktemp("c") / "sgtest"
     cmd = [gcc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-o", str(out)]
-    subprocess.run([*cmd, str(C_DIR / "sgproto.c"), str(C_DIR / "test_vectors.c")], check=True)
+    built = subprocess.run([*cmd, str(C_DIR / "sgproto.c"), str(C_DIR / "test_vectors.c")], capture_output=True, text=True)
+    assert built.returncode == 0, f"the C reference does not compile cleanly:\n{built.stderr}"
     return out
 
 
@@ -108,6 +112,8 @@ def test_c_reference_crc_and_stream_resync(c_checker: Path) -> None:
     s = VECTORS["streams"][0]
     crc_block, stream_block = _run_c(c_checker, ["crc 123456789", f"stream {s['hex']}"])
     assert crc_block["crc"] == VECTORS["crc"]["check"]
+    assert crc_block["crc8"] == VECTORS["header_check"]["check"]
+    assert int(stream_block["header_errors"]) == s["header_errors"]
     assert stream_block["frames"] == s["frames"]
     assert int(stream_block["crc_errors"]) == s["crc_errors"]
     assert int(stream_block["discarded_bytes"]) == s["discarded_bytes"]
@@ -117,7 +123,7 @@ def test_c_decoder_rejects_truncated_and_corrupt_payloads(c_checker: Path) -> No
     v = next(v for v in VECTORS["messages"] if v["name"] == "identify")
     frame = bytes.fromhex(v["hex"])
     flipped = bytearray(frame)
-    flipped[20] ^= 0x01
+    flipped[20] ^= 0x01  # in the payload
     short_payload = encode_frame(m.IDENTIFY, 1, m.encode_payload(m.IDENTIFY, _fields(v))[:-3])
     blocks = _run_c(c_checker, [f"msg {flipped.hex()}", f"msg {short_payload.hex()}"])
     assert blocks[0] == {"error": "no frame"}  # CRC caught the flipped bit
@@ -155,10 +161,8 @@ def test_decoder_never_raises_is_bounded_and_finds_every_intact_frame(parts: lis
         found += dec.feed(data[i : i + piece])
         assert dec.buffered <= MAX_FRAME_BYTES + piece  # never more than one frame plus one read
     for raw in found:  # whatever is found decodes or is rejected with MessageError only
-        try:
+        with contextlib.suppress(m.MessageError):
             m.decode_payload(raw.msg_type, raw.payload)
-        except m.MessageError:
-            pass
     found_hex = [encode_frame(f.msg_type, f.seq, f.payload) for f in found]
     intact = [p for p in parts if p in {bytes.fromhex(v["hex"]) for v in VECTORS["messages"]}]
     it = iter(found_hex)  # every intact frame we put in comes out, in order (garbage may add frames, rarely)
@@ -175,3 +179,12 @@ def test_arbitrary_bytes_are_counted_not_trusted(junk: bytes) -> None:
     for f in frames:  # a frame out of pure junk must at least carry a valid CRC
         assert f in FrameDecoder().feed(encode_frame(f.msg_type, f.seq, f.payload))
     assert dec.stats.discarded_bytes + dec.buffered + sum(len(f.payload) + 12 for f in frames) == len(junk)
+
+
+def test_protocol_doc_carries_every_vector_and_the_crc_check_value() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    assert "0xCBF43926" in doc and "CRC-32/ISO-HDLC" in doc and "`0xF4`" in doc and "CRC-8/SMBUS" in doc
+    for v in VECTORS["messages"]:
+        assert v["hex"] in doc, f"docs/protocol.md lacks the {v['name']} vector"
+        assert f"0x{v['type']:02X} {v['type_name']}" in doc
+    assert VECTORS["streams"][0]["hex"] in doc

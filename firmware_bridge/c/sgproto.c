@@ -22,6 +22,15 @@ uint32_t sg_crc32_update(uint32_t crc, const uint8_t *data, size_t len) {
     return ~crc;
 }
 
+uint8_t sg_crc8(const uint8_t *data, size_t len) {
+    uint8_t c = 0;
+    for (size_t i = 0; i < len; i++) {
+        c ^= data[i];
+        for (int k = 0; k < 8; k++) c = (uint8_t)((c & 0x80u) ? ((unsigned)c << 1) ^ 0x07u : (unsigned)c << 1);
+    }
+    return c;
+}
+
 static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
 static void put32(uint8_t *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i)); }
 static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
@@ -31,9 +40,10 @@ static uint32_t get32(const uint8_t *p) {
 
 size_t sg_encode_frame(uint8_t type, uint16_t seq, const uint8_t *payload, size_t len, uint8_t *out, size_t cap) {
     if (len > SG_MAX_PAYLOAD || cap < len + SG_HEADER_SIZE + SG_CRC_SIZE) return 0;
-    out[0] = SG_MAGIC0; out[1] = SG_MAGIC1; out[2] = type; out[3] = 0;
-    put16(out + 4, seq);
-    put16(out + 6, (uint16_t)len);
+    out[0] = SG_MAGIC0; out[1] = SG_MAGIC1; out[2] = type;
+    put16(out + 3, seq);
+    put16(out + 5, (uint16_t)len);
+    out[7] = sg_crc8(out + 2, 5);
     if (len) memcpy(out + SG_HEADER_SIZE, payload, len);
     put32(out + SG_HEADER_SIZE + len, sg_crc32_update(0, out + 2, SG_HEADER_SIZE - 2 + len));
     return len + SG_HEADER_SIZE + SG_CRC_SIZE;
@@ -67,7 +77,10 @@ int sg_decoder_next(sg_decoder *d, sg_frame *out) {
         d->discarded_bytes += (uint32_t)(i - pos);
         d->consumed = i;
         if (d->len - i < SG_HEADER_SIZE) return 0;
-        uint16_t len = get16(d->buf + i + 6);
+        if (sg_crc8(d->buf + i + 2, 5) != d->buf[i + 7]) {
+            d->header_errors++; d->discarded_bytes++; d->consumed = i + 1; continue;
+        }
+        uint16_t len = get16(d->buf + i + 5);
         if (len > SG_MAX_PAYLOAD) { d->oversize++; d->discarded_bytes++; d->consumed = i + 1; continue; }
         size_t end = i + SG_HEADER_SIZE + len;
         if (d->len < end + SG_CRC_SIZE) return 0;
@@ -75,7 +88,7 @@ int sg_decoder_next(sg_decoder *d, sg_frame *out) {
             d->crc_errors++; d->discarded_bytes++; d->consumed = i + 1; continue;
         }
         out->type = d->buf[i + 2];
-        out->seq = get16(d->buf + i + 4);
+        out->seq = get16(d->buf + i + 3);
         out->payload = d->buf + i + SG_HEADER_SIZE;
         out->len = len;
         d->frames_ok++;

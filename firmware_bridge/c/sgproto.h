@@ -28,6 +28,8 @@ enum sg_type {
 /* CRC-32/ISO-HDLC (zlib): poly 0x04C11DB7 reflected, init 0xFFFFFFFF, xorout 0xFFFFFFFF, check 0xCBF43926.
  * sg_crc32_update(0, ...) starts a new CRC; pass the previous result to continue it. */
 uint32_t sg_crc32_update(uint32_t crc, const uint8_t *data, size_t len);
+/* CRC-8/SMBUS of the header bytes 2..6: poly 0x07, init 0, not reflected, xorout 0, check 0xF4. */
+uint8_t sg_crc8(const uint8_t *data, size_t len);
 
 /* Writes one complete frame; returns its length, or 0 if it does not fit or the payload is too large. */
 size_t sg_encode_frame(uint8_t type, uint16_t seq, const uint8_t *payload, size_t len, uint8_t *out, size_t cap);
@@ -43,7 +45,7 @@ typedef struct {
     uint8_t buf[2 * SG_MAX_FRAME];
     size_t len;
     size_t consumed;        /* bytes of buf already handed out or discarded */
-    uint32_t frames_ok, crc_errors, oversize, discarded_bytes;
+    uint32_t frames_ok, crc_errors, header_errors, oversize, discarded_bytes;
 } sg_decoder;
 
 void sg_decoder_init(sg_decoder *d);

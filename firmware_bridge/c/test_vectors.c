@@ -99,7 +99,9 @@ int main(void) {
     while (fgets(line, sizeof line, stdin)) {
         line[strcspn(line, "\n")] = 0;
         if (strncmp(line, "crc ", 4) == 0) {
-            printf("crc %08lx\n--\n", (unsigned long)sg_crc32_update(0, (const uint8_t *)line + 4, strlen(line + 4)));
+            const uint8_t *text = (const uint8_t *)line + 4;
+            printf("crc %08lx\ncrc8=%02x\n--\n", (unsigned long)sg_crc32_update(0, text, strlen(line + 4)),
+                   sg_crc8(text, strlen(line + 4)));
         } else if (strncmp(line, "msg ", 4) == 0) {
             size_t n = unhex(line + 4, bytes, sizeof bytes);
             sg_decoder_init(&dec);
@@ -128,8 +130,9 @@ int main(void) {
                     printf("\n");
                 }
             }
-            printf("crc_errors=%lu\ndiscarded_bytes=%lu\noversize=%lu\n--\n", (unsigned long)dec.crc_errors,
-                   (unsigned long)dec.discarded_bytes, (unsigned long)dec.oversize);
+            printf("crc_errors=%lu\nheader_errors=%lu\ndiscarded_bytes=%lu\noversize=%lu\n--\n",
+                   (unsigned long)dec.crc_errors, (unsigned long)dec.header_errors, (unsigned long)dec.discarded_bytes,
+                   (unsigned long)dec.oversize);
         }
         fflush(stdout);
     }
