@@ -19,7 +19,10 @@ def start_emulator_process(*args: str) -> tuple[subprocess.Popen[str], str]:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "probe-emulator", "--pty", *args],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     path = proc.stdout.readline().strip()

@@ -140,9 +140,8 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from firmware_bridge.recording import Recorder
-
     from firmware_bridge.link import ProbeLink
+    from firmware_bridge.recording import Recorder
 
     rec = Recorder(args.file)
     link = ProbeLink(args.port, name="probe", reconnect=False)
@@ -178,8 +177,11 @@ def _conformance(args: argparse.Namespace) -> int:
         for r in results:
             print(r.line())
     failed = [r.name for r in results if not r.passed]
-    print(f"{len(results) - len(failed)}/{len(results)} checks passed" + (f"; failed: {', '.join(failed)}" if failed else ""),
-          file=sys.stderr)
+    print(
+        f"{len(results) - len(failed)}/{len(results)} checks passed"
+        + (f"; failed: {', '.join(failed)}" if failed else ""),
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 

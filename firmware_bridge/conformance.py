@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import math
 import random
 import threading
@@ -25,7 +28,7 @@ class CheckResult:
         return f"{'PASS' if self.passed else 'FAIL'} {self.name}: {self.detail}"
 
 
-class CheckFailed(AssertionError):
+class CheckFailed(AssertionError):  # noqa: N818 - reads as what happened
     pass
 
 
@@ -80,11 +83,22 @@ class Conformance:
     def check_identify(self) -> str:
         info, c = self.link.info, self.caps
         assert info is not None
-        _require(bool(info.model and info.serial and info.firmware), "model, serial and firmware must be non-empty")
-        _require(c["gain_min"] < c["gain_max"] and c["gain_step"] > 0, f"bad gain range {c['gain_min']}..{c['gain_max']} step {c['gain_step']}")
+        _require(
+            bool(info.model and info.serial and info.firmware), "model, serial and firmware must be non-empty"
+        )
+        _require(
+            c["gain_min"] < c["gain_max"] and c["gain_step"] > 0,
+            f"bad gain range {c['gain_min']}..{c['gain_max']} step {c['gain_step']}",
+        )
         d = c["depths_mm"]
-        _require(bool(d) and all(a < b for a, b in zip(d, d[1:])) and d[0] > 0, f"depth steps must be positive and ascending: {d}")
-        _require(bool(c["freqs_mhz"]) and min(c["freqs_mhz"]) > 0, f"frequencies must be positive: {c['freqs_mhz']}")
+        _require(
+            bool(d) and all(a < b for a, b in itertools.pairwise(d)) and d[0] > 0,
+            f"depth steps must be positive and ascending: {d}",
+        )
+        _require(
+            bool(c["freqs_mhz"]) and min(c["freqs_mhz"]) > 0,
+            f"frequencies must be positive: {c['freqs_mhz']}",
+        )
         _require(c["tgc_bands"] == 0 or c["tgc_min"] < c["tgc_max"], "bad TGC range")
         _require(c["width"] > 0 and c["height"] > 0 and 0 < c["fps"] <= 1000, "bad frame geometry or rate")
         return f"{info.model} serial {info.serial} firmware {info.firmware} protocol {info.protocol[0]}.{info.protocol[1]}"
@@ -102,7 +116,9 @@ class Conformance:
             try:
                 got = link.set_param(name, value, index)
             except ProbeNack as exc:
-                raise CheckFailed(f"{name}[{index}]={value} is within the advertised range but was refused: {exc.reason}") from exc
+                raise CheckFailed(
+                    f"{name}[{index}]={value} is within the advertised range but was refused: {exc.reason}"
+                ) from exc
             _require(abs(float(got) - value) <= tol, f"{name}[{index}]: set {value}, device reads back {got}")
             n += 1
         return f"{n} in-range values set and read back"
@@ -121,10 +137,16 @@ class Conformance:
         if c["tgc_bands"]:
             cases.append(("tgc_db", 0, c["tgc_max"] + 1.0))
         for name, index, value in cases:
-            _expect_nack(lambda: link.set_param(name, value, index), m.ERR_OUT_OF_RANGE, f"{name}[{index}]={value}")
+            _expect_nack(
+                functools.partial(link.set_param, name, value, index),
+                m.ERR_OUT_OF_RANGE,
+                f"{name}[{index}]={value}",
+            )
         reply = link.request(m.GET_PARAM, param=0x7E, index=0)
-        _require(reply.type == m.NACK and reply["error"] == m.ERR_UNKNOWN_PARAM,
-                 f"unknown parameter 0x7E: expected NACK 'unknown parameter', got {reply.name} {reply.fields}")
+        _require(
+            reply.type == m.NACK and reply["error"] == m.ERR_UNKNOWN_PARAM,
+            f"unknown parameter 0x7E: expected NACK 'unknown parameter', got {reply.name} {reply.fields}",
+        )
         after = link.get_param("gain_db")
         _require(after == before, f"a refused request changed gain_db from {before} to {after}")
         return f"{len(cases) + 1} invalid requests refused with the right error code, nothing changed"
@@ -133,7 +155,11 @@ class Conformance:
         link = self.link
         _require(link.freeze(True) is True, "FREEZE did not report frozen")
         try:
-            _expect_nack(lambda: link.set_param("gain_db", self.caps["gain_min"]), m.ERR_FROZEN, "set gain while frozen")
+            _expect_nack(
+                lambda: link.set_param("gain_db", self.caps["gain_min"]),
+                m.ERR_FROZEN,
+                "set gain while frozen",
+            )
         finally:
             _require(link.freeze(False) is False, "unfreeze did not report unfrozen")
         return "frozen device refuses changes with 'frozen'; unfreeze works"
@@ -158,26 +184,49 @@ class Conformance:
         lost = end["frames_lost"] - start["frames_lost"]
         rejected = end["chunks_rejected"] - start["chunks_rejected"]
         expect = c["fps"] * self.window
-        _require(lost == 0 and rejected == 0, f"{lost} frame(s) lost, {rejected} chunk(s) rejected in {self.window} s")
-        _require(ok >= 0.8 * expect, f"only {ok} complete frames in {self.window} s at an advertised {c['fps']} fps")
+        _require(
+            lost == 0 and rejected == 0,
+            f"{lost} frame(s) lost, {rejected} chunk(s) rejected in {self.window} s",
+        )
+        _require(
+            ok >= 0.8 * expect,
+            f"only {ok} complete frames in {self.window} s at an advertised {c['fps']} fps",
+        )
         ids = [h["frame_id"] for h in headers]
-        _require(all(b == a + 1 for a, b in zip(ids, ids[1:])), f"frame ids not consecutive: {ids[:12]}...")
+        _require(
+            all(b == a + 1 for a, b in itertools.pairwise(ids)), f"frame ids not consecutive: {ids[:12]}..."
+        )
         ts = [h["device_ts_us"] for h in headers]
-        _require(all(b > a for a, b in zip(ts, ts[1:])), "device timestamps of frames do not increase")
+        _require(all(b > a for a, b in itertools.pairwise(ts)), "device timestamps of frames do not increase")
         for f in frames:
-            _require(f.image.shape == (c["height"], c["width"]), f"frame {f.frame_id} is {f.image.shape}, advertised {c['height']}x{c['width']}")
-            _require(abs(f.params["gain_db"] - gain) < 1e-3, f"frame {f.frame_id} snapshot says gain {f.params['gain_db']}, device gain is {gain}")
-        return f"{ok} frames in {self.window} s ({ok / self.window:.1f} fps), ids consecutive, snapshots match"
+            _require(
+                f.image.shape == (c["height"], c["width"]),
+                f"frame {f.frame_id} is {f.image.shape}, advertised {c['height']}x{c['width']}",
+            )
+            _require(
+                abs(f.params["gain_db"] - gain) < 1e-3,
+                f"frame {f.frame_id} snapshot says gain {f.params['gain_db']}, device gain is {gain}",
+            )
+        return (
+            f"{ok} frames in {self.window} s ({ok / self.window:.1f} fps), ids consecutive, snapshots match"
+        )
 
     def check_heartbeat(self) -> str:
         with self.rec.lock:
             beats = list(self.rec.heartbeats)
-        _require(len(beats) >= 2, f"{len(beats)} heartbeat(s) in {self.window} s; one is required every 0.2 s")
-        gaps = [b[0] - a[0] for a, b in zip(beats, beats[1:])]
+        _require(
+            len(beats) >= 2, f"{len(beats)} heartbeat(s) in {self.window} s; one is required every 0.2 s"
+        )
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(beats)]
         _require(max(gaps) <= 0.5, f"heartbeat gap of {max(gaps):.2f} s (must be at most 0.5 s)")
         st = beats[-1][1]
-        _require(0 <= st["battery_pct"] <= 100 and -20 <= st["temperature_c"] <= 90, f"implausible status {st}")
-        _require(st["boot_id"] == self.link.info.boot_id if self.link.info else False, "heartbeat boot id differs from IDENTIFY")
+        _require(
+            0 <= st["battery_pct"] <= 100 and -20 <= st["temperature_c"] <= 90, f"implausible status {st}"
+        )
+        _require(
+            st["boot_id"] == self.link.info.boot_id if self.link.info else False,
+            "heartbeat boot id differs from IDENTIFY",
+        )
         return f"{len(beats)} heartbeats, largest gap {max(gaps) * 1000:.0f} ms, {st['temperature_c']:.1f} °C, battery {st['battery_pct']}%"
 
     def check_time_sync(self) -> str:
@@ -189,7 +238,7 @@ class Conformance:
             samples.append((t0, link.clock(), reply["device_ts_us"], reply["host_ts_us"]))
         _require(all(s[3] == int(s[0] * 1e6) for s in samples), "TIME_SYNC_RESP does not echo host_ts_us")
         dev = [s[2] for s in samples]
-        _require(all(b > a for a, b in zip(dev, dev[1:])), f"device clock does not advance: {dev}")
+        _require(all(b > a for a, b in itertools.pairwise(dev)), f"device clock does not advance: {dev}")
         rtt = min(s[1] - s[0] for s in samples)
         _require(rtt < 0.05, f"best time-sync round trip {rtt * 1000:.1f} ms (must be under 50 ms)")
         link.sync_time()
@@ -197,7 +246,10 @@ class Conformance:
         _require(f is not None, "no frame to check timestamp mapping")
         assert f is not None
         err = f.host_time - link.device_to_host_time(f.device_ts_us)
-        _require(-0.005 < err < 0.2, f"frame timestamp maps {err * 1000:.1f} ms before its arrival (expected 0..200 ms)")
+        _require(
+            -0.005 < err < 0.2,
+            f"frame timestamp maps {err * 1000:.1f} ms before its arrival (expected 0..200 ms)",
+        )
         return f"round trip {rtt * 1000:.2f} ms; frame acquired {err * 1000:.1f} ms before it was received"
 
     def check_recovery_after_garbage(self) -> str:
@@ -214,8 +266,11 @@ class Conformance:
         time.sleep(0.45)
         with self.rec.lock:
             after = self.rec.heartbeats[-1][1]["rx_discarded_bytes"] if self.rec.heartbeats else None
-        _require(before is not None and after is not None and after > before,
-                 f"device does not count discarded bytes in its heartbeat (before {before}, after {after})")
+        _require(
+            before is not None and after is not None and after > before,
+            f"device does not count discarded bytes in its heartbeat (before {before}, after {after})",
+        )
+        assert before is not None and after is not None
         return f"answered in {took * 1000:.0f} ms after 1044 garbage bytes (depth {value}); device counted {after - before} discarded"
 
 
@@ -248,10 +303,8 @@ def run_conformance(url: str, name: str = "probe") -> list[CheckResult]:
             except (CheckFailed, ProbeError) as exc:
                 results.append(CheckResult(check_name, False, str(exc)))
         for n, v in restore.items():
-            try:
+            with contextlib.suppress(ProbeError):
                 link.set_param(n, v)
-            except ProbeError:
-                pass
     finally:
         link.stop()
     return results

@@ -10,28 +10,61 @@ from typing import Any
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--port", metavar="PATH", help="serve on this serial device (e.g. one end of a socat pair)")
-    where.add_argument("--pty", action="store_true", help="create a pseudo-terminal; its path is stdout's first line")
-    p.add_argument("--link", metavar="PATH", help="with --pty: keep a stable symlink to the pty (re-pointed after a disconnect)")
-    p.add_argument("--preset", help="render with the simulator's exam preset (sim/); default: a placeholder pattern")
-    p.add_argument("--seed", type=int, default=0, help="seed of the phantom / pattern and of the fault injection")
+    where.add_argument(
+        "--port", metavar="PATH", help="serve on this serial device (e.g. one end of a socat pair)"
+    )
+    where.add_argument(
+        "--pty", action="store_true", help="create a pseudo-terminal; its path is stdout's first line"
+    )
+    p.add_argument(
+        "--link",
+        metavar="PATH",
+        help="with --pty: keep a stable symlink to the pty (re-pointed after a disconnect)",
+    )
+    p.add_argument(
+        "--preset", help="render with the simulator's exam preset (sim/); default: a placeholder pattern"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the phantom / pattern and of the fault injection"
+    )
     p.add_argument("--fps", type=float, default=30.0, help="frame rate (default 30)")
     p.add_argument("--size", default="256x256", help="image WIDTHxHEIGHT (default 256x256)")
-    p.add_argument("--pose", choices=["scripted", "stdin"], default="scripted",
-                   help="scripted sweep, or JSON lines on stdin: {\"position_mm\": [x,y,z], \"quaternion\": [w,x,y,z]}")
-    p.add_argument("--lift-every", type=float, metavar="S", help="scripted path: lift the probe off the skin every S s")
+    p.add_argument(
+        "--pose",
+        choices=["scripted", "stdin"],
+        default="scripted",
+        help='scripted sweep, or JSON lines on stdin: {"position_mm": [x,y,z], "quaternion": [w,x,y,z]}',
+    )
+    p.add_argument(
+        "--lift-every", type=float, metavar="S", help="scripted path: lift the probe off the skin every S s"
+    )
     f = p.add_argument_group("fault injection")
-    f.add_argument("--corrupt-rate", type=float, default=0.0, help="probability per message of one corrupted byte")
-    f.add_argument("--drop-chunk-rate", type=float, default=0.0, help="probability that a frame chunk is dropped")
+    f.add_argument(
+        "--corrupt-rate", type=float, default=0.0, help="probability per message of one corrupted byte"
+    )
+    f.add_argument(
+        "--drop-chunk-rate", type=float, default=0.0, help="probability that a frame chunk is dropped"
+    )
     f.add_argument("--stall-after", type=float, metavar="S", help="go silent after S seconds ...")
     f.add_argument("--stall-for", type=float, default=2.0, metavar="S", help="... for S seconds (default 2)")
-    f.add_argument("--reboot-after", type=float, metavar="S", help="reboot (state reset, silent 0.5 s) after S seconds")
+    f.add_argument(
+        "--reboot-after", type=float, metavar="S", help="reboot (state reset, silent 0.5 s) after S seconds"
+    )
     f.add_argument("--disconnect-after", type=float, metavar="S", help="close the pty after S seconds ...")
-    f.add_argument("--disconnect-for", type=float, default=1.0, metavar="S", help="... and re-create it S seconds later")
-    f.add_argument("--protocol-major", type=int, help="announce this protocol major version (test version refusal)")
-    f.add_argument("--misbehave", action="append", default=[], metavar="WHAT",
-                   help="break conformance on purpose: accept-out-of-range, no-heartbeat, skip-frame-ids, "
-                   "no-time-sync, wedge-on-garbage (repeatable)")
+    f.add_argument(
+        "--disconnect-for", type=float, default=1.0, metavar="S", help="... and re-create it S seconds later"
+    )
+    f.add_argument(
+        "--protocol-major", type=int, help="announce this protocol major version (test version refusal)"
+    )
+    f.add_argument(
+        "--misbehave",
+        action="append",
+        default=[],
+        metavar="WHAT",
+        help="break conformance on purpose: accept-out-of-range, no-heartbeat, skip-frame-ids, "
+        "no-time-sync, wedge-on-garbage (repeatable)",
+    )
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -93,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
         images = PatternImageSource(width, height, args.seed)
     poses = StreamPoseSource(sys.stdin) if args.pose == "stdin" else ScriptedPath(args.lift_every)
     if args.disconnect_after is not None and not args.pty:
-        print("--disconnect-after needs --pty (the emulator must own the pty to re-create it)", file=sys.stderr)
+        print(
+            "--disconnect-after needs --pty (the emulator must own the pty to re-create it)", file=sys.stderr
+        )
         return 2
     try:
         port: Any = PtyEndpoint(args.link) if args.pty else args.port

@@ -9,15 +9,15 @@ class ProbeError(RuntimeError):
     """The probe link failed (not connected, no answer, unexpected answer)."""
 
 
-class ProbeTimeout(ProbeError):
+class ProbeTimeout(ProbeError):  # noqa: N818 - the names other packages use
     """The device did not answer a request within its timeout and retries."""
 
 
-class ProbeIncompatible(ProbeError):
+class ProbeIncompatible(ProbeError):  # noqa: N818 - the names other packages use
     """The device speaks a protocol major version this host does not."""
 
 
-class ProbeNack(ProbeError):
+class ProbeNack(ProbeError):  # noqa: N818 - the names other packages use
     """The device refused a request; ``code`` is its error code (messages.ERR_*)."""
 
     def __init__(self, code: int, what: str) -> None:

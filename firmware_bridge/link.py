@@ -7,14 +7,13 @@ backoff, periodic time sync). Frames are delivered latest-wins: one slot, never 
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
-import logging
 import os
 import select
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import serial
@@ -22,60 +21,23 @@ import serial
 from firmware_bridge import messages as m
 from firmware_bridge.assembly import FrameAssembler, ProbeFrame
 from firmware_bridge.errors import ProbeError, ProbeIncompatible, ProbeNack, ProbeTimeout
+from firmware_bridge.linkparts import DeviceInfo, Pending, TrafficRing, param_id, param_reply
 from firmware_bridge.protocol import MAX_PAYLOAD, PROTOCOL_MAJOR, PROTOCOL_MINOR, FrameDecoder
 from firmware_bridge.timesync import SyncSample, TimeSync
 from service.logsetup import device_logger
 
-__all__ = ["DeviceInfo", "ProbeError", "ProbeFrame", "ProbeIncompatible", "ProbeLink", "ProbeNack", "ProbeTimeout"]
+__all__ = [
+    "DeviceInfo",
+    "ProbeError",
+    "ProbeFrame",
+    "ProbeIncompatible",
+    "ProbeLink",
+    "ProbeNack",
+    "ProbeTimeout",
+]
 
 HEARTBEAT_TIMEOUT_S = 0.75  # device sends every 0.2 s: loss is noticed within 1 s of the last one
 TIME_SYNC_PERIOD_S = 2.0
-RESTORABLE = ("gain_db", "depth_mm", "freq_mhz", "tgc_db", "frozen")
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    protocol: tuple[int, int]
-    firmware: str
-    model: str
-    serial: str
-    boot_id: int
-    capabilities: dict[str, Any]  # gain_min/max/step, depths_mm, freqs_mhz, tgc_bands/min/max/step, width, height, fps
-
-    @classmethod
-    def from_identify(cls, f: dict[str, Any]) -> DeviceInfo:
-        skip = {"major", "minor", "firmware", "model", "serial", "boot_id"}
-        return cls((f["major"], f["minor"]), f["firmware"], f["model"], f["serial"], f["boot_id"],
-                   {k: v for k, v in f.items() if k not in skip})
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"protocol": f"{self.protocol[0]}.{self.protocol[1]}", "firmware": self.firmware,
-                "model": self.model, "serial": self.serial, "capabilities": self.capabilities}
-
-
-@dataclass
-class _Pending:
-    done: threading.Event = field(default_factory=threading.Event)
-    reply: m.Message | None = None
-
-
-class TrafficRing:
-    """Recent messages both ways and the last raw bytes received, dumped to the log on protocol errors."""
-
-    def __init__(self, size: int = 32) -> None:
-        self.messages: collections.deque[str] = collections.deque(maxlen=size)
-        self.raw_tail = bytearray()
-
-    def note(self, direction: str, msg_type: int, seq: int, length: int) -> None:
-        name = m.SCHEMAS[msg_type][0] if msg_type in m.SCHEMAS else f"0x{msg_type:02X}"
-        self.messages.append(f"{direction} {name} seq={seq} len={length}")
-
-    def raw(self, data: bytes) -> None:
-        self.raw_tail += data[-256:]
-        del self.raw_tail[:-256]
-
-    def dump(self) -> str:
-        return "recent traffic: " + "; ".join(self.messages) + f" | last rx bytes: {self.raw_tail[-64:].hex()}"
 
 
 class ProbeLink:
@@ -111,8 +73,8 @@ class ProbeLink:
         self._write_lock = threading.Lock()
         self._seq = 0
         self._req_ids = itertools.count(1)
-        self._pending: dict[int, _Pending] = {}
-        self._identify = _Pending()
+        self._pending: dict[int, Pending] = {}
+        self._identify = Pending()
         self._frame_cond = threading.Condition()
         self._latest: ProbeFrame | None = None
         self._delivered = 0  # frames put in the slot
@@ -181,17 +143,17 @@ class ProbeLink:
         self._raw_taps.append(callback)
 
     def get_param(self, name: str, index: int = 0) -> float | bool:
-        param = self._param_id(name)
+        param = param_id(name)
         reply = self.request(m.GET_PARAM, param=param, index=index)
-        value = self._param_reply(reply, name, param, index)
+        value = param_reply(reply, name, param, index)
         return bool(value) if param == m.PARAM_FROZEN else value
 
     def set_param(self, name: str, value: float | bool, index: int = 0) -> float | bool:
         """Set, then read back: returns the confirmed value; raises ProbeNack when refused."""
-        param = self._param_id(name)
+        param = param_id(name)
         reply = self.request(m.SET_PARAM, param=param, index=index, value=float(value))
-        applied = self._param_reply(reply, name, param, index)
-        readback = self._param_reply(self.request(m.GET_PARAM, param=param, index=index), name, param, index)
+        applied = param_reply(reply, name, param, index)
+        readback = param_reply(self.request(m.GET_PARAM, param=param, index=index), name, param, index)
         if readback != applied:
             raise ProbeError(f"{name}: device acknowledged {applied} but reads back {readback}")
         self._known[(name, index)] = readback
@@ -199,7 +161,7 @@ class ProbeLink:
 
     def freeze(self, frozen: bool = True) -> bool:
         reply = self.request(m.FREEZE, frozen=int(frozen))
-        value = self._param_reply(reply, "frozen", m.PARAM_FROZEN, 0)
+        value = param_reply(reply, "frozen", m.PARAM_FROZEN, 0)
         self._known[("frozen", 0)] = value
         return bool(value)
 
@@ -226,7 +188,7 @@ class ProbeLink:
     def request(self, msg_type: int, **fields: Any) -> m.Message:
         """Send a request carrying a fresh ``req`` id; retry with backoff; return the matching reply."""
         req = next(self._req_ids) & 0xFFFF or next(self._req_ids) & 0xFFFF
-        pending = self._pending[req] = _Pending()
+        pending = self._pending[req] = Pending()
         try:
             for attempt in range(self.retries + 1):
                 if attempt:
@@ -279,13 +241,11 @@ class ProbeLink:
         port, self._port = self._port, None
         self._connected.clear()
         if port is not None:
-            try:
+            with contextlib.suppress(OSError, serial.SerialException):
                 port.close()
-            except (OSError, serial.SerialException):
-                pass
 
     def _handshake(self) -> None:
-        self._identify = _Pending()
+        self._identify = Pending()
         for _ in range(self.retries + 1):
             self.send(m.HELLO, major=PROTOCOL_MAJOR, minor=PROTOCOL_MINOR, max_payload=MAX_PAYLOAD)
             if self._identify.done.wait(self.request_timeout):
@@ -312,8 +272,13 @@ class ProbeLink:
         except ProbeTimeout as exc:  # usable without it; frames then carry device time only
             self.log.warning("time sync failed: %s", exc)
             self._last_sync = self.clock()
-        self.log.info("connected: %s serial %s firmware %s protocol %d.%d", info.model, info.serial,
-                      info.firmware, *info.protocol)
+        self.log.info(
+            "connected: %s serial %s firmware %s protocol %d.%d",
+            info.model,
+            info.serial,
+            info.firmware,
+            *info.protocol,
+        )
 
     def _link_down(self, reason: str) -> None:
         if self._down_reason is None and not self._stopping.is_set():
@@ -482,19 +447,3 @@ class ProbeLink:
                 cb(event)
             except Exception:
                 self.log.exception("event listener failed on %s", event.get("type"))
-
-    # --- helpers -----------------------------------------------------------------------------------
-    @staticmethod
-    def _param_id(name: str) -> int:
-        if name not in m.PARAM_IDS:
-            raise ValueError(f"unknown parameter {name!r}; known: {', '.join(m.PARAM_IDS)}")
-        return m.PARAM_IDS[name]
-
-    @staticmethod
-    def _param_reply(reply: m.Message, name: str, param: int, index: int) -> float:
-        f = reply.fields
-        if reply.type == m.NACK:
-            raise ProbeNack(f["error"], f"{name}[{index}]" if param == m.PARAM_TGC else name)
-        if reply.type != m.PARAM_VALUE or f["param"] != param or f["index"] != index:
-            raise ProbeError(f"{name}: unexpected reply {reply.name} {f}")
-        return float(f["value"])

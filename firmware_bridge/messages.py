@@ -273,4 +273,4 @@ def encode_chunk(seq: int, frame_id: int, index: int, count: int, data: bytes | 
 def decode_chunk_head(payload: bytes) -> tuple[int, int, int]:
     if len(payload) < _CHUNK_HEAD.size:
         raise MessageError("FRAME_CHUNK: payload shorter than its 8-byte head")
-    return _CHUNK_HEAD.unpack_from(payload, 0)  # type: ignore[return-value]
+    return _CHUNK_HEAD.unpack_from(payload, 0)

@@ -42,7 +42,9 @@ class Recorder:
 def read_blocks(path: str | Path) -> Iterator[tuple[float, bytes]]:
     with open(path, "rb") as f:
         if f.read(len(REC_MAGIC)) != REC_MAGIC:
-            raise RecordingError(f"{path}: not a probe recording (bad magic; expected one made by `probe record`)")
+            raise RecordingError(
+                f"{path}: not a probe recording (bad magic; expected one made by `probe record`)"
+            )
         while head := f.read(_BLOCK.size):
             if len(head) < _BLOCK.size:
                 raise RecordingError(f"{path}: truncated block header at the end")

@@ -139,7 +139,7 @@ def _jsonable(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_vectors() -> dict[str, Any]:
-    vectors = []
+    vectors: list[dict[str, Any]] = []
     for name, msg_type, seq, fields in EXAMPLES:
         frame = encode_frame(msg_type, seq, m.encode_payload(msg_type, fields))
         vectors.append(

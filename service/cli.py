@@ -17,8 +17,14 @@ from service.logsetup import setup_logging
 
 # name -> (module, one-line help). The only place a subcommand is registered.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "probe": ("firmware_bridge.cli", "talk to a probe: info, get, set, stream, record, replay, conformance, bench"),
-    "probe-emulator": ("firmware_bridge.emulator_cli", "the reference probe emulator on a pty or serial device"),
+    "probe": (
+        "firmware_bridge.cli",
+        "talk to a probe: info, get, set, stream, record, replay, conformance, bench",
+    ),
+    "probe-emulator": (
+        "firmware_bridge.emulator_cli",
+        "the reference probe emulator on a pty or serial device",
+    ),
 }
 
 

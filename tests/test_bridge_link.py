@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,7 +48,9 @@ def bench(pty_pair: PtyPair) -> Iterator[Callable[..., tuple[ProbeEmulator, Prob
     """``bench(faults=..., pose_source=..., link_kwargs=...)`` -> running emulator, started link, events."""
     made: list[tuple[ProbeEmulator, ProbeLink]] = []
 
-    def make(port: Any = None, link_path: str | None = None, link_kwargs: dict | None = None, **emu_kwargs: Any):
+    def make(
+        port: Any = None, link_path: str | None = None, link_kwargs: dict | None = None, **emu_kwargs: Any
+    ):
         emu = ProbeEmulator(pty_pair.device_fd if port is None else port, **emu_kwargs).start()
         link = ProbeLink(link_path or pty_pair.host_path, name="probe", **(link_kwargs or {}))
         events = Events()
@@ -165,10 +168,9 @@ def test_one_percent_corruption_keeps_streaming_and_never_applies_a_corrupted_va
     for i in range(60):
         value = 20.0 + (i * 7) % 60
         requested.add(value)
-        try:
+        # ProbeTimeout: every retry hit a corrupted byte; refused loudly, never applied wrong
+        with contextlib.suppress(ProbeTimeout):
             assert link.set_param("gain_db", value) == value
-        except ProbeTimeout:
-            pass  # every retry hit a corrupted byte: refused loudly, never applied wrong
     while time.monotonic() - t0 < 2.0:
         link.latest_frame(0.1)
     stats = link.stats()
@@ -179,14 +181,18 @@ def test_one_percent_corruption_keeps_streaming_and_never_applies_a_corrupted_va
 
 
 def test_heavy_corruption_never_applies_a_corrupted_parameter(bench) -> None:
-    emu, link, _ = bench(faults=Faults(corrupt_rate=0.15), seed=5, link_kwargs={"retries": 6, "reconnect": False, "request_timeout": 0.1})
+    emu, link, _ = bench(
+        faults=Faults(corrupt_rate=0.15),
+        seed=5,
+        link_kwargs={"retries": 6, "reconnect": False, "request_timeout": 0.1},
+    )
     for i in range(20):
-        try:
+        with contextlib.suppress(ProbeTimeout):
             link.set_param("tgc_db", float(i % 12), index=i % 4)
-        except ProbeTimeout:
-            pass
     assert emu.decoder.stats.crc_errors > 0  # the device saw corrupted requests ...
-    assert {v for name, _, v, _ in emu.applied if name == "tgc_db"} <= {float(i) for i in range(12)}  # ... never applied
+    assert {v for name, _, v, _ in emu.applied if name == "tgc_db"} <= {
+        float(i) for i in range(12)
+    }  # ... never applied
 
 
 def test_dropped_chunks_are_detected_and_never_delivered_partial(bench) -> None:
@@ -227,8 +233,11 @@ def test_reconnects_after_pty_is_re_created(bench, tmp_path: Path) -> None:
     endpoint = PtyEndpoint(link=str(tmp_path / "probe"))
     first = endpoint.pty_path
     try:
-        emu, link, events = bench(port=endpoint, link_path=endpoint.path,
-                                  faults=Faults(disconnect_after_s=0.6, disconnect_for_s=0.6))
+        emu, link, events = bench(
+            port=endpoint,
+            link_path=endpoint.path,
+            faults=Faults(disconnect_after_s=0.6, disconnect_for_s=0.6),
+        )
         link.set_param("gain_db", 44.0)
         wait_for(lambda: events.of("link_lost"), 3, "link lost")
         wait_for(lambda: events.of("link_restored"), 6, "link restored on the new pty")
@@ -250,7 +259,9 @@ def test_refuses_incompatible_major_version(pty_pair: PtyPair) -> None:
 
 
 def test_request_times_out_after_bounded_retries(bench) -> None:
-    _, link, _ = bench(faults=Faults(misbehave={"no-time-sync"}), link_kwargs={"retries": 2, "request_timeout": 0.1})
+    _, link, _ = bench(
+        faults=Faults(misbehave={"no-time-sync"}), link_kwargs={"retries": 2, "request_timeout": 0.1}
+    )
     t0 = time.monotonic()
     with pytest.raises(ProbeTimeout, match="no answer to TIME_SYNC_REQ after 3 tries"):
         link.request(TIME_SYNC_REQ, host_ts_us=1)

@@ -65,13 +65,17 @@ def c_checker(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert gcc, "a C compiler is needed for the reference implementation (apt-get install gcc)"
     out = tmp_path_factory.mktemp("c") / "sgtest"
     cmd = [gcc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-o", str(out)]
-    built = subprocess.run([*cmd, str(C_DIR / "sgproto.c"), str(C_DIR / "test_vectors.c")], capture_output=True, text=True)
+    built = subprocess.run(
+        [*cmd, str(C_DIR / "sgproto.c"), str(C_DIR / "test_vectors.c")], capture_output=True, text=True
+    )
     assert built.returncode == 0, f"the C reference does not compile cleanly:\n{built.stderr}"
     return out
 
 
 def _run_c(binary: Path, lines: list[str]) -> list[dict[str, str]]:
-    out = subprocess.run([str(binary)], input="\n".join(lines) + "\n", capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(binary)], input="\n".join(lines) + "\n", capture_output=True, text=True, check=True
+    )
     blocks, cur = [], {}
     for line in out.stdout.splitlines():
         if line == "--":
@@ -101,7 +105,7 @@ def test_c_reference_agrees_on_every_vector(c_checker: Path) -> None:
     msgs = VECTORS["messages"]
     blocks = _run_c(c_checker, [f"msg {v['hex']}" for v in msgs])
     assert len(blocks) == len(msgs)
-    for v, got in zip(msgs, blocks):
+    for v, got in zip(msgs, blocks, strict=False):
         assert got.get("reencode") == "ok", f"{v['name']}: C output {got}"
         assert got["type"] == str(v["type"]) and got["seq"] == str(v["seq"])
         for k, expected in _fields(v).items():

@@ -3,7 +3,13 @@
 from firmware_bridge.emulator.device import Faults, ProbeEmulator
 from firmware_bridge.emulator.endpoints import PtyEndpoint
 from firmware_bridge.emulator.images import ImageSource, PatternImageSource, SimImageSource
-from firmware_bridge.emulator.poses import CallablePoseSource, Pose, PoseSource, ScriptedPath, StreamPoseSource
+from firmware_bridge.emulator.poses import (
+    CallablePoseSource,
+    Pose,
+    PoseSource,
+    ScriptedPath,
+    StreamPoseSource,
+)
 from firmware_bridge.emulator.state import Capabilities
 
 __all__ = [

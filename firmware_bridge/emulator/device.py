@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import os
 import queue
 import random
@@ -248,14 +247,18 @@ class ProbeEmulator:
             self._send(m.IDENTIFY, **self.caps.identify_fields(self.boot_id, major))
             if f["major"] != major:
                 text = f"host speaks {f['major']}.x, device {major}.x"
-                self._send(m.ERROR, code=m.ERR_INCOMPATIBLE_VERSION, ref_type=m.HELLO, ref_seq=msg.seq, text=text)
+                self._send(
+                    m.ERROR, code=m.ERR_INCOMPATIBLE_VERSION, ref_type=m.HELLO, ref_seq=msg.seq, text=text
+                )
                 self.streaming = False
             else:
                 if not self.streaming:
                     self.log.info("host connected (protocol %d.%d)", f["major"], f["minor"])
                 self.streaming = True
         elif msg.type == m.GET_PARAM:
-            self._reply_param(f["req"], f["param"], f["index"], read_param(self.params, self.caps, f["param"], f["index"]))
+            self._reply_param(
+                f["req"], f["param"], f["index"], read_param(self.params, self.caps, f["param"], f["index"])
+            )
         elif msg.type in (m.SET_PARAM, m.FREEZE):
             param, index = (f["param"], f["index"]) if msg.type == m.SET_PARAM else (m.PARAM_FROZEN, 0)
             value = f["value"] if msg.type == m.SET_PARAM else float(f["frozen"])
@@ -266,7 +269,12 @@ class ProbeEmulator:
             self._reply_param(f["req"], param, index, result)
         elif msg.type == m.TIME_SYNC_REQ:
             if "no-time-sync" not in self.faults.misbehave:
-                self._send(m.TIME_SYNC_RESP, req=f["req"], host_ts_us=f["host_ts_us"], device_ts_us=self.device_ts_us())
+                self._send(
+                    m.TIME_SYNC_RESP,
+                    req=f["req"],
+                    host_ts_us=f["host_ts_us"],
+                    device_ts_us=self.device_ts_us(),
+                )
         else:
             text = f"{msg.name} is not a host-to-device message"
             self._send(m.ERROR, code=m.ERR_UNSUPPORTED, ref_type=msg.type, ref_seq=msg.seq, text=text)
@@ -314,7 +322,9 @@ class ProbeEmulator:
         data = memoryview(image.tobytes())
         count = max(1, -(-len(data) // CHUNK_DATA_MAX))
         fid = self._frame_id
-        self._frame_id = (self._frame_id + (2 if "skip-frame-ids" in self.faults.misbehave else 1)) & 0xFFFFFFFF
+        self._frame_id = (
+            self._frame_id + (2 if "skip-frame-ids" in self.faults.misbehave else 1)
+        ) & 0xFFFFFFFF
         self._send(
             m.FRAME_HEADER,
             bulk=True,
@@ -330,7 +340,9 @@ class ProbeEmulator:
             tgc_db=params["tgc_db"],
         )
         for i in range(count):
-            frame = m.encode_chunk(self._next_seq(), fid, i, count, data[i * CHUNK_DATA_MAX : (i + 1) * CHUNK_DATA_MAX])
+            frame = m.encode_chunk(
+                self._next_seq(), fid, i, count, data[i * CHUNK_DATA_MAX : (i + 1) * CHUNK_DATA_MAX]
+            )
             if self.faults.drop_chunk_rate and self._rng.random() < self.faults.drop_chunk_rate:
                 self.chunks_dropped += 1
                 continue
@@ -381,7 +393,9 @@ class ProbeEmulator:
             wait = min(self._next_frame, self._next_heartbeat) - now if self.streaming else 0.05
             has_output = bool(self._wbuf or self._control or self._bulk)
             try:
-                readable, writable, _ = select.select([fd], [fd] if has_output else [], [], max(0.0, min(wait, 0.05)))
+                readable, writable, _ = select.select(
+                    [fd], [fd] if has_output else [], [], max(0.0, min(wait, 0.05))
+                )
                 if readable:
                     data = os.read(fd, 65536)
                     self._handle_bytes(data)

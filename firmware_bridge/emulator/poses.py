@@ -35,7 +35,7 @@ class Pose:
         if len(pos) != 3 or len(quat) != 4:
             raise ValueError("pose needs position_mm [x, y, z] and quaternion [w, x, y, z]")
         contact = obj.get("contact")
-        return cls(pos, quat, None if contact is None else bool(contact))  # type: ignore[arg-type]
+        return cls(pos, quat, None if contact is None else bool(contact))
 
 
 class PoseSource(Protocol):
@@ -54,7 +54,9 @@ class ScriptedPath:
     def pose_at(self, t: float) -> Pose:
         x = 40.0 * math.sin(2 * math.pi * t / 20.0)
         y = 20.0 * math.sin(2 * math.pi * t / 31.0)
-        lifted = self.lift_every_s is not None and (t % self.lift_every_s) > self.lift_every_s - self.lift_for_s
+        lifted = (
+            self.lift_every_s is not None and (t % self.lift_every_s) > self.lift_every_s - self.lift_for_s
+        )
         return Pose((x, y, -10.0 if lifted else 0.0))
 
 

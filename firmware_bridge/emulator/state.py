@@ -115,7 +115,9 @@ def apply_param(
             return m.ERR_OUT_OF_RANGE
         if check_range and not caps.tgc_min <= value <= caps.tgc_max:
             return m.ERR_OUT_OF_RANGE
-        params.tgc_db[index] = _snap(value, caps.tgc_min, caps.tgc_max, caps.tgc_step) if check_range else value
+        params.tgc_db[index] = (
+            _snap(value, caps.tgc_min, caps.tgc_max, caps.tgc_step) if check_range else value
+        )
         return params.tgc_db[index]
     allowed = caps.depths_mm if param == m.PARAM_DEPTH else caps.freqs_mhz
     match = _in_list(value, allowed)
