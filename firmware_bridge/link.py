@@ -367,11 +367,13 @@ class ProbeLink:
             for tap in self._raw_taps:
                 tap(data)
             self.traffic.raw(data)
-            crc_before = self.decoder.stats.crc_errors
+            st = self.decoder.stats
+            bad_before = st.crc_errors + st.header_errors + st.oversize
             for raw in self.decoder.feed(data):
                 self._dispatch(raw.msg_type, raw.seq, raw.payload, now)
-            if self.decoder.stats.crc_errors != crc_before:
-                self._protocol_error(f"{self.decoder.stats.crc_errors - crc_before} frame(s) failed CRC")
+            bad = st.crc_errors + st.header_errors + st.oversize - bad_before
+            if bad:
+                self._protocol_error(f"{bad} bad frame(s) (CRC, header check or size); resynced")
 
     def _watch_heartbeat(self, now: float) -> None:
         """Here on the reader (which wakes every 50 ms) so a blocked request cannot delay it."""

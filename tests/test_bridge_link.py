@@ -149,7 +149,7 @@ def test_device_events_reach_listeners(bench) -> None:
     assert events.of("contact")[0]["value"] == 0.0
 
 
-def test_resync_after_garbage_on_the_line(bench) -> None:
+def test_resync_after_garbage_on_the_line(bench, caplog: pytest.LogCaptureFixture) -> None:
     emu, link, _ = bench()
     link.latest_frame(timeout=1.0)
     before = link.stats()
@@ -159,6 +159,10 @@ def test_resync_after_garbage_on_the_line(bench) -> None:
     wait_for(lambda: link.stats()["frames_ok"] >= ok + 10, 2, "frames after garbage")
     assert link.get_param("gain_db") == 50.0
     assert link.stats()["frames_lost"] == 0
+    # the recent-traffic ring went to the log, under the device's prefix, once (rate-limited)
+    dumps = [r for r in caplog.records if "recent traffic" in r.getMessage()]
+    assert len(dumps) == 1 and "rx FRAME_HEADER" in dumps[0].getMessage()
+    assert dumps[0].device == f"probe:{Path(link.url).name}"
 
 
 def test_one_percent_corruption_keeps_streaming_and_never_applies_a_corrupted_value(bench) -> None:
