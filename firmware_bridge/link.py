@@ -89,6 +89,7 @@ class ProbeLink:
         self._last_heartbeat = 0.0
         self._last_sync = 0.0
         self._last_dump = -1e9
+        self._last_checks = 0.0
         self._threads: list[threading.Thread] = []
 
     # --- public API --------------------------------------------------------------------------------
@@ -337,6 +338,7 @@ class ProbeLink:
     def _read(self, port: serial.Serial) -> bytes:
         fd = getattr(port, "fd", None)
         if isinstance(fd, int):  # fast path for ttys: one syscall for everything the kernel has
+            # (select first: with VMIN=0 an empty read means "nothing yet", after select it means hang-up)
             if not select.select([fd], [], [], 0.05)[0]:
                 return b""
             data = os.read(fd, 1 << 18)
@@ -359,8 +361,10 @@ class ProbeLink:
                 self._stopping.wait(0.02)
                 continue
             now = self.clock()
-            self.assembler.expire(now)
-            self._watch_heartbeat(now)
+            if now - self._last_checks >= 0.02:  # not on every 4 KiB read: these scan state
+                self._last_checks = now
+                self.assembler.expire(now)
+                self._watch_heartbeat(now)
             if not data:
                 continue
             self.counters["bytes_rx"] += len(data)
