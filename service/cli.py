@@ -20,6 +20,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("service.cmd_run", "run the guidance daemon (as systemd does)"),
     "doctor": ("service.doctor", "check the probe, camera, model, broker and credentials; say what to fix"),
     "sim": ("sim.cli", "virtual bench: simulated B-mode frames and RealSense recordings"),
+    "probe": (
+        "firmware_bridge.cli",
+        "talk to a probe: info, get, set, stream, record, replay, conformance, bench",
+    ),
+    "probe-emulator": (
+        "firmware_bridge.emulator_cli",
+        "the reference probe emulator on a pty or serial device",
+    ),
 }
 
 
