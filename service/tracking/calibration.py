@@ -210,7 +210,9 @@ def load(path: str | Path) -> Calibration:
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CalibrationError(f"{path}: no camera calibration yet (run `sonoguide calibrate-camera`)") from None
+        raise CalibrationError(
+            f"{path}: no camera calibration yet (run `sonoguide calibrate-camera`)"
+        ) from None
     except (OSError, ValueError) as e:
         raise CalibrationError(f"{path}: unreadable camera calibration: {e}") from None
     try:

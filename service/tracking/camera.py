@@ -119,7 +119,9 @@ class CameraSource:
             except RuntimeError as e:  # unplugged mid-read
                 frame, self.last_error = None, str(e)
             if frame is None:
-                why = "recording ended" if self.spec.kind == "recording" and not self.spec.loop else "no frames"
+                why = (
+                    "recording ended" if self.spec.kind == "recording" and not self.spec.loop else "no frames"
+                )
                 self._set_state("absent", why)
                 camera.close()
                 camera = None

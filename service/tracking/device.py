@@ -140,7 +140,13 @@ class OpenCamera:
         depth = np.asanyarray(d.get_data()).astype(np.float32) * np.float32(self.mm_per_unit)
         domain = str(c.get_frame_timestamp_domain()).rsplit(".", 1)[-1]
         return CameraFrame(
-            rgb, depth, float(c.get_timestamp()), domain, int(c.get_frame_number()), arrival_host, arrival_wall
+            rgb,
+            depth,
+            float(c.get_timestamp()),
+            domain,
+            int(c.get_frame_number()),
+            arrival_host,
+            arrival_wall,
         )
 
     def close(self) -> None:
@@ -150,7 +156,9 @@ class OpenCamera:
             pass  # never started or already stopped
 
 
-def read_frames(spec: CameraSpec, count: int, timeout_ms: int = 2000) -> tuple[list[CameraFrame], Intrinsics, str]:
+def read_frames(
+    spec: CameraSpec, count: int, timeout_ms: int = 2000
+) -> tuple[list[CameraFrame], Intrinsics, str]:
     """Up to ``count`` frames (fewer when a recording ends first), the intrinsics and the serial."""
     cam = OpenCamera(spec)
     try:

@@ -63,7 +63,9 @@ def interpolate(samples: list[PoseSample], t: float, max_gap_s: float = MAX_GAP_
     if age > max_extrapolation_s:
         return None
     # The neighbour of the end sample gives the velocity, if it is close enough to trust.
-    other = samples[-2] if i == len(samples) and len(samples) > 1 else (samples[1] if len(samples) > 1 else end)
+    other = (
+        samples[-2] if i == len(samples) and len(samples) > 1 else (samples[1] if len(samples) > 1 else end)
+    )
     if other is end or abs(other.host_time - end.host_time) > max_gap_s:
         return _between(end, end, t, age)
     first, second = (other, end) if other.host_time < end.host_time else (end, other)
