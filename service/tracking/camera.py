@@ -11,6 +11,7 @@ unplugged, or the recording ended). In every state but ``tracking`` guidance run
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,16 @@ from service.tracking.pose import fit_probe, pose_of
 from service.tracking.track import CameraPose, PoseSample, PoseTrack, TimestampMapper
 
 STATES = ("tracking", "searching", "lost", "uncalibrated", "absent")
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """What happened to one camera frame (diagnostics; the last few seconds are kept)."""
+
+    number: int
+    host_time: float
+    markers: tuple[str, ...]
+    fit_rms_mm: float | None  # None: no pose from this frame
 
 
 @dataclass
@@ -70,6 +81,7 @@ class CameraSource:
         self._request: _CalibrationRequest | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.history: deque[FrameRecord] = deque(maxlen=150)
         self._ever_tracked = False
         self._last_pose_host: float | None = None
 
@@ -147,6 +159,9 @@ class CameraSource:
         markers = detect_markers(frame.rgb, frame.depth_mm, camera.intrinsics)
         fit = fit_probe({n: m.centre_mm for n, m in markers.items()})
         calibration = self.calibration
+        self.history.append(
+            FrameRecord(frame.number, host, tuple(sorted(markers)), fit.rms_mm if fit and calibration else None)
+        )
         if calibration is None:
             self._set_state("uncalibrated")
             return

@@ -90,7 +90,7 @@ def slerp(q0: np.ndarray, q1: np.ndarray, s: float) -> np.ndarray:
     dot = float(q0 @ q1)
     if dot < 0:  # the shorter way round
         q1, dot = -q1, -dot
-    if dot > 0.9995:
+    if dot > 1.0 - 1e-10:  # (nearly) the same orientation: avoid 0/0
         q = q0 + s * (q1 - q0)
     else:
         theta = np.arccos(min(dot, 1.0))
