@@ -64,6 +64,7 @@ class CameraSource:
         self.log = device_logger(__name__, spec.label)
         self.track = PoseTrack()
         self.state = "searching"
+        self.state_log: deque[tuple[float, str]] = deque([(self.clock.now(), self.state)], maxlen=50)
         self.last_error = ""
         self.frames = 0
         self.poses = 0
@@ -110,6 +111,7 @@ class CameraSource:
             level = 30 if state in ("absent", "lost") else 20
             self.log.log(level, "camera %s -> %s%s", self.state, state, f": {why}" if why else "")
             self.state = state
+            self.state_log.append((self.clock.now(), state))
 
     def _run(self) -> None:
         camera: OpenCamera | None = None
