@@ -190,3 +190,56 @@ def test_uncalibrated_camera_calibrates_on_request(parked: Recording, tmp_path: 
     truth = parked_pose()
     assert np.linalg.norm(pose.position_mm - truth.position_mm) < 3.0
     assert angle_deg(pose.quat_wxyz, truth.quat_wxyz) < 2.0
+
+
+def test_daemon_reports_camera_state_and_calibrates_over_mqtt(parked: Recording, broker, tmp_path: Path, sources) -> None:  # type: ignore[no-untyped-def]
+    from service.config import parse_config
+    from service.daemon import Daemon
+    from service.inference import HeuristicModel
+    from tests.service_bench import Recorder, SyntheticProbe
+
+    calibration = tmp_path / "camera-calibration.json"
+    config = parse_config(
+        {
+            "device": {"id": f"track-{os.getpid()}"},
+            "mqtt": {"port": broker.port},
+            "auto": {"gain": False, "depth": False},
+            "camera": {"source": "recording", "recording": str(parked.path), "calibration": str(calibration)},
+        },
+        "<test>",
+        env={},
+    )
+    camera = camera_from_config(config.camera)
+    assert camera is not None
+    sources.append(camera.start())
+    probe = SyntheticProbe().start()
+    recorder = Recorder(broker.port, config.device.id)
+    daemon = Daemon(config, probe, HeuristicModel(), camera=camera, calibrator=camera.calibrate, status_period_s=0.3)
+    try:
+        daemon.start()
+
+        def camera_status(state: str) -> bool:
+            return any(m.payload["camera"]["state"] == state for m in recorder.of("status"))
+
+        # No calibration yet: the status says so and guidance runs from the image alone.
+        assert recorder.wait_for(lambda: camera_status("uncalibrated"), 5)
+        status = next(m.payload for m in recorder.of("status") if m.payload["camera"]["state"] == "uncalibrated")
+        assert status["camera"]["source"] == "recording" and "image alone" in status["summary"]
+        assert recorder.wait_for(lambda: len(recorder.of("guidance")) > 3, 5)
+        assert recorder.of("guidance")[-1].payload["basis"] == "assumed_marker_toward_head"
+
+        reply = recorder.request("calibrate_camera")
+        assert reply["ok"], reply
+        assert reply["result"]["residual_mm"] < 1.0 and calibration.is_file()
+
+        # Calibrated: tracking, and guidance directions now come from the camera's probe orientation.
+        assert recorder.wait_for(lambda: camera_status("tracking"), 5)
+        t0 = time.monotonic()
+        assert recorder.wait_for(
+            lambda: any(m.payload["basis"] == "camera" for m in recorder.of("guidance", since=t0)), 5
+        )
+    finally:
+        daemon.stop()
+        probe.stop()
+        recorder.close()
+    assert not recorder.invalid, recorder.invalid

@@ -92,6 +92,7 @@ REFERENCE_HUE = {name: float(_hue_deg(rgb)[0]) for name, rgb in COLOURS.items()}
 MIN_SATURATION = 0.55  # markers and stickers ~0.85; skin, hand, table, probe housing < 0.4
 MIN_VALUE = 60  # the darkest shaded side of a marker is ~100
 HUE_TOLERANCE_DEG = 22.0  # neighbouring reference hues are >= 50° apart
+MIN_VISIBLE_FRACTION = 0.1  # of a marker's disc: a cap peeking past the handle still fits a sphere
 
 
 def classify_colours(rgb: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -210,7 +211,7 @@ def locate_marker(blob: Blob, depth_mm: np.ndarray, intr: Intrinsics) -> MarkerO
         return None
     r_px = expected_radius_px(intr, MARKER_RADIUS_MM, z_surface + MARKER_RADIUS_MM)
     area_expected = np.pi * r_px**2
-    if not 0.3 * area_expected <= blob.area_px <= 1.6 * area_expected:
+    if not MIN_VISIBLE_FRACTION * area_expected <= blob.area_px <= 1.6 * area_expected:
         return None  # a differently sized thing of the same colour, or mostly hidden
     if max(np.ptp(blob.rows), np.ptp(blob.cols)) + 1 > 2.6 * r_px:
         return None  # elongated: not a sphere
