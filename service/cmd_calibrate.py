@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from service.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
     from service.tracking import calibration as cal
-    from service.tracking.device import CameraSpec, CameraUnavailable, read_frames
+    from service.tracking.device import CameraSpec, CameraUnavailableError, read_frames
 
     if args.frames < cal.MIN_FRAMES:
         print(f"sonoguide: --frames must be at least {cal.MIN_FRAMES}", file=sys.stderr)
@@ -60,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         frames, intr, serial = read_frames(spec, args.frames)
         if not frames:
-            raise CameraUnavailable(f"{spec.label}: no frames")
+            raise CameraUnavailableError(f"{spec.label}: no frames")
         result = cal.calibrate_frames(((f.rgb, f.depth_mm) for f in frames), intr, serial)
-    except CameraUnavailable as e:
+    except CameraUnavailableError as e:
         print(f"sonoguide: camera: {e}", file=sys.stderr)
         return 1
     except cal.CalibrationError as e:

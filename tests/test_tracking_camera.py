@@ -4,12 +4,13 @@ and host-time alignment."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ def _sonoguide(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def _wait(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -65,7 +66,9 @@ def test_probe_pose_matches_ground_truth_and_occlusion_gives_no_pose(novice: Rec
     T = novice.T_patient_cam  # the true calibration: this test measures tracking alone
     pos_err, ang_err, occluded_none, tracked_clear = [], [], 0, 0
     for f in novice.frames:
-        fit = fit_probe({n: m.centre_mm for n, m in detect_markers(f.rgb, f.depth_mm, novice.intrinsics).items()})
+        fit = fit_probe(
+            {n: m.centre_mm for n, m in detect_markers(f.rgb, f.depth_mm, novice.intrinsics).items()}
+        )
         if fit is None:
             occluded_none += novice.occluded(f.number)
             continue
@@ -146,7 +149,7 @@ def test_camera_source_tracks_a_recording_in_host_time(novice: Recording, tmp_pa
     assert np.median(spacing) == pytest.approx(1 / 30, abs=1e-3)
     # ...so a probe frame's pose is the camera pose at its host time, interpolated in between.
     track_pairs = 0
-    for a, b in zip(tracked, tracked[1:]):
+    for a, b in itertools.pairwise(tracked):
         if b.number != a.number + 1:
             continue
         mid = src.pose_at((a.host_time + b.host_time) / 2)
@@ -192,7 +195,9 @@ def test_uncalibrated_camera_calibrates_on_request(parked: Recording, tmp_path: 
     assert angle_deg(pose.quat_wxyz, truth.quat_wxyz) < 2.0
 
 
-def test_daemon_reports_camera_state_and_calibrates_over_mqtt(parked: Recording, broker, tmp_path: Path, sources) -> None:  # type: ignore[no-untyped-def]
+def test_daemon_reports_camera_state_and_calibrates_over_mqtt(
+    parked: Recording, broker, tmp_path: Path, sources
+) -> None:
     from service.config import parse_config
     from service.daemon import Daemon
     from service.inference import HeuristicModel
@@ -214,7 +219,9 @@ def test_daemon_reports_camera_state_and_calibrates_over_mqtt(parked: Recording,
     sources.append(camera.start())
     probe = SyntheticProbe().start()
     recorder = Recorder(broker.port, config.device.id)
-    daemon = Daemon(config, probe, HeuristicModel(), camera=camera, calibrator=camera.calibrate, status_period_s=0.3)
+    daemon = Daemon(
+        config, probe, HeuristicModel(), camera=camera, calibrator=camera.calibrate, status_period_s=0.3
+    )
     try:
         daemon.start()
 
@@ -223,7 +230,9 @@ def test_daemon_reports_camera_state_and_calibrates_over_mqtt(parked: Recording,
 
         # No calibration yet: the status says so and guidance runs from the image alone.
         assert recorder.wait_for(lambda: camera_status("uncalibrated"), 5)
-        status = next(m.payload for m in recorder.of("status") if m.payload["camera"]["state"] == "uncalibrated")
+        status = next(
+            m.payload for m in recorder.of("status") if m.payload["camera"]["state"] == "uncalibrated"
+        )
         assert status["camera"]["source"] == "recording" and "image alone" in status["summary"]
         assert recorder.wait_for(lambda: len(recorder.of("guidance")) > 3, 5)
         assert recorder.of("guidance")[-1].payload["basis"] == "assumed_marker_toward_head"

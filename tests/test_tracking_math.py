@@ -36,7 +36,12 @@ def test_deproject_matches_librealsense(model: str, coeffs: tuple[float, ...]) -
     rng = np.random.default_rng(0)
     uv = rng.uniform([0, 0], [640, 480], size=(50, 2))
     z = rng.uniform(300, 900, size=50)
-    want = np.array([rs.rs2_deproject_pixel_to_point(ri, [float(u), float(v)], float(d)) for (u, v), d in zip(uv, z)])
+    want = np.array(
+        [
+            rs.rs2_deproject_pixel_to_point(ri, [float(u), float(v)], float(d))
+            for (u, v), d in zip(uv, z, strict=True)
+        ]
+    )
     assert np.allclose(deproject(ours, uv, z), want, atol=1e-3 * z[:, None])  # librealsense uses float32
 
 
@@ -116,7 +121,9 @@ def test_recording_timestamps_map_onto_the_host_clock() -> None:
 
 def test_calibration_file_round_trip_atomic_and_clear_errors(tmp_path: Path) -> None:
     pose = Pose.from_rotation_vector([40.0, 50.0, -600.0], [175.0, 3.0, 2.0])
-    c = cal.Calibration(transform(pose.rotation_matrix(), pose.position_mm), 0.42, 10, "2026-01-01T00:00:00Z", "SIM1")
+    c = cal.Calibration(
+        transform(pose.rotation_matrix(), pose.position_mm), 0.42, 10, "2026-01-01T00:00:00Z", "SIM1"
+    )
     path = cal.save(c, tmp_path / "sub" / "calibration.json")
     assert sorted(p.name for p in path.parent.iterdir()) == ["calibration.json"]  # no temp file left
     back = cal.load(path)
@@ -128,10 +135,10 @@ def test_calibration_file_round_trip_atomic_and_clear_errors(tmp_path: Path) -> 
         cal.load(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(cal.CalibrationError, match="bad.json: unreadable"):
+    with pytest.raises(cal.CalibrationError, match=r"bad\.json: unreadable"):
         cal.load(bad)
     doc = json.loads(path.read_text())
     del doc["camera_to_patient"]["quat_wxyz"]
     bad.write_text(json.dumps(doc))
-    with pytest.raises(cal.CalibrationError, match="malformed.*quat_wxyz"):
+    with pytest.raises(cal.CalibrationError, match=r"malformed.*quat_wxyz"):
         cal.load(bad)

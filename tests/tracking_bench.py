@@ -29,7 +29,7 @@ class Recording:
     intrinsics: Intrinsics
 
     @property
-    def T_patient_cam(self) -> np.ndarray:
+    def T_patient_cam(self) -> np.ndarray:  # noqa: N802  (T_a_b naming as in service/tracking/pose.py)
         return np.array(self.sidecar["camera_to_patient"]["matrix"], dtype=float)
 
     def true_pose(self, frame_number: int) -> Pose:
@@ -52,6 +52,8 @@ def make_recording(path: Path, seed: int, seconds: float, parked: bool) -> Recor
     poses = [parked_pose(seed)] * n if parked else None
     write_recording(path, seed, seconds, poses=poses, occlusion=not parked)
     sidecar = json.loads(path.with_name(path.name + ".json").read_text())
-    frames, intr, _ = read_frames(CameraSpec("recording", recording=str(path), loop=False, real_time=False), n)
+    frames, intr, _ = read_frames(
+        CameraSpec("recording", recording=str(path), loop=False, real_time=False), n
+    )
     assert [f.number for f in frames] == list(range(n)), "the recording must play back every frame"
     return Recording(path, sidecar, frames, intr)

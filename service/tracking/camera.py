@@ -20,7 +20,7 @@ from service.clock import Clock, MonotonicClock
 from service.config import CameraConfig
 from service.logsetup import device_logger
 from service.tracking import calibration as cal
-from service.tracking.device import CameraFrame, CameraSpec, CameraUnavailable, OpenCamera
+from service.tracking.device import CameraFrame, CameraSpec, CameraUnavailableError, OpenCamera
 from service.tracking.markers import Intrinsics, detect_markers
 from service.tracking.pose import fit_probe, pose_of
 from service.tracking.track import CameraPose, PoseSample, PoseTrack, TimestampMapper
@@ -120,7 +120,7 @@ class CameraSource:
             if camera is None:
                 try:
                     camera = OpenCamera(self.spec, self.clock.now)
-                except CameraUnavailable as e:
+                except CameraUnavailableError as e:
                     self.last_error = str(e)
                     self._set_state("absent", str(e))
                     self._stop.wait(self.retry_s)
@@ -162,7 +162,9 @@ class CameraSource:
         fit = fit_probe({n: m.centre_mm for n, m in markers.items()})
         calibration = self.calibration
         self.history.append(
-            FrameRecord(frame.number, host, tuple(sorted(markers)), fit.rms_mm if fit and calibration else None)
+            FrameRecord(
+                frame.number, host, tuple(sorted(markers)), fit.rms_mm if fit and calibration else None
+            )
         )
         if calibration is None:
             self._set_state("uncalibrated")

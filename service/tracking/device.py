@@ -5,6 +5,7 @@ same code for both.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from service.tracking.markers import Intrinsics
 WIDTH, HEIGHT, FPS = 640, 480, 30  # what a live camera is asked for (D435 colour + depth)
 
 
-class CameraUnavailable(Exception):
+class CameraUnavailableError(Exception):
     """No camera to open: the message names the serial or file and what to check."""
 
 
@@ -61,18 +62,18 @@ def connected_serials() -> list[str]:
 
 
 def check_available(spec: CameraSpec) -> None:
-    """Raise :class:`CameraUnavailable` with a plain message when the camera cannot be there."""
+    """Raise :class:`CameraUnavailableError` with a plain message when the camera cannot be there."""
     if spec.kind == "recording":
         path = Path(spec.recording)
         if path.suffix != ".db3":
-            raise CameraUnavailable(f"{path}: not a librealsense .db3 recording")
+            raise CameraUnavailableError(f"{path}: not a librealsense .db3 recording")
         if not path.is_file():
-            raise CameraUnavailable(f"{path}: no such recording file")
+            raise CameraUnavailableError(f"{path}: no such recording file")
         return
     serials = connected_serials()
     if spec.serial not in serials:
         found = ", ".join(serials) if serials else "none"
-        raise CameraUnavailable(
+        raise CameraUnavailableError(
             f"no RealSense camera with serial {spec.serial} is connected (connected: {found}); "
             "check the USB cable and [camera] serial"
         )
@@ -99,7 +100,7 @@ class OpenCamera:
         try:
             profile = self.pipe.start(cfg)
         except RuntimeError as e:
-            raise CameraUnavailable(f"{spec.label}: librealsense could not start it: {e}") from None
+            raise CameraUnavailableError(f"{spec.label}: librealsense could not start it: {e}") from None
         device = profile.get_device()
         self.is_recording = spec.kind == "recording"
         if self.is_recording:
@@ -111,7 +112,7 @@ class OpenCamera:
         self.bgr = colour.format() == rs.format.bgr8
         if colour.format() not in (rs.format.rgb8, rs.format.bgr8) or depth.format() != rs.format.z16:
             self.close()
-            raise CameraUnavailable(f"{spec.label}: needs rgb8/bgr8 colour and z16 depth streams")
+            raise CameraUnavailableError(f"{spec.label}: needs rgb8/bgr8 colour and z16 depth streams")
         ci, di = colour.get_intrinsics(), depth.get_intrinsics()
         self.intrinsics = Intrinsics.from_rs(ci)
         # Registered already (the simulated recordings) or needs librealsense's depth-to-colour align.
@@ -150,10 +151,8 @@ class OpenCamera:
         )
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # never started or already stopped
             self.pipe.stop()
-        except RuntimeError:
-            pass  # never started or already stopped
 
 
 def read_frames(

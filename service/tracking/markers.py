@@ -135,7 +135,7 @@ def blobs_of(mask: np.ndarray, name: str, min_area_px: int) -> list[Blob]:
         return []
     r0, c0 = int(rows_any[0]), int(cols_any[0])
     # Label only the bounding box of the mask: a colour covers a few hundred pixels of the frame.
-    labels, n = ndimage.label(
+    labels, _ = ndimage.label(
         mask[r0 : rows_any[-1] + 1, c0 : cols_any[-1] + 1], structure=np.ones((3, 3), dtype=bool)
     )
     areas = np.bincount(labels.ravel())[1:]
@@ -215,7 +215,7 @@ def locate_marker(blob: Blob, depth_mm: np.ndarray, intr: Intrinsics) -> MarkerO
         return None  # a differently sized thing of the same colour, or mostly hidden
     if max(np.ptp(blob.rows), np.ptp(blob.cols)) + 1 > 2.6 * r_px:
         return None  # elongated: not a sphere
-    surface = deproject(intr, [[u, v]], [z_surface])[0]
+    surface = deproject(intr, np.array([[u, v]]), np.array([z_surface]))[0]
     ray = surface / np.linalg.norm(surface)
     start = surface + MARKER_RADIUS_MM * ray
     # Refine with all the blob's depth samples (robust to a part hidden behind the handle), dropping
