@@ -19,6 +19,10 @@ from service.logsetup import setup_logging
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("service.cmd_run", "run the guidance daemon (as systemd does)"),
     "doctor": ("service.doctor", "check the probe, camera, model, broker and credentials; say what to fix"),
+    "calibrate-camera": (
+        "service.cmd_calibrate",
+        "find the skin stickers and write the camera-to-patient calibration",
+    ),
     "sim": ("sim.cli", "virtual bench: simulated B-mode frames and RealSense recordings"),
     "probe": (
         "firmware_bridge.cli",

@@ -44,9 +44,15 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         print(f"sonoguide: the probe link is not available in this build: {e}", file=sys.stderr)
         return 1
+    from service.tracking.camera import camera_from_config
+
     link = ProbeLink(config.probe.port, name="probe")
     link.start()
+    # An absent camera does not stop the daemon: guidance runs from the image alone, status says so.
+    camera = camera_from_config(config.camera)
     try:
+        if camera is not None:
+            camera.start()
         model = load_model(config)
 
         def loader(folder: str) -> Any:
@@ -54,7 +60,14 @@ def run(args: argparse.Namespace) -> int:
             m.warmup()
             return m
 
-        daemon = Daemon(config, link, model, model_loader=loader)
+        daemon = Daemon(
+            config,
+            link,
+            model,
+            camera=camera,
+            model_loader=loader,
+            calibrator=camera.calibrate if camera is not None else None,
+        )
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: daemon.request_stop())
         daemon.start()
@@ -68,5 +81,7 @@ def run(args: argparse.Namespace) -> int:
         daemon.wait()
         daemon.stop()
     finally:
+        if camera is not None:
+            camera.stop()
         link.stop()
     return 0

@@ -46,7 +46,7 @@ class TrackedPose:
 
 
 class PoseSource(Protocol):
-    state: str  # "tracking" | "lost"
+    state: str  # "tracking" | "searching" | "lost" | "uncalibrated" | "absent" (service.tracking.camera)
 
     def pose_at(self, host_time: float) -> TrackedPose | None: ...
 

@@ -94,7 +94,15 @@ STATUS_SCHEMA = _obj(
         "probe": _obj(
             {"state": {"type": "string", "enum": ["ok", "no_frames", "error"]}, "port": _STR, "info": _STR}
         ),
-        "camera": _obj({"state": {"type": "string", "enum": ["none", "tracking", "lost"]}, "source": _STR}),
+        "camera": _obj(
+            {
+                "state": {
+                    "type": "string",
+                    "enum": ["none", "tracking", "searching", "lost", "uncalibrated", "absent"],
+                },
+                "source": _STR,
+            }
+        ),
         "model": _obj({"name": _STR, "version": _STR, "provider": _STR}),
         "fps": {"type": "number", "minimum": 0},
         "health": {"type": "string", "enum": ["starting", "ok", "degraded"]},
