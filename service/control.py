@@ -19,6 +19,7 @@ class ProbeLimits:
     gain_max_db: float = 90.0
     gain_step_db: float = 1.0
     depth_steps_mm: tuple[float, ...] = (40.0, 60.0, 80.0, 100.0, 120.0, 150.0, 180.0, 210.0, 240.0)
+    freqs_mhz: tuple[float, ...] = (2.5, 3.5, 5.0, 7.5)
 
     def __post_init__(self) -> None:
         if not self.gain_min_db < self.gain_max_db or self.gain_step_db <= 0:
@@ -27,6 +28,8 @@ class ProbeLimits:
             )
         if not self.depth_steps_mm or list(self.depth_steps_mm) != sorted(set(self.depth_steps_mm)):
             raise ValueError(f"depth steps must be increasing and non-empty, got {self.depth_steps_mm}")
+        if not self.freqs_mhz:
+            raise ValueError("the probe must offer at least one frequency")
 
     def quantize_gain(self, gain_db: float) -> float:
         """Nearest gain the probe can set: on its step grid, inside its range."""
@@ -36,6 +39,9 @@ class ProbeLimits:
 
     def nearest_depth(self, depth_mm: float) -> float:
         return float(min(self.depth_steps_mm, key=lambda d: (abs(d - depth_mm), d)))
+
+    def nearest_freq(self, freq_mhz: float) -> float:
+        return float(min(self.freqs_mhz, key=lambda f: (abs(f - freq_mhz), f)))
 
 
 @dataclass(frozen=True)

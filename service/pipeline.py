@@ -25,6 +25,7 @@ from service.control import AutoDepth, AutoGain, Change, ManualChangeDetector, M
 from service.guidance import Correction, GuidanceEngine, GuidanceParams, model_correction
 from service.handoff import LatestSlot
 from service.inference import Model, ModelOutput
+from service.linkevents import handle_link_event
 from service.logsetup import device_logger
 from service.probe import DEPTH, FREQUENCY, GAIN, TUNABLE, ProbeLinkLike, limits_from_info
 
@@ -101,6 +102,9 @@ class Pipeline:
         self.fps = 0.0
         self.errors = 0
         self.on_guided: Callable[[dict[str, Any]], None] | None = None  # e.g. health bookkeeping
+        add_listener = getattr(link, "add_event_listener", None)
+        if add_listener is not None:  # buttons on the probe and link health arrive as events
+            add_listener(self.on_link_event)
 
     # --- stage functions (shared by threads and step) ----------------------------------------------
 
@@ -317,6 +321,19 @@ class Pipeline:
             source=source,
             reason="manual change wins",
         )
+
+    def on_link_event(self, event: dict[str, Any]) -> None:
+        """A probe-link event, on the link's reader thread (see :mod:`service.linkevents`)."""
+        handle_link_event(self, event)
+
+    def set_frozen(self, frozen: bool, source: str = "command") -> bool:
+        """Freeze or unfreeze the probe (``link.freeze``, read back); returns the probe's state."""
+        freeze = getattr(self.link, "freeze", None)
+        state = bool(freeze(frozen) if freeze is not None else self.link.set_param("frozen", frozen))
+        self.frozen = state
+        self.event("info", "image frozen" if state else "image live", source=source)
+        self.publish_settings()
+        return state
 
     def set_auto(self, which: str, enabled: bool) -> None:
         with self._lock:
