@@ -104,7 +104,9 @@ class HeuristicModel:
             best_depth = depth_mm * 1.3  # echo to the bottom edge: the structure goes on below
         else:
             best_depth = depth_mm * (deepest / rows) / self.fill_fraction
-        quality = contact * float(np.clip(1.0 - abs(gain_error) / 20.0, 0.0, 1.0))
+        # View quality needs the target, which this model cannot see: good contact and gain make at
+        # most half a good view, so the placeholder never says "hold still" or captures by itself.
+        quality = 0.5 * contact * float(np.clip(1.0 - abs(gain_error) / 20.0, 0.0, 1.0))
         return ModelOutput(
             gain_error_db=float(gain_error),
             best_depth_mm=float(best_depth),

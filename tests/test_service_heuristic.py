@@ -23,6 +23,7 @@ def test_contact_on_the_skin_at_any_depth_and_none_in_air(scanner: Scanner, dept
     settings = ImagingSettings(25.0, depth_mm, 3.5)
     on = model.predict(scanner.render(ph.target_pose, settings, 1), 25.0, depth_mm, 3.5)
     assert on.contact > 0.8  # the deeper the view, the larger the black corners of the sector
+    assert 0.3 < on.quality <= 0.5  # it cannot see the target: never a "good view" on its own
     lifted = on_skin(ph, ph.target_pose, -10.0)
     off = model.predict(scanner.render(lifted, settings, 1), 25.0, depth_mm, 3.5)
     assert off.contact == 0.0 and off.quality == 0.0
