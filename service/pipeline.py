@@ -248,9 +248,14 @@ class Pipeline:
     def _apply(self, change: Change, source: str, frame_id: int | None = None) -> bool:
         """Set a parameter through the link (read back) and tell everyone why."""
         now = self.clock.now()
+        slack = self.limits.gain_step_db if change.param == GAIN else 0.0
+        with self._lock:  # frames at the new value may arrive before the read-back does
+            self.detector.announce(change.param, change.new, slack)
         try:
             readback = float(self.link.set_param(change.param, change.new))
         except Exception as e:
+            with self._lock:
+                self.detector.cancel(change.param)
             self.log.warning("could not set %s to %s: %s", change.param, change.new, e)
             self.event(
                 "warning",
