@@ -22,12 +22,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --pty: keep a stable symlink to the pty (re-pointed after a disconnect)",
     )
     p.add_argument(
-        "--preset", help="render with the simulator's exam preset (sim/); default: a placeholder pattern"
+        "--preset",
+        help="render with the simulator's exam preset (sim/abdomen, vascular, cardiac; the default with "
+        "--seed is abdomen); without either: a placeholder pattern",
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the phantom / pattern and of the fault injection"
+        "--seed", type=int, default=None, help="seed of the phantom / pattern and of the fault injection"
     )
     p.add_argument("--fps", type=float, default=30.0, help="frame rate (default 30)")
+    p.add_argument("--gain", type=float, metavar="DB", help="gain at power-on (default: preset's or 50 dB)")
+    p.add_argument("--depth", type=float, metavar="MM", help="depth at power-on (one of the depth steps)")
     p.add_argument("--size", default="256x256", help="image WIDTHxHEIGHT (default 256x256)")
     p.add_argument(
         "--pose",
@@ -114,17 +118,29 @@ def run(args: argparse.Namespace) -> int:
         return 2
     caps = Capabilities(width=width, height=height, fps=args.fps)
     images: Any
-    if args.preset:
+    seed = args.seed if args.seed is not None else 0
+    initial: dict[str, float] = {}
+    scripted: Any = ScriptedPath(args.lift_every)
+    if args.preset or args.seed is not None:  # the simulator; the bare pattern stays for conformance
+        preset = args.preset or "abdomen"
         try:
-            images = SimImageSource(args.preset, args.seed, width, height)
+            images = SimImageSource(preset, seed, width, height)
         except (ImportError, ValueError) as exc:
-            print(f"probe-emulator: cannot use the simulator preset {args.preset!r}: {exc}", file=sys.stderr)
+            print(f"probe-emulator: cannot use the simulator preset {preset!r}: {exc}", file=sys.stderr)
             return 2
         for key, value in images.capabilities().items():
             setattr(caps, key, value)
+        initial = images.default_params()
+        scripted = images.scripted_path()
     else:
-        images = PatternImageSource(width, height, args.seed)
-    poses = StreamPoseSource(sys.stdin) if args.pose == "stdin" else ScriptedPath(args.lift_every)
+        images = PatternImageSource(width, height, seed)
+    initial.update({k: v for k, v in (("gain_db", args.gain), ("depth_mm", args.depth)) if v is not None})
+    if args.lift_every is not None and not isinstance(scripted, ScriptedPath):
+        print("--lift-every works with the placeholder pattern only (the simulated path stays on the skin)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    # From stdin, the probe rests where the scripted path starts until the first pose line arrives.
+    poses = StreamPoseSource(sys.stdin, initial=scripted.pose_at(0.0)) if args.pose == "stdin" else scripted
     if args.disconnect_after is not None and not args.pty:
         print(
             "--disconnect-after needs --pty (the emulator must own the pty to re-create it)", file=sys.stderr
@@ -132,9 +148,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         port: Any = PtyEndpoint(args.link) if args.pty else args.port
-        emulator = ProbeEmulator(port, images, poses, caps, faults, seed=args.seed)
+        emulator = ProbeEmulator(port, images, poses, caps, faults, seed=seed, initial_params=initial)
     except OSError as exc:
         print(f"probe-emulator: cannot open {args.port or args.link}: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"probe-emulator: {exc} (probe offers gain {caps.gain_min:g}..{caps.gain_max:g} dB, "
+              f"depths {caps.depths_mm} mm)", file=sys.stderr)  # fmt: skip
         return 2
     print(emulator.endpoint.path, flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

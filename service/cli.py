@@ -18,6 +18,8 @@ from service.logsetup import setup_logging
 # name -> (module, one-line help). The only place a subcommand is registered.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("service.cmd_run", "run the guidance daemon (as systemd does)"),
+    "demo": ("service.demo", "everything on the virtual bench with a live view: emulator, broker, daemon"),
+    "watch": ("service.watch", "live view of a device's guidance, quality and auto-tuning on any broker"),
     "doctor": ("service.doctor", "check the probe, camera, model, broker and credentials; say what to fix"),
     "calibrate-camera": (
         "service.cmd_calibrate",

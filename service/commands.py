@@ -74,6 +74,10 @@ class CommandHandler:
             raise CommandError(
                 f"depth_mm {value:g} is not one of the probe's depth steps {list(limits.depth_steps_mm)}"
             )
+        if param == FREQUENCY and value not in limits.freqs_mhz:
+            raise CommandError(
+                f"freq_mhz {value:g} is not one of the probe's frequencies {list(limits.freqs_mhz)}"
+            )
         try:
             readback = self.pipeline.set_manual(param, value)
         except Exception as e:
@@ -87,10 +91,13 @@ class CommandHandler:
             raise CommandError(f"unknown preset '{name}'; known: {', '.join(sorted(PRESETS))}")
         applied: dict[str, float] = {}
         for param, value in PRESETS[name].items():
+            # Presets name typical values; the probe at hand offers its own steps.
             if param == DEPTH:
                 value = self.pipeline.limits.nearest_depth(value)
             elif param == GAIN:
                 value = self.pipeline.limits.quantize_gain(value)
+            elif param == FREQUENCY:
+                value = self.pipeline.limits.nearest_freq(value)
             try:
                 applied[param] = self.pipeline.set_manual(param, value)
             except Exception as e:
@@ -100,14 +107,10 @@ class CommandHandler:
         return {"name": name, "settings": applied}
 
     def cmd_freeze(self, request: dict[str, Any]) -> dict[str, Any]:
-        frozen = bool(request["frozen"])
         try:
-            self.pipeline.link.set_param("freeze", frozen)
+            frozen = self.pipeline.set_frozen(bool(request["frozen"]), source="command")
         except Exception as e:
-            raise CommandError(f"the probe did not accept freeze = {frozen}: {e}") from None
-        self.pipeline.frozen = frozen
-        self.pipeline.event("info", "image frozen" if frozen else "image live", source="command")
-        self.pipeline.publish_settings()
+            raise CommandError(f"the probe did not accept frozen = {request['frozen']}: {e}") from None
         return {"frozen": frozen}
 
     def cmd_capture(self, request: dict[str, Any]) -> dict[str, Any]:

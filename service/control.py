@@ -19,6 +19,7 @@ class ProbeLimits:
     gain_max_db: float = 90.0
     gain_step_db: float = 1.0
     depth_steps_mm: tuple[float, ...] = (40.0, 60.0, 80.0, 100.0, 120.0, 150.0, 180.0, 210.0, 240.0)
+    freqs_mhz: tuple[float, ...] = (2.5, 3.5, 5.0, 7.5)
 
     def __post_init__(self) -> None:
         if not self.gain_min_db < self.gain_max_db or self.gain_step_db <= 0:
@@ -27,6 +28,8 @@ class ProbeLimits:
             )
         if not self.depth_steps_mm or list(self.depth_steps_mm) != sorted(set(self.depth_steps_mm)):
             raise ValueError(f"depth steps must be increasing and non-empty, got {self.depth_steps_mm}")
+        if not self.freqs_mhz:
+            raise ValueError("the probe must offer at least one frequency")
 
     def quantize_gain(self, gain_db: float) -> float:
         """Nearest gain the probe can set: on its step grid, inside its range."""
@@ -36,6 +39,9 @@ class ProbeLimits:
 
     def nearest_depth(self, depth_mm: float) -> float:
         return float(min(self.depth_steps_mm, key=lambda d: (abs(d - depth_mm), d)))
+
+    def nearest_freq(self, freq_mhz: float) -> float:
+        return float(min(self.freqs_mhz, key=lambda f: (abs(f - freq_mhz), f)))
 
 
 @dataclass(frozen=True)
@@ -164,20 +170,35 @@ class ManualChangeDetector:
     """Spots settings changed behind our back (probe buttons) in the frames' parameter snapshots.
 
     We know what we set; a snapshot value that differs from every value we set or saw recently is
-    somebody else's change. Frames in flight from before our own change carry the old value, so a
-    value we moved away from within ``grace_s`` is not mistaken for a manual change back.
+    somebody else's change. Two races make our own changes look foreign, and both are excused:
+    frames taken *before* a change of ours still arrive afterwards (values we moved away from within
+    ``grace_s`` are ours), and the device applies a value and streams frames with it *before* its
+    read-back reaches us (a value :meth:`announce`-d for the change in flight is ours).
     """
 
     def __init__(self, tolerance: float = 1e-3, grace_s: float = 1.0) -> None:
         self.tolerance = tolerance
         self.grace_s = grace_s
         self._known: dict[str, float] = {}
-        self._previous: dict[str, tuple[float, float]] = {}  # param -> (old value, changed at)
+        self._recent: dict[str, list[tuple[float, float]]] = {}  # param -> [(old value, left at)]
+        self._pending: dict[str, tuple[float, float]] = {}  # param -> (requested value, slack)
+
+    def announce(self, param: str, value: float, slack: float = 0.0) -> None:
+        """We are about to set ``param`` to ``value`` (the device may snap it by up to ``slack``)."""
+        self._pending[param] = (value, slack)
+
+    def cancel(self, param: str) -> None:
+        """The announced change did not happen (the device refused it)."""
+        self._pending.pop(param, None)
 
     def expect(self, param: str, value: float, now: float) -> None:
-        """We (auto or a command) set ``param`` to ``value``."""
-        if param in self._known and abs(self._known[param] - value) > self.tolerance:
-            self._previous[param] = (self._known[param], now)
+        """``param`` is now ``value``: set by us (auto or a command, read back) or reported by the probe."""
+        self._pending.pop(param, None)
+        recent = [(v, t) for v, t in self._recent.get(param, []) if now - t < self.grace_s]
+        known = self._known.get(param)
+        if known is not None and abs(known - value) > self.tolerance:
+            recent.append((known, now))
+        self._recent[param] = recent
         self._known[param] = value
 
     def observe(self, param: str, value: float, now: float) -> bool:
@@ -188,8 +209,13 @@ class ManualChangeDetector:
             return False
         if abs(known - value) <= self.tolerance:
             return False
-        prev = self._previous.get(param)
-        if prev is not None and abs(prev[0] - value) <= self.tolerance and now - prev[1] < self.grace_s:
-            return False  # a frame from before our own change
+        pending = self._pending.get(param)
+        if pending is not None and abs(pending[0] - value) <= pending[1] + self.tolerance:
+            return False  # our change in flight: applied, read-back not here yet
+        if any(
+            abs(v - value) <= self.tolerance and now - t < self.grace_s
+            for v, t in self._recent.get(param, [])
+        ):
+            return False  # a frame from before one of our changes
         self.expect(param, value, now)
         return True

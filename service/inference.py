@@ -49,9 +49,10 @@ class HeuristicModel:
 
     B-mode brightness is log-compressed: over the display's dynamic range, one dB of gain moves the
     grey level by about ``255 / dynamic_range_db``. The gain error is the distance of the tissue's
-    median grey level from a mid-grey target, in those dB. Contact is the fraction of the near field
-    that carries echo. Depth: if echo reaches the bottom of the image, the structure continues deeper
-    than the view; otherwise the view should end a little below where echo stops.
+    median grey level from a mid-grey target, in those dB. Contact is the share of the imaged near field
+    (non-zero pixels: outside a sector is exactly 0) that carries echo. Depth: if echo reaches the
+    bottom of the image, the structure continues deeper than the view; otherwise the view should end
+    a little below where echo stops.
     """
 
     name = "heuristic"
@@ -80,8 +81,14 @@ class HeuristicModel:
             raise ValueError(f"expected a non-empty uint8 (H, W) image, got {image.dtype} {image.shape}")
         rows = image.shape[0]
         echo = image > self.noise_floor
-        near = echo[: max(1, rows // 4)]
-        contact = float(np.clip((near.mean() - 0.1) / 0.5, 0.0, 1.0))
+        # Contact: how much of the imaged near field carries echo. Pixels that are exactly 0 lie outside
+        # the scan (a sector's corners, which grow with depth), not in it, so they do not count.
+        near = image[: max(1, rows // 4)]
+        imaged = int(np.count_nonzero(near))
+        share = (
+            float(np.count_nonzero(near > self.noise_floor)) / imaged if imaged >= 0.02 * near.size else 0.0
+        )
+        contact = float(np.clip((share - 0.1) / 0.7, 0.0, 1.0))
         tissue = image[echo]
         if tissue.size < 0.02 * image.size:  # nothing but noise: probe in air, nothing to judge
             return ModelOutput(0.0, float(depth_mm), 0.0, 0.0, contact)
@@ -97,7 +104,9 @@ class HeuristicModel:
             best_depth = depth_mm * 1.3  # echo to the bottom edge: the structure goes on below
         else:
             best_depth = depth_mm * (deepest / rows) / self.fill_fraction
-        quality = contact * float(np.clip(1.0 - abs(gain_error) / 20.0, 0.0, 1.0))
+        # View quality needs the target, which this model cannot see: good contact and gain make at
+        # most half a good view, so the placeholder never says "hold still" or captures by itself.
+        quality = 0.5 * contact * float(np.clip(1.0 - abs(gain_error) / 20.0, 0.0, 1.0))
         return ModelOutput(
             gain_error_db=float(gain_error),
             best_depth_mm=float(best_depth),

@@ -25,6 +25,7 @@ from service.control import AutoDepth, AutoGain, Change, ManualChangeDetector, M
 from service.guidance import Correction, GuidanceEngine, GuidanceParams, model_correction
 from service.handoff import LatestSlot
 from service.inference import Model, ModelOutput
+from service.linkevents import handle_link_event
 from service.logsetup import device_logger
 from service.probe import DEPTH, FREQUENCY, GAIN, TUNABLE, ProbeLinkLike, limits_from_info
 
@@ -101,6 +102,9 @@ class Pipeline:
         self.fps = 0.0
         self.errors = 0
         self.on_guided: Callable[[dict[str, Any]], None] | None = None  # e.g. health bookkeeping
+        add_listener = getattr(link, "add_event_listener", None)
+        if add_listener is not None:  # buttons on the probe and link health arrive as events
+            add_listener(self.on_link_event)
 
     # --- stage functions (shared by threads and step) ----------------------------------------------
 
@@ -244,9 +248,14 @@ class Pipeline:
     def _apply(self, change: Change, source: str, frame_id: int | None = None) -> bool:
         """Set a parameter through the link (read back) and tell everyone why."""
         now = self.clock.now()
+        slack = self.limits.gain_step_db if change.param == GAIN else 0.0
+        with self._lock:  # frames at the new value may arrive before the read-back does
+            self.detector.announce(change.param, change.new, slack)
         try:
             readback = float(self.link.set_param(change.param, change.new))
         except Exception as e:
+            with self._lock:
+                self.detector.cancel(change.param)
             self.log.warning("could not set %s to %s: %s", change.param, change.new, e)
             self.event(
                 "warning",
@@ -317,6 +326,19 @@ class Pipeline:
             source=source,
             reason="manual change wins",
         )
+
+    def on_link_event(self, event: dict[str, Any]) -> None:
+        """A probe-link event, on the link's reader thread (see :mod:`service.linkevents`)."""
+        handle_link_event(self, event)
+
+    def set_frozen(self, frozen: bool, source: str = "command") -> bool:
+        """Freeze or unfreeze the probe (``link.freeze``, read back); returns the probe's state."""
+        freeze = getattr(self.link, "freeze", None)
+        state = bool(freeze(frozen) if freeze is not None else self.link.set_param("frozen", frozen))
+        self.frozen = state
+        self.event("info", "image frozen" if state else "image live", source=source)
+        self.publish_settings()
+        return state
 
     def set_auto(self, which: str, enabled: bool) -> None:
         with self._lock:

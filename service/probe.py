@@ -1,19 +1,22 @@
 """What the service needs from the probe link (firmware_bridge.link.ProbeLink, docs/architecture.md).
 
-Kept as a Protocol so the pipeline runs against the real link, the emulator behind it, or the
-simulator; :func:`limits_from_info` reads the probe's capabilities from ``link.info`` tolerantly.
+Kept as a Protocol so the pipeline runs against the real link (to real firmware or the reference
+emulator on a pty) or a simulated-time stand-in; :func:`limits_from_info` reads the probe's
+capabilities as the link reports them in ``link.info.capabilities`` (firmware_bridge/linkparts.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
 
 from service.control import ProbeLimits
 
-# Parameter names as the link spells them; the MQTT API uses the same names.
-GAIN, DEPTH, FREQUENCY = "gain_db", "depth_mm", "frequency_mhz"
+# Parameter names as the link spells them (firmware_bridge.messages.PARAM_NAMES); the MQTT API uses
+# the same names.
+GAIN, DEPTH, FREQUENCY = "gain_db", "depth_mm", "freq_mhz"
 TUNABLE = (GAIN, DEPTH, FREQUENCY)
 
 
@@ -22,7 +25,7 @@ class ProbeFrameLike(Protocol):
     device_ts_us: int
     host_time: float
     image: np.ndarray  # uint8 (H, W)
-    params: dict[str, Any]
+    params: dict[str, Any]  # gain_db, depth_mm, freq_mhz, tgc_db, frozen, contact
 
 
 class ProbeLinkLike(Protocol):
@@ -39,38 +42,48 @@ class ProbeLinkLike(Protocol):
     def get_param(self, name: str) -> Any: ...
 
 
-def _first(obj: Any, *names: str) -> Any:
-    for source in (obj, getattr(obj, "capabilities", None)):
-        if source is None:
-            continue
-        for n in names:
-            value = source.get(n) if isinstance(source, dict) else getattr(source, n, None)
-            if value is not None:
-                return value
-    return None
+def capabilities_of(info: Any) -> Mapping[str, Any]:
+    """``info.capabilities`` (a DeviceInfo) or ``info["capabilities"]`` (a dict); empty when absent."""
+    caps = info.get("capabilities") if isinstance(info, Mapping) else getattr(info, "capabilities", None)
+    return caps if isinstance(caps, Mapping) else {}
 
 
 def limits_from_info(info: Any) -> ProbeLimits:
-    """The probe's gain range/step and depth steps from ``link.info`` (defaults where it says nothing)."""
+    """Gain range/step, depth steps and frequencies from the probe's capabilities (IDENTIFY).
+
+    The link reports ``gain_min``, ``gain_max``, ``gain_step`` (dB), ``depths_mm`` and ``freqs_mhz``;
+    a capability the probe does not report keeps the :class:`ProbeLimits` default.
+    """
+    caps = capabilities_of(info)
     default = ProbeLimits()
-    gain_range = _first(info, "gain_range_db", "gain_range")
-    lo = _first(info, "gain_min_db")
-    hi = _first(info, "gain_max_db")
-    if gain_range is not None:
-        lo, hi = gain_range
-    step = _first(info, "gain_step_db", "gain_step")
-    depths = _first(info, "depth_steps_mm", "depth_steps")
+
+    def number(key: str, fallback: float) -> float:
+        value = caps.get(key)
+        return float(value) if value is not None else fallback
+
+    def steps(key: str, fallback: tuple[float, ...]) -> tuple[float, ...]:
+        values = caps.get(key)
+        return tuple(sorted(float(v) for v in values)) if values else fallback
+
     return ProbeLimits(
-        gain_min_db=float(lo if lo is not None else default.gain_min_db),
-        gain_max_db=float(hi if hi is not None else default.gain_max_db),
-        gain_step_db=float(step if step is not None else default.gain_step_db),
-        depth_steps_mm=tuple(float(d) for d in depths) if depths else default.depth_steps_mm,
+        gain_min_db=number("gain_min", default.gain_min_db),
+        gain_max_db=number("gain_max", default.gain_max_db),
+        gain_step_db=number("gain_step", default.gain_step_db),
+        depth_steps_mm=steps("depths_mm", default.depth_steps_mm),
+        freqs_mhz=steps("freqs_mhz", default.freqs_mhz),
     )
 
 
 def describe_info(info: Any) -> str:
-    """One line for the status: serial and firmware version, when the link says."""
-    serial = _first(info, "serial", "serial_number")
-    firmware = _first(info, "firmware_version", "firmware")
-    parts = [f"serial {serial}" if serial else "", f"firmware {firmware}" if firmware else ""]
+    """One line for the status: model, serial and firmware version, when the link says."""
+
+    def field(name: str) -> Any:
+        return info.get(name) if isinstance(info, Mapping) else getattr(info, name, None)
+
+    model, serial, firmware = field("model"), field("serial"), field("firmware")
+    parts = [
+        str(model) if model else "",
+        f"serial {serial}" if serial else "",
+        f"firmware {firmware}" if firmware else "",
+    ]
     return ", ".join(p for p in parts if p) or "unknown probe"

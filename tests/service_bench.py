@@ -1,9 +1,13 @@
-"""Test helpers for the service: a synthetic frame source with the ProbeLink API, and an MQTT recorder.
+"""Test helpers for the service: the probe on the virtual bench, and an MQTT recorder.
 
-``SyntheticProbe`` is a test double of the probe link ONLY because firmware_bridge.link is not in this
-branch yet; it is deliberately minimal (frames at a fixed rate, set_param with read-back). Its image
-responds to gain and depth with the real conventions: brighter with more gain (log-compressed, about
-255/60 grey levels per dB), and tissue that ends at ``structure_mm`` below the skin.
+``EmulatedProbe`` is the real chain: the reference emulator (rendering with the simulator, abdomen
+preset) on a real pseudo-terminal, and a real ``ProbeLink`` on the other end. The probe pose is the
+caller's (``probe.pose``), and ``truth()`` gives the simulator's ground truth for the current pose and
+settings, so tests compare the daemon's decisions with the physics, not with numbers they made up.
+
+``SimTimeProbe`` is for simulated time only (``Pipeline.step``): the same image source and the
+emulator's own parameter rules, with no link and no threads, because a serial link runs in real time.
+
 The recorder is a real paho-mqtt client on the real broker, validating every message with jsonschema.
 """
 
@@ -13,7 +17,7 @@ import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +27,65 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from firmware_bridge import messages
+from firmware_bridge.emulator import CallablePoseSource, Pose, ProbeEmulator, SimImageSource
+from firmware_bridge.emulator.state import Capabilities, apply_param, default_params
+from firmware_bridge.link import ProbeLink
+from firmware_bridge.ptyport import PtyPair
+from sim.truth import GroundTruth, ground_truth
+from sim.types import ImagingSettings
+
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "mqtt"
+PRESET = "abdomen"
+
+
+class EmulatedProbe:
+    """Emulator (sim images) on a pty + a started ProbeLink. ``gain_offset_db``: start this far from
+    the best gain of the start view (negative = too dark)."""
+
+    def __init__(
+        self, seed: int = 2, gain_offset_db: float | None = None, depth_mm: float = 120.0, fps: float = 30.0
+    ) -> None:
+        self.source = SimImageSource(PRESET, seed)
+        self.phantom = self.source.phantom
+        self.caps = Capabilities(**self.source.capabilities(), fps=fps)
+        self.pose: Pose = self.source.emulator_pose(self.phantom.target_pose)
+        initial = {**self.source.default_params(), "depth_mm": depth_mm}
+        if gain_offset_db is not None:
+            settings = ImagingSettings(initial["gain_db"], depth_mm, initial["freq_mhz"])
+            best = ground_truth(self.phantom, self.phantom.target_pose, settings).best_gain_db
+            initial["gain_db"] = round(best + gain_offset_db)
+        self.pty = PtyPair()
+        self.emulator = ProbeEmulator(
+            self.pty.device_fd,
+            self.source,
+            CallablePoseSource(lambda t: self.pose),
+            self.caps,
+            initial_params=initial,
+        ).start()
+        self.link = ProbeLink(self.pty.host_path, name="probe").start()
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.emulator.params.snapshot()
+
+    def host_sets(self, name: str) -> list[float]:
+        """Values the host set for ``name``, in order (the emulator's own record)."""
+        return [v for n, _, v, who in list(self.emulator.applied) if n == name and who == "host"]
+
+    def truth(self) -> GroundTruth:
+        p = self.params
+        settings = ImagingSettings(p["gain_db"], p["depth_mm"], p["freq_mhz"])
+        return ground_truth(self.phantom, self.source.sim_pose(self.pose), settings)
+
+    def close(self) -> None:
+        self.link.stop()
+        self.emulator.stop()
+        self.pty.close()
 
 
 @dataclass
-class Frame:
+class SimFrame:
     frame_id: int
     device_ts_us: int
     host_time: float
@@ -35,90 +93,37 @@ class Frame:
     params: dict[str, Any]
 
 
-@dataclass
-class Info:
-    serial: str = "TEST-0001"
-    firmware_version: str = "synthetic"
-    capabilities: dict[str, Any] = field(
-        default_factory=lambda: {
-            "gain_range_db": (0.0, 90.0),
-            "gain_step_db": 1.0,
-            "depth_steps_mm": (40.0, 60.0, 80.0, 100.0, 120.0, 150.0, 180.0),
-        }
-    )
+class SimTimeProbe:
+    """The probe for ``Pipeline.step`` on a simulated clock: ``frame(t)`` renders, ``set_param`` applies
+    the emulator's parameter rules (snap to step, range, depth list) and returns the read-back value."""
 
+    def __init__(self, seed: int = 2, initial: dict[str, float] | None = None) -> None:
+        self.source = SimImageSource(PRESET, seed)
+        self.caps = Capabilities(**self.source.capabilities())
+        self.info = {"capabilities": dict(self.caps.__dict__)}
+        self.params = default_params(self.caps)
+        for name, value in {**self.source.default_params(), **(initial or {})}.items():
+            self.set_param(name, value)
+        self.pose = self.source.emulator_pose(self.source.phantom.target_pose)
+        self._frame_id = 0
 
-class SyntheticProbe:
-    def __init__(
-        self, gain_db: float = 50.0, depth_mm: float = 120.0, best_gain_db: float = 50.0,
-        structure_mm: float = 200.0, fps: float = 30.0, size: int = 64,
-    ) -> None:  # fmt: skip
-        self.info = Info()
-        self.params: dict[str, Any] = {
-            "gain_db": gain_db,
-            "depth_mm": depth_mm,
-            "frequency_mhz": 3.5,
-            "freeze": False,
-        }
-        self.best_gain_db, self.structure_mm, self.fps, self.size = best_gain_db, structure_mm, fps, size
-        self.set_calls: list[tuple[str, Any]] = []
-        self._lock = threading.Condition()
-        self._frame: Frame | None = None
-        self._stop = threading.Event()
-        self._rng = np.random.default_rng(1)
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def frame(self, t: float) -> SimFrame:
+        self._frame_id += 1
+        p = self.params.snapshot()
+        img = self.source.render(p, self.pose, t)
+        return SimFrame(self._frame_id, int(t * 1e6), t, img, {**p, "contact": self.pose.in_contact})
 
-    def start(self) -> SyntheticProbe:
-        self._thread.start()
-        return self
+    def set_param(self, name: str, value: Any) -> float:
+        result = apply_param(self.params, self.caps, messages.PARAM_IDS[name], 0, float(value))
+        if isinstance(result, int):
+            raise ValueError(f"{name} = {value}: {messages.ERROR_NAMES[result]}")
+        return result
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
+    def get_param(self, name: str) -> float:
+        return float(self.params.snapshot()[name])
 
-    def render(self) -> np.ndarray:
-        with self._lock:
-            gain, depth = float(self.params["gain_db"]), float(self.params["depth_mm"])
-        level = 100.0 + (gain - self.best_gain_db) * 255.0 / 60.0
-        z = (np.arange(self.size) + 0.5) / self.size * depth
-        tissue = (z < self.structure_mm)[:, None]
-        speckle = level * (1 + 0.2 * self._rng.standard_normal((self.size, self.size)))
-        image = np.where(tissue, speckle, self._rng.uniform(0, 8, (self.size, self.size)))
-        return np.clip(image, 0, 255).astype(np.uint8)
-
-    def _run(self) -> None:
-        i, t0 = 0, time.monotonic()
-        while not self._stop.is_set():
-            i += 1
-            frame = Frame(
-                i, int((time.monotonic() - t0) * 1e6), time.monotonic(), self.render(), dict(self.params)
-            )
-            with self._lock:
-                self._frame = frame
-                self._lock.notify_all()
-            self._stop.wait(max(0.0, t0 + i / self.fps - time.monotonic()))
-
-    def latest_frame(self, timeout: float = 0.1) -> Frame | None:
-        with self._lock:
-            last = self._frame.frame_id if self._frame else 0
-            self._lock.wait_for(lambda: self._frame is not None and self._frame.frame_id != last, timeout)
-            return self._frame
-
-    def set_param(self, name: str, value: Any) -> Any:
-        if name not in self.params:
-            raise ValueError(f"unknown parameter {name}")
-        with self._lock:
-            self.params[name] = value
-            self.set_calls.append((name, value))
-        return value
-
-    def get_param(self, name: str) -> Any:
-        return self.params[name]
-
-    def press_button(self, name: str, value: float) -> None:
-        """A change made on the probe itself: no set_param call from the service."""
-        with self._lock:
-            self.params[name] = value
+    def latest_frame(self, timeout: float = 0.1) -> None:
+        return None  # frames come in through Pipeline.step
 
 
 def schema_for(topic_name: str) -> dict[str, Any]:

@@ -105,3 +105,19 @@ def test_detector_tells_our_changes_from_manual_ones() -> None:
     assert not d.observe("gain_db", 44, 1.1)
     assert d.observe("gain_db", 30, 2.0)  # somebody pressed a button
     assert not d.observe("gain_db", 30, 2.1)
+
+
+def test_detector_excuses_frames_racing_our_own_changes() -> None:
+    d = ManualChangeDetector(grace_s=1.0)
+    assert not d.observe("gain_db", 12, 0.0)
+    d.announce("gain_db", 16, slack=1.0)  # set_param sent; the device applies it at once ...
+    assert not d.observe("gain_db", 16, 0.01)  # ... and streams it before the read-back arrives
+    d.expect("gain_db", 16, 0.02)
+    d.announce("gain_db", 20, slack=1.0)
+    d.expect("gain_db", 20, 0.3)
+    assert not d.observe("gain_db", 12, 0.35)  # in flight from two changes ago
+    assert not d.observe("gain_db", 16, 0.4)
+    assert d.observe("gain_db", 12, 1.5)  # long after: that was a person
+    d.announce("gain_db", 30, slack=1.0)
+    d.cancel("gain_db")  # refused by the device
+    assert d.observe("gain_db", 30, 1.6)

@@ -1,7 +1,9 @@
-"""The daemon end to end with real pieces: real mosquitto, real paho clients, the real pipeline threads.
+"""The daemon end to end with real pieces: the reference emulator rendering with the simulator on a real
+pty, the real ProbeLink, real mosquitto, real paho clients, the real pipeline threads.
 
-The probe side is tests/service_bench.SyntheticProbe (see there why), the model the HeuristicModel.
-Every message the recorder receives is validated with jsonschema against docs/mqtt/*.schema.json.
+The model is the HeuristicModel placeholder (the ONNX model lands separately); decisions are checked
+against the simulator's ground truth (``EmulatedProbe.truth``). Every message the recorder receives is
+validated with jsonschema against docs/mqtt/*.schema.json.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from service.config import Config, parse_config
 from service.daemon import Daemon
 from service.inference import HeuristicModel
 from service.localbroker import LocalBroker
-from tests.service_bench import Recorder, SyntheticProbe
+from tests.service_bench import EmulatedProbe, Recorder
 
 
 def _config(port: int, **sections: dict[str, Any]) -> Config:
@@ -28,19 +30,19 @@ def _config(port: int, **sections: dict[str, Any]) -> Config:
 
 
 class Bench:
-    def __init__(self, broker: LocalBroker, probe: SyntheticProbe, **sections: dict[str, Any]) -> None:
+    def __init__(self, broker: LocalBroker, probe: EmulatedProbe, **sections: dict[str, Any]) -> None:
         self.config = _config(broker.port, **sections)
-        self.probe = probe.start()
+        self.probe = probe
         self.recorder = Recorder(broker.port, self.config.device.id)
         self.daemon = Daemon(
-            self.config, probe, HeuristicModel(), status_period_s=0.5, mqtt_reconnect_delay_s=(0.2, 1.0)
+            self.config, probe.link, HeuristicModel(), status_period_s=0.5, mqtt_reconnect_delay_s=(0.2, 1.0)
         )
         self.daemon.start()
         assert self.daemon.mqtt.wait_connected(5)
 
     def close(self) -> None:
         self.daemon.stop()
-        self.probe.stop()
+        self.probe.close()
         self.recorder.close()
 
     def events(self, kind: str, param: str | None = None) -> list[dict[str, Any]]:
@@ -55,8 +57,8 @@ class Bench:
 def make_bench(broker: LocalBroker) -> Iterator[Any]:
     benches: list[Bench] = []
 
-    def _make(probe: SyntheticProbe | None = None, **sections: dict[str, Any]) -> Bench:
-        b = Bench(broker, probe or SyntheticProbe(), **sections)
+    def _make(probe: EmulatedProbe | None = None, **sections: dict[str, Any]) -> Bench:
+        b = Bench(broker, probe or EmulatedProbe(), **sections)
         benches.append(b)
         return b
 
@@ -73,14 +75,19 @@ def test_guidance_at_frame_rate_retained_state_and_clean_exit(broker: LocalBroke
     t0 = time.monotonic()
     time.sleep(2.0)
     rate = len(rec.of("guidance", since=t0)) / (time.monotonic() - t0)
-    assert rate >= 0.8 * bench.probe.fps, f"guidance at {rate:.1f}/s for a {bench.probe.fps} fps probe"
+    fps = bench.probe.caps.fps
+    assert rate >= 0.8 * fps, f"guidance at {rate:.1f}/s for a {fps} fps probe"
     g = rec.of("guidance")[-1]
     assert g.props.MessageExpiryInterval == 1 and not g.retain
     t = g.payload["t"]
     assert t["received"] <= t["preprocessed"] <= t["inferred"] <= t["guided"] <= t["published"]
+    assert t["published"] - t["received"] < 0.2  # latency on the device, per stage timestamps
     assert g.payload["basis"] == "assumed_marker_toward_head"  # no camera
+    assert g.payload["contact"] > 0.5  # the probe rests on the skin at the standard view
     seqs = [m.payload["seq"] for m in rec.of("guidance")]
     assert seqs == sorted(seqs)
+    frame_ids = [m.payload["frame_id"] for m in rec.of("guidance", since=t0)]
+    assert frame_ids == sorted(frame_ids) and len(set(frame_ids)) == len(frame_ids)
 
     # A late subscriber gets the retained state at once.
     late = Recorder(broker.port, bench.config.device.id)
@@ -90,14 +97,14 @@ def test_guidance_at_frame_rate_retained_state_and_clean_exit(broker: LocalBroke
         )
         retained = {m.name: m for m in late.messages if m.retain}
         assert retained["available"].payload == "online"
-        assert (
-            retained["settings"].payload["gain_db"] == 50.0
-            and retained["settings"].payload["auto"]["gain"] is False
-        )
+        settings = retained["settings"].payload
+        assert settings["gain_db"] == bench.probe.params["gain_db"] and settings["auto"]["gain"] is False
+        assert settings["depth_mm"] == 120.0 and settings["freq_mhz"] == 3.5
         assert rec.wait_for(lambda: any(m.payload["health"] == "ok" for m in rec.of("status")), 5)
         status = [m for m in rec.of("status") if m.payload["health"] == "ok"][-1].payload
         assert status["camera"]["state"] == "none" and "image alone" in status["summary"]
         assert status["fps"] > 20 and status["model"]["name"] == "heuristic"
+        assert "serial EMU0001" in status["probe"]["info"]
         bench.daemon.stop()
         assert late.wait_for(
             lambda: late.of("available") and late.of("available")[-1].payload == "stopped", 5
@@ -107,56 +114,68 @@ def test_guidance_at_frame_rate_retained_state_and_clean_exit(broker: LocalBroke
 
 
 def test_auto_gain_converges_from_15_db_too_low(make_bench) -> None:
-    probe = SyntheticProbe(gain_db=35.0, best_gain_db=50.0)
+    probe = EmulatedProbe(gain_offset_db=-15.0)
+    start = probe.params["gain_db"]
     bench = make_bench(probe, auto={"depth": False})
-    assert bench.recorder.wait_for(lambda: abs(probe.params["gain_db"] - 50.0) < 2.0, 8), probe.params
+    assert bench.recorder.wait_for(lambda: abs(probe.truth().gain_error_db) <= 3.0, 10), (
+        probe.params,
+        probe.truth().gain_error_db,
+    )
     time.sleep(1.0)  # and it stays there: no oscillation
-    assert abs(probe.params["gain_db"] - 50.0) < 2.0
-    gains = [v for n, v in probe.set_calls if n == "gain_db"]
-    assert gains == sorted(gains), f"gain went back and forth: {gains}"
+    assert abs(probe.truth().gain_error_db) <= 3.0
+    gains = probe.host_sets("gain_db")
+    assert gains == sorted(gains) and gains[0] > start, f"gain went back and forth: {start} -> {gains}"
+    assert all(b - a <= 4.0 for a, b in itertools.pairwise([start, *gains]))  # bounded steps
     changes = bench.events("auto_change", "gain_db")
     assert changes and "too dark" in changes[0]["reason"] and changes[0]["source"] == "auto"
+    assert [c["new"] for c in changes] == gains  # every automatic change published with its reason
     assert bench.recorder.wait_for(
         lambda: bench.recorder.of("settings")[-1].payload["gain_db"] == probe.params["gain_db"], 3
     )
 
 
 def test_depth_too_shallow_deepens(make_bench) -> None:
-    probe = SyntheticProbe(depth_mm=60.0, structure_mm=110.0)
+    probe = EmulatedProbe(gain_offset_db=0.0, depth_mm=60.0)
+    assert probe.truth().best_depth_mm > 60.0  # the target does not fit at 60 mm
     bench = make_bench(probe, auto={"gain": False})
     assert bench.recorder.wait_for(lambda: probe.params["depth_mm"] >= 100.0, 8), probe.params
     changes = bench.events("auto_change", "depth_mm")
     assert changes[0]["old"] == 60.0 and changes[0]["new"] > 60.0 and "deeper" in changes[0]["reason"]
+    assert all(d in probe.caps.depths_mm for d in probe.host_sets("depth_mm"))  # the probe's own steps
     times = [m.at for m in bench.recorder.of("events") if m.payload.get("param") == "depth_mm"]
     assert all(b - a >= 0.9 for a, b in itertools.pairwise(times))  # at most about once a second
 
 
-def test_manual_change_pauses_auto_tuning(make_bench) -> None:
-    probe = SyntheticProbe(gain_db=50.0, best_gain_db=50.0)
+def test_manual_change_on_the_probe_or_the_display_pauses_auto_tuning(make_bench) -> None:
+    probe = EmulatedProbe(gain_offset_db=0.0)
     bench = make_bench(probe, auto={"manual_pause_s": 2.0, "depth": False})
     time.sleep(0.5)
-    probe.press_button("gain_db", 30.0)  # 20 dB too dark, set on the probe itself
+    too_dark = probe.params["gain_db"] - 20
+    probe.emulator.manual_set("gain_db", too_dark)  # the probe's buttons: the link reports an event
     assert bench.recorder.wait_for(lambda: bench.events("manual_change", "gain_db"), 3)
     manual = bench.events("manual_change", "gain_db")[0]
-    assert manual["source"] == "probe" and manual["new"] == 30.0
-    time.sleep(1.5)
-    assert probe.params["gain_db"] == 30.0 and not bench.events("auto_change", "gain_db")  # paused
+    assert manual["source"] == "probe" and manual["new"] == too_dark
     assert bench.recorder.wait_for(
-        lambda: bench.events("auto_change", "gain_db"), 4
-    )  # resumes after the pause
+        lambda: bench.recorder.of("settings")[-1].payload["paused_s"]["gain"] > 0, 2
+    )
+    time.sleep(1.2)
+    assert probe.params["gain_db"] == too_dark and not bench.events("auto_change", "gain_db")  # paused
+    assert bench.recorder.wait_for(lambda: bench.events("auto_change", "gain_db"), 4)  # resumes after it
+    assert len(bench.events("manual_change", "gain_db")) == 1  # the frames after the event are not news
 
     # A display command is a manual change too.
-    reply = bench.recorder.request("set_param", {"param": "gain_db", "value": 70})
-    assert reply["ok"] and reply["result"] == {"param": "gain_db", "value": 70.0, "auto_paused_s": 2.0}
+    reply = bench.recorder.request("set_param", {"param": "gain_db", "value": 55})
+    assert reply["ok"] and reply["result"] == {"param": "gain_db", "value": 55.0, "auto_paused_s": 2.0}
     n_auto = len(bench.events("auto_change", "gain_db"))
     time.sleep(1.0)
-    assert probe.params["gain_db"] == 70.0 and len(bench.events("auto_change", "gain_db")) == n_auto
-    assert any(m.payload["paused_s"]["gain"] > 0 for m in bench.recorder.of("settings"))
+    assert probe.params["gain_db"] == 55.0 and len(bench.events("auto_change", "gain_db")) == n_auto
+    reply = bench.recorder.request("set_param", {"param": "freq_mhz", "value": 5.0})
+    assert reply["ok"] and probe.params["freq_mhz"] == 5.0
 
 
 def test_commands_answer_and_garbage_gets_errors(make_bench) -> None:
     bench = make_bench(auto={"gain": False, "depth": False})
-    rec = bench.recorder
+    rec, emu = bench.recorder, bench.probe.emulator
     reply = rec.request("ping")
     assert reply["ok"] and reply["result"]["pong"] is True
     t0 = time.monotonic()
@@ -172,21 +191,31 @@ def test_commands_answer_and_garbage_gets_errors(make_bench) -> None:
         reply = rec.request(command, raw=raw)
         assert reply["ok"] is False and fragment in reply["error"], reply
     reply = rec.request("set_param", {"param": "depth_mm", "value": 77})
-    assert not reply["ok"] and "depth steps" in reply["error"]
+    assert not reply["ok"] and "depth steps" in reply["error"] and "60.0" in reply["error"]
+    reply = rec.request("set_param", {"param": "gain_db", "value": 75})
+    assert not reply["ok"] and "0..60" in reply["error"]  # the probe's range, from its capabilities
     reply = rec.request("set_auto", {"param": "depth", "enabled": True})
     assert reply == {"ok": True, "command": "set_auto", "result": {"param": "depth", "enabled": True}}
     assert rec.wait_for(lambda: rec.of("settings")[-1].payload["auto"]["depth"] is True, 3)
-    reply = rec.request("preset", {"name": "abdomen"})
-    assert (
-        reply["ok"] and bench.probe.params["depth_mm"] == 150.0 and bench.probe.params["frequency_mhz"] == 3.5
-    )
-    reply = rec.request("freeze", {"frozen": True})
-    assert reply["ok"] and bench.probe.params["freeze"] is True
+    reply = rec.request("preset", {"name": "vascular"})  # 7.5 MHz, 40 mm: snapped to what this probe has
+    assert reply["ok"] and reply["result"]["settings"] == {"gain_db": 45.0, "depth_mm": 60.0, "freq_mhz": 5.0}
+    assert (emu.params.gain_db, emu.params.depth_mm, emu.params.freq_mhz) == (45.0, 60.0, 5.0)
     reply = rec.request("capture")
     assert reply["ok"] and bench.events("capture")
     # The pipeline never noticed: guidance kept its rate through all of it.
     rate = len(rec.of("guidance", since=t0)) / (time.monotonic() - t0)
     assert rate > 20
+
+    reply = rec.request("freeze", {"frozen": True})
+    assert reply == {"ok": True, "command": "freeze", "result": {"frozen": True}} and emu.params.frozen
+    time.sleep(0.3)
+    t1 = time.monotonic()
+    time.sleep(0.5)
+    assert not rec.of("guidance", since=t1)  # a frozen probe sends no frames
+    assert rec.request("freeze", {"frozen": False})["ok"] and not emu.params.frozen
+    assert rec.wait_for(lambda: len(rec.of("guidance", since=t1)) > 5, 3)
+    emu.press_freeze()  # the freeze button on the probe
+    assert rec.wait_for(lambda: rec.of("settings")[-1].payload["frozen"] is True, 3)
 
 
 def test_broker_killed_and_restarted(broker: LocalBroker, make_bench) -> None:
@@ -210,3 +239,4 @@ def test_broker_killed_and_restarted(broker: LocalBroker, make_bench) -> None:
         late.close()
     assert bench.daemon.mqtt.stats["connects"] >= 2
     assert all(t.is_alive() for t in bench.daemon.pipeline._threads)
+    assert bench.probe.link.connected  # the probe side never noticed

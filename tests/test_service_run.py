@@ -16,7 +16,9 @@ from service.config import AutoConfig
 from service.inference import HeuristicModel
 from service.localbroker import LocalBroker
 from service.pipeline import Pipeline
-from tests.service_bench import Recorder, SyntheticProbe
+from sim.truth import ground_truth
+from sim.types import ImagingSettings
+from tests.service_bench import Recorder, SimTimeProbe
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -43,20 +45,26 @@ class ListPublisher:
 
 
 def test_step_on_simulated_clock_converges_gain_without_threads() -> None:
-    probe = SyntheticProbe(gain_db=35.0, best_gain_db=50.0)  # not started: step() pulls frames itself
+    probe = SimTimeProbe(seed=2, initial={"depth_mm": 120.0})  # the simulator, no link, no threads
+    best = probe_truth_best_gain(probe)
+    probe.set_param("gain_db", round(best - 15))
     clock = SimClock()
     pub = ListPublisher()
     pipe = Pipeline(probe, HeuristicModel(), pub, clock, AutoConfig(depth=False))
-    for i in range(150):  # 5 simulated seconds at 30 fps, in well under a real second
-        frame = type("F", (), {})()
-        frame.frame_id, frame.device_ts_us, frame.host_time = i + 1, i * 33333, clock.now()
-        frame.image, frame.params = probe.render(), dict(probe.params)
-        message, _ = pipe.step(frame)
+    assert pipe.limits.gain_step_db == 1.0 and pipe.limits.depth_steps_mm[0] == 60.0  # from capabilities
+    for _ in range(150):  # 5 simulated seconds at 30 fps, in a few real seconds
+        message, _ = pipe.step(probe.frame(clock.now()))
         clock.advance(1 / 30)
-    assert abs(probe.params["gain_db"] - 50) < 2
+    assert abs(probe.params.gain_db - best) <= 3.0, (probe.params.gain_db, best)
     assert [e["kind"] for e in pub.events].count("auto_change") >= 3
     assert len(pub.guidance) == 150 and message["t"]["published"] >= message["t"]["received"]
-    assert pub.retained["settings"]["gain_db"] == probe.params["gain_db"]
+    assert pub.retained["settings"]["gain_db"] == probe.params.gain_db
+
+
+def probe_truth_best_gain(probe: SimTimeProbe) -> float:
+    p = probe.params
+    settings = ImagingSettings(p.gain_db, p.depth_mm, p.freq_mhz)
+    return ground_truth(probe.source.phantom, probe.source.phantom.target_pose, settings).best_gain_db
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:

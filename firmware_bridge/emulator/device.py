@@ -67,7 +67,10 @@ class ProbeEmulator:
         faults: Faults | None = None,
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        initial_params: dict[str, float] | None = None,
     ) -> None:
+        """``initial_params``: settings at power-on (and after a reboot) instead of the mid-range
+        defaults, e.g. ``{"gain_db": 26, "depth_mm": 140}``; each must be valid for ``caps``."""
         if isinstance(port, int):
             self.endpoint: PtyEndpoint | FdEndpoint = FdEndpoint(port)
         elif isinstance(port, str):
@@ -75,6 +78,7 @@ class ProbeEmulator:
         else:
             self.endpoint = port
         self.caps = caps or Capabilities()
+        self.initial_params = dict(initial_params or {})
         self.images: ImageSource = image_source or PatternImageSource(self.caps.width, self.caps.height, seed)
         self.poses: PoseSource = pose_source or ScriptedPath()
         self.faults = faults or Faults()
@@ -98,6 +102,11 @@ class ProbeEmulator:
         self.boot_id = self._rng.getrandbits(32)
         self._boot_t = self.clock()
         self.params = default_params(self.caps)
+        for name, value in self.initial_params.items():
+            if name not in m.PARAM_IDS or name in ("tgc_db", "frozen"):
+                raise ValueError(f"initial_params: {name!r} is not gain_db, depth_mm or freq_mhz")
+            if isinstance(apply_param(self.params, self.caps, m.PARAM_IDS[name], 0, float(value)), int):
+                raise ValueError(f"initial_params: {name} = {value} is not allowed by the capabilities")
         self.decoder = FrameDecoder()
         self._seq = 0
         self._frame_id = 0

@@ -7,12 +7,12 @@ view, lifting the probe removes the tissue. ``SimImageSource`` renders with the 
 
 from __future__ import annotations
 
-import importlib
+import math
 from typing import Any, Protocol
 
 import numpy as np
 
-from firmware_bridge.emulator.poses import Pose
+from firmware_bridge.emulator.poses import CallablePoseSource, Pose
 
 # World extent of the placeholder tissue block: lateral mm, axial mm, and its sampling.
 _WORLD_LATERAL_MM = 200.0
@@ -85,42 +85,84 @@ class PatternImageSource:
 
 
 class SimImageSource:
-    """Images from the simulator (``sim.phantom``, ``sim.scanner``, ``sim.presets``), imported lazily.
+    """B-mode frames from the simulator (``sim/``): a seeded phantom of an exam preset, scanned from the
+    emulator's pose with the device's current parameters. ``sim`` is imported here, lazily, so the
+    emulator and the conformance suite run without it.
 
-    Written against the API in docs/architecture.md; wired and tested by the lead after merging.
+    The probe then reports the preset's controls (:meth:`capabilities`) and starts at the preset's
+    default settings (:meth:`default_params`). The simulator's TGC has three bands (near, mid, far).
     """
 
+    TGC_BANDS = 3
+
     def __init__(self, preset: str = "abdomen", seed: int = 0, width: int = 256, height: int = 256) -> None:
-        self.width = width
-        self.height = height
-        presets = importlib.import_module("sim.presets")
-        phantom = importlib.import_module("sim.phantom")
-        self._scanner_mod = importlib.import_module("sim.scanner")
+        from sim import phantom, presets, scanner
+
         if preset not in presets.PRESETS:
             raise ValueError(f"unknown preset {preset!r}; known: {', '.join(sorted(presets.PRESETS))}")
+        self.width = width
+        self.height = height
         self.preset = presets.PRESETS[preset]
         self.phantom = phantom.make_phantom(preset, seed=seed)
-        self._scanner = self._scanner_mod.Scanner(self.phantom, size=(height, width))
+        self._scanner = scanner.Scanner(self.phantom, size=(height, width))
         self._frame_index = 0
 
     def capabilities(self) -> dict[str, Any]:
-        """Capability overrides from the preset (depth steps, frequencies, gain range) where it has them."""
-        out: dict[str, Any] = {}
-        for key, attr in (("depths_mm", "depth_steps_mm"), ("freqs_mhz", "frequencies_mhz")):
-            if hasattr(self.preset, attr):
-                out[key] = [float(v) for v in getattr(self.preset, attr)]
-        if hasattr(self.preset, "gain_range_db"):
-            out["gain_min"], out["gain_max"] = (float(v) for v in self.preset.gain_range_db)
-        return out
+        """The preset's controls, as :class:`~firmware_bridge.emulator.state.Capabilities` fields."""
+        p = self.preset
+        return {
+            "depths_mm": [float(v) for v in p.depth_steps_mm],
+            "freqs_mhz": [float(v) for v in p.freqs_mhz],
+            "gain_min": float(p.gain_range_db[0]),
+            "gain_max": float(p.gain_range_db[1]),
+            "gain_step": float(p.gain_step_db),
+            "tgc_bands": self.TGC_BANDS,
+        }
+
+    def default_params(self) -> dict[str, float]:
+        d = self.preset.default
+        return {"gain_db": float(d.gain_db), "depth_mm": float(d.depth_mm), "freq_mhz": float(d.freq_mhz)}
+
+    def sim_pose(self, pose: Pose) -> Any:
+        """The emulator's pose as a ``sim.types.Pose``."""
+        from sim.types import Pose as SimPose
+
+        return SimPose(np.asarray(pose.position_mm, float), np.asarray(pose.quaternion, float))
+
+    def emulator_pose(self, sim_pose: Any) -> Pose:
+        """A ``sim.types.Pose`` as the emulator's pose, with contact judged against this phantom's skin."""
+        x, y, z = (float(v) for v in sim_pose.position_mm)
+        contact = z >= float(self.phantom.surface_z(x, y)) - 1.0
+        return Pose((x, y, z), tuple(float(v) for v in sim_pose.quat_wxyz), contact)  # type: ignore[arg-type]
+
+    def scripted_path(self, period_s: float = 20.0) -> CallablePoseSource:
+        """A slow sweep on the skin around the standard view (the CLI's default pose with a preset)."""
+        from sim.novice import on_skin
+
+        target = self.phantom.target_pose
+
+        def at(t: float) -> Pose:
+            phase = 2 * math.pi * t / period_s
+            moved = target.apply_motion(
+                [25.0 * math.sin(phase), 10.0 * math.sin(1.7 * phase), 0.0],
+                [0.0, 0.0, 15.0 * math.cos(phase)],
+            )
+            return self.emulator_pose(on_skin(self.phantom, moved))
+
+        return CallablePoseSource(at)
 
     def render(self, params: dict[str, Any], pose: Pose, t: float) -> np.ndarray:
-        settings_cls = self._scanner_mod.ImagingSettings
-        settings = settings_cls(
+        from sim.types import ImagingSettings
+
+        tgc = [float(v) for v in params.get("tgc_db", ())] or [0.0]
+        if len(tgc) != self.TGC_BANDS:  # another band count: resample the curve to near, mid, far
+            tgc = list(np.interp(np.linspace(0, 1, self.TGC_BANDS), np.linspace(0, 1, len(tgc)), tgc))
+        settings = ImagingSettings(
             gain_db=float(params["gain_db"]),
             depth_mm=float(params["depth_mm"]),
             freq_mhz=float(params["freq_mhz"]),
-            tgc_db=tuple(params.get("tgc_db", ())),
+            tgc_db=(tgc[0], tgc[1], tgc[2]),
         )
         self._frame_index += 1
-        img = self._scanner.render(pose, settings, self._frame_index)
+        img = self._scanner.render(self.sim_pose(pose), settings, self._frame_index)
         return np.ascontiguousarray(img, dtype=np.uint8)

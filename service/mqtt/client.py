@@ -18,6 +18,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +76,7 @@ class MqttApi:
         self._lock = threading.Lock()
         self._retained: dict[str, bytes] = {}  # topic name -> last payload, republished on reconnect
         self._connected = threading.Event()
+        self._listening = threading.Event()  # the broker acknowledged our command subscription
         self._stopping = False
         self._commands: queue.Queue[tuple[str, dict[str, Any], str | None, bytes | None] | None] = (
             queue.Queue(MAX_PENDING_COMMANDS)
@@ -116,6 +118,7 @@ class MqttApi:
         c.on_connect = _safe(self._on_connect)
         c.on_disconnect = _safe(self._on_disconnect)
         c.on_message = _safe(self._on_message)
+        c.on_subscribe = _safe(self._on_subscribe)
         return c
 
     def start(self) -> MqttApi:
@@ -127,7 +130,12 @@ class MqttApi:
         return self
 
     def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+        """Connected, and commands reach us: the broker acknowledged the ``cmd/+`` subscription.
+
+        (A request published between CONNACK and SUBACK would find no subscriber and be lost.)
+        """
+        deadline = time.monotonic() + timeout
+        return self._connected.wait(timeout) and self._listening.wait(max(0.0, deadline - time.monotonic()))
 
     @property
     def connected(self) -> bool:
@@ -162,8 +170,15 @@ class MqttApi:
             client.publish(self.topic(name), payload, qos=BY_NAME[name].qos, retain=True)
         self._connected.set()
 
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        if all(not getattr(code, "is_failure", False) for code in codes):
+            self._listening.set()
+        else:
+            self.log.warning("the broker refused the command subscription: %s", codes)
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self._connected.clear()
+        self._listening.clear()
         if not self._stopping:
             self.log.warning("disconnected from the broker (%s); reconnecting with backoff", rc)
 

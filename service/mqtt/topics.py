@@ -48,7 +48,7 @@ _NUM: Schema = {"type": "number"}
 _UNIT: Schema = {"type": "number", "minimum": 0, "maximum": 1}
 _STR: Schema = {"type": "string"}
 _OPT_NUM: Schema = {"type": ["number", "null"]}
-_PARAM_NAMES = ["gain_db", "depth_mm", "frequency_mhz"]
+_PARAM_NAMES = ["gain_db", "depth_mm", "freq_mhz"]
 _AUTO_NAMES = ["gain", "depth"]
 INSTRUCTIONS = [
     "slide_head", "slide_feet", "slide_left", "slide_right", "rotate_cw", "rotate_ccw",
@@ -121,7 +121,7 @@ SETTINGS_SCHEMA = _obj(
     {
         "gain_db": _OPT_NUM,
         "depth_mm": _OPT_NUM,
-        "frequency_mhz": _OPT_NUM,
+        "freq_mhz": _OPT_NUM,
         "auto": _obj({"gain": {"type": "boolean"}, "depth": {"type": "boolean"}}),
         "paused_s": _obj(
             {"gain": {"type": "number", "minimum": 0}, "depth": {"type": "number", "minimum": 0}},
