@@ -120,7 +120,7 @@ class DaemonProcess:
             self.sock.settimeout(max(0.01, min(0.5, deadline - time.monotonic())))
             try:
                 data = self.sock.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if b"READY=1" in data.split(b"\n"):
                 return time.monotonic() - self.started

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +29,9 @@ GOALS = {
 }
 
 
-def measure_rate(broker_port: int, workdir: Path, fps: float, seconds: float, warmup_s: float = 0.7) -> dict[str, Any]:
+def measure_rate(
+    broker_port: int, workdir: Path, fps: float, seconds: float, warmup_s: float = 0.7
+) -> dict[str, Any]:
     """Emulator at ``fps`` → daemon → broker → subscriber for ``seconds`` after a warm-up."""
     emulator, pty = start_emulator(fps)
     subscriber = Subscriber(broker_port)
@@ -52,8 +55,10 @@ def measure_rate(broker_port: int, workdir: Path, fps: float, seconds: float, wa
     ids = [int(m["frame_id"]) for _, m in got]
     delivered = len(got) / wall
     loss = frame_loss(ids)
+    span = (max(ids) - min(ids) + 1) if ids else 0
     return {
         "target_fps": fps,
+        "source_fps": round(span / wall, 2),  # what the emulator actually produced (frame ids seen)
         "delivered_fps": round(delivered, 2),
         "frame_loss": round(loss, 4),
         "sustained": sustained(fps, delivered, loss),
@@ -115,13 +120,16 @@ def model_speed(runs: int) -> dict[str, Any]:
 
 def machine() -> dict[str, Any]:
     cpu = ""
-    try:
+    with contextlib.suppress(OSError):
         cpu = next(
             (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
              if line.startswith("model name")), "")  # fmt: skip
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
 
 
 def run_suite(quick: bool) -> dict[str, Any]:

@@ -90,7 +90,7 @@ def instruction_from_message(message: dict[str, Any]) -> Instruction:
     """
     if message.get("basis", BASIS_DEFAULT) != BASIS_DEFAULT:
         raise ValueError(f"guidance basis {message.get('basis')!r}: the evaluation has no camera pose")
-    rot = tuple(tuple(float(v) for v in row) for row in DEFAULT_PATIENT_FROM_PROBE)
+    rot = tuple((float(r[0]), float(r[1]), float(r[2])) for r in DEFAULT_PATIENT_FROM_PROBE)
     return Instruction(
         str(message["instruction"]),
         float(message.get("magnitude", 0.0)),
@@ -168,11 +168,11 @@ def run_episode(
             oracle.pose = pose
         t = clock.now()
         image = sc.render(pose, settings, frame)
-        message, _ = pipeline.step(SimFrame(frame, int(round(t * 1e6)), t, image, probe.params()))
+        message, _ = pipeline.step(SimFrame(frame, round(t * 1e6), t, image, probe.params()))
         frame += 1
         return message
 
-    n_frames = int(round(limit_s * fps))
+    n_frames = round(limit_s * fps)
     for k in range(n_frames):
         t = clock.now()
         settings = probe.settings
@@ -198,7 +198,7 @@ def run_episode(
     hold_ids: list[str] = []
     held = 0.0
     if searcher is None and hold_s > 0:
-        for _ in range(int(round(hold_s * fps))):
+        for _ in range(round(hold_s * fps)):
             hold_ids.append(step(pose)["instruction"])
             pose = novice.follow(pose, None, dt)
             clock.advance(dt)

@@ -78,7 +78,7 @@ class Chart:
         self.draw.line([a, b], fill=colour, width=1)
 
     def save(self, path: Path) -> Path:
-        x0, y0, x1, _ = self.box
+        _x0, y0, x1, _ = self.box
         for i, (label, colour) in enumerate(self.legend):
             y = y0 + 12 + 18 * i
             self.draw.line([(x1 - 170, y), (x1 - 145, y)], fill=colour, width=3)

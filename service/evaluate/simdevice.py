@@ -27,7 +27,7 @@ from sim.types import ImagingSettings, Pose
 FREQUENCY_ALIASES = {FREQUENCY, "freq_mhz", "frequency_mhz"}  # the link and the service spell it differently
 
 
-class ParameterRefused(ValueError):
+class ParameterRefusedError(ValueError):
     """What the device answers with a NACK: the value is out of range or not one it offers."""
 
 
@@ -47,12 +47,11 @@ class SimProbe:
     preset: ExamPreset
     settings: ImagingSettings
     changes: list[tuple[str, float]] = field(default_factory=list)  # every accepted set_param
+    info: Any = None  # what ``link.info`` says (identity, capabilities), filled in from the preset
 
-    @property
-    def info(self) -> SimpleNamespace:
-        """What ``link.info`` says: identity and capabilities (read by ``limits_from_info``)."""
+    def __post_init__(self) -> None:
         lo, hi = self.preset.gain_range_db
-        return SimpleNamespace(
+        self.info = SimpleNamespace(
             serial=f"SIM-{self.preset.name}",
             firmware_version="sim",
             capabilities={
@@ -75,11 +74,11 @@ class SimProbe:
     def set_param(self, name: str, value: Any) -> float:
         v = float(value)
         if not np.isfinite(v):
-            raise ParameterRefused(f"{name}: {value!r} is not a number")
+            raise ParameterRefusedError(f"{name}: {value!r} is not a number")
         if name == GAIN:
             lo, hi = self.preset.gain_range_db
             if not lo <= v <= hi:
-                raise ParameterRefused(f"gain_db {v:g} out of range {lo:g}..{hi:g}")
+                raise ParameterRefusedError(f"gain_db {v:g} out of range {lo:g}..{hi:g}")
             step = self.preset.gain_step_db
             v = float(min(hi, max(lo, lo + round((v - lo) / step) * step)))
             self.settings = self.settings.replace(gain_db=v)
@@ -90,7 +89,7 @@ class SimProbe:
             v = _one_of(v, self.preset.freqs_mhz, name)
             self.settings = self.settings.replace(freq_mhz=v)
         else:
-            raise ParameterRefused(f"unknown parameter {name!r}")
+            raise ParameterRefusedError(f"unknown parameter {name!r}")
         self.changes.append((name, v))
         return v
 
@@ -99,7 +98,7 @@ def _one_of(value: float, allowed: tuple[float, ...], name: str) -> float:
     for a in allowed:
         if abs(a - value) <= 1e-3 * max(1.0, abs(a)):
             return float(a)
-    raise ParameterRefused(f"{name} {value:g} is not one of {', '.join(f'{a:g}' for a in allowed)}")
+    raise ParameterRefusedError(f"{name} {value:g} is not one of {', '.join(f'{a:g}' for a in allowed)}")
 
 
 class OracleModel:
