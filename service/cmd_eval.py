@@ -25,8 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, default=10.0, help="simulated frame rate (default 10)")
     p.add_argument("--limit-s", type=float, default=60.0, help="simulated seconds per episode (default 60)")
     p.add_argument("--workers", type=int, default=0, help="processes (default: one per CPU core)")
-    p.add_argument("--json", type=Path, metavar="FILE", help="write the figures and episodes here")
-    p.add_argument("--plots", type=Path, metavar="DIR", help="write PNG plots into this folder")
+    p.add_argument(
+        "--json", type=Path, metavar="FILE", default=Path("build/eval/eval.json"),
+        help="figures and per-episode records (default build/eval/eval.json)",
+    )  # fmt: skip
+    p.add_argument(
+        "--plots", type=Path, metavar="DIR", default=Path("build/eval/plots"),
+        help="PNG plots folder (default build/eval/plots)",
+    )  # fmt: skip
 
 
 def write_json(path: Path, body: dict[str, Any]) -> None:
@@ -89,18 +95,17 @@ def run(args: argparse.Namespace) -> int:
         "limit_s": args.limit_s,
     }
     body = report(results, choice, settings, time.monotonic() - t0)
-    if args.plots:
-        from service.evaluate.plots import write_plots
+    from service.evaluate.plots import write_plots
 
-        try:
-            body["plots"] = write_plots(results, args.plots, args.limit_s)
-        except RuntimeError as e:
-            print(f"sonoguide eval: {e}", file=sys.stderr)
-            return 1
-    if args.json:
-        write_json(args.json, body)
+    try:
+        body["plots"] = write_plots(results, args.plots, args.limit_s)
+    except RuntimeError as e:
+        print(f"sonoguide eval: {e}", file=sys.stderr)
+        return 1
+    write_json(args.json, body)
     shown = {k: v for k, v in body.items() if k not in ("episodes", "goals")}
     print(json.dumps(shown, indent=2))
+    print(f"written: {args.json}, plots in {args.plots}")
     for key, goal in body["goals"].items():
         verdict = {True: "met", False: "NOT met", None: "no figure"}[goal["met"]]
         print(f"goal {key} {goal['goal']}: {goal['value']} -> {verdict}")

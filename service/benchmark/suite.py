@@ -205,6 +205,7 @@ def main(quick: bool = False, json_path: Path | None = None) -> int:
     body["wall_s"] = round(time.monotonic() - t0, 1)
     if json_path:
         write_json(json_path, body)
+        print(f"written: {json_path}")
     print(json.dumps({k: v for k, v in body.items() if k not in ("rates", "goals", "link")}, indent=2))
     for key, goal in body["goals"].items():
         verdict = {True: "met", False: "NOT met", None: "no figure"}[goal["met"]]
