@@ -30,6 +30,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "firmware_bridge.cli",
         "talk to a probe: info, get, set, stream, record, replay, conformance, bench",
     ),
+    "eval": (
+        "service.cmd_eval",
+        "closed-loop evaluation with the simulated novice (guided, unguided, oracle)",
+    ),
+    "bench": ("service.cmd_bench", "latency, throughput, CPU, memory and model-speed benchmarks"),
     "probe-emulator": (
         "firmware_bridge.emulator_cli",
         "the reference probe emulator on a pty or serial device",
