@@ -203,7 +203,7 @@ def test_daemon_reports_camera_state_and_calibrates_over_mqtt(
     from service.config import parse_config
     from service.daemon import Daemon
     from service.inference import HeuristicModel
-    from tests.service_bench import Recorder, SyntheticProbe
+    from tests.service_bench import EmulatedProbe, Recorder
 
     calibration = tmp_path / "camera-calibration.json"
     config = parse_config(
@@ -219,10 +219,10 @@ def test_daemon_reports_camera_state_and_calibrates_over_mqtt(
     camera = camera_from_config(config.camera)
     assert camera is not None
     sources.append(camera.start())
-    probe = SyntheticProbe().start()
+    probe = EmulatedProbe()
     recorder = Recorder(broker.port, config.device.id)
     daemon = Daemon(
-        config, probe, HeuristicModel(), camera=camera, calibrator=camera.calibrate, status_period_s=0.3
+        config, probe.link, HeuristicModel(), camera=camera, calibrator=camera.calibrate, status_period_s=0.3
     )
     try:
         daemon.start()
@@ -251,6 +251,6 @@ def test_daemon_reports_camera_state_and_calibrates_over_mqtt(
         )
     finally:
         daemon.stop()
-        probe.stop()
+        probe.close()
         recorder.close()
     assert not recorder.invalid, recorder.invalid
