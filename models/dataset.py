@@ -165,9 +165,7 @@ def generate(seeds: Iterable[int], per_phantom: int, size: int, workers: int = 1
     return Frames.concat(parts)
 
 
-def cached_generate(
-    cache_dir: Path, seeds: range, per_phantom: int, size: int, workers: int = 1
-) -> Frames:
+def cached_generate(cache_dir: Path, seeds: range, per_phantom: int, size: int, workers: int = 1) -> Frames:
     """``generate`` with an on-disk cache keyed on everything that decides the frames."""
     key = json.dumps(
         {

@@ -19,6 +19,10 @@ from service.logsetup import setup_logging
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("service.cmd_run", "run the guidance daemon (as systemd does)"),
     "doctor": ("service.doctor", "check the probe, camera, model, broker and credentials; say what to fix"),
+    "analyze": (
+        "service.analyze_cmd",
+        "run the model and the auto gain/depth/guidance decisions on still images",
+    ),
 }
 
 
