@@ -42,6 +42,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--calibration-frames", type=int, default=256)
     p.add_argument("--workers", type=int, default=2, help="processes rendering frames (result is the same)")
     p.add_argument("--quick", action="store_true", help="tiny run to check the pipeline (not for shipping)")
+    p.add_argument(
+        "--requantize",
+        action="store_true",
+        help="keep the FP32 export already in --out (same seed and data) and redo quantization, evaluation, manifest",
+    )
     return p.parse_args(argv)
 
 
@@ -64,12 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     params = TrainParams(seed=args.seed, epochs=args.epochs)
-    net = train(frames, params)
-    log.info("trained (%.0f s)", time.monotonic() - t0)
-
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    fp32 = export_fp32(net, out / FP32_FILE)
+    if args.requantize:
+        fp32 = out / FP32_FILE
+        if not fp32.is_file():
+            print(f"--requantize needs {fp32} from an earlier build", file=sys.stderr)
+            return 2
+        log.info("reusing %s (not retrained)", fp32)
+    else:
+        net = train(frames, params)
+        log.info("trained (%.0f s)", time.monotonic() - t0)
+        fp32 = export_fp32(net, out / FP32_FILE)
     calib = frames.subset(
         np.random.default_rng([args.seed, 0xCA1]).choice(len(frames), args.calibration_frames, replace=False)
     )

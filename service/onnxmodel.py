@@ -252,3 +252,43 @@ def load_model(folder: str | Path = "", config: Any = None, threads: int = 1) ->
     providers = tuple(getattr(config, "providers", ("tensorrt", "cuda", "cpu")))
     cache = getattr(config, "engine_cache", None)
     return OnnxModel(path, providers, cache, threads)
+
+
+def bench_precisions(
+    folder: str | Path = "", runs: int = 200, threads: int = 1
+) -> dict[str, dict[str, float]]:
+    """CPU latency (ms, batch 1) of the shipped INT8 model and its FP32 reference, measured alternately
+    in blocks so a busy machine slows both alike: ``{"int8": {...}, "fp32": {...}}`` with median and p90.
+    For ``sonoguide bench``."""
+    import onnxruntime as ort
+
+    path = Path(folder) if folder else shipped_model_dir()
+    manifest = read_manifest(path)
+    files = {"int8": manifest["model_file"], "fp32": manifest.get("reference_file")}
+    sessions = {}
+    for key, name in files.items():
+        if not name:
+            continue
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        sessions[key] = ort.InferenceSession(str(path / name), opts, providers=["CPUExecutionProvider"])
+    shape = manifest["inputs"][0]["shape"]
+    feed = {
+        manifest["inputs"][0]["name"]: np.random.default_rng(0).normal(0, 1, shape).astype(np.float32),
+        manifest["inputs"][1]["name"]: np.ones(manifest["inputs"][1]["shape"], np.float32),
+    }
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(10):  # warm-up
+        for s in sessions.values():
+            s.run(None, feed)
+    for _ in range(max(1, runs // 20)):
+        for key, s in sessions.items():
+            for _ in range(20):
+                t0 = time.perf_counter()
+                s.run(None, feed)
+                times[key].append(1000 * (time.perf_counter() - t0))
+    return {
+        k: {"median_ms": round(float(np.median(v)), 3), "p90_ms": round(float(np.percentile(v, 90)), 3)}
+        for k, v in times.items()
+    }
