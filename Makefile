@@ -29,9 +29,10 @@ lint: setup
 	$(VENV)/bin/ruff format --check firmware_bridge service sim models tests scripts
 	$(VENV)/bin/mypy firmware_bridge service sim models
 
+# Regenerates models/sonoguide-view/<version>/ from scratch on the CPU (about 15-20 min on 2 cores).
 model: setup
 	$(PY) -m pip install --quiet -e '.[dev,train]'
-	$(VENV)/bin/sonoguide-train $(MODEL_ARGS)
+	$(PY) -m models.build $(MODEL_ARGS)
 
 eval: sysdeps setup
 	$(VENV)/bin/sonoguide eval $(EVAL_ARGS)

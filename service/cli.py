@@ -39,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "firmware_bridge.emulator_cli",
         "the reference probe emulator on a pty or serial device",
     ),
+    "analyze": (
+        "service.analyze_cmd",
+        "run the model and the auto gain/depth/guidance decisions on still images",
+    ),
 }
 
 

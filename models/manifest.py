@@ -1,0 +1,176 @@
+"""The model folder's ``manifest.json`` and ``MODEL_CARD.md``: what the service needs to run the model
+and what a reader needs to trust it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from models import net as netmod
+
+MIN_SERVICE_VERSION = "0.1.0"
+
+OUTPUTS = (
+    (
+        "gain_error_db",
+        [1, 1],
+        "dB",
+        "current gain minus best gain; positive = image too bright (change by −value)",
+    ),
+    ("best_depth_mm", [1, 1], "mm", "imaging depth that shows the whole target at 60-90% of the depth"),
+    ("target_visible", [1, 1], "1", "share of the target's standard-view cross-section in the image, 0-1"),
+    ("quality", [1, 1], "1", "view quality: target visible and pose near the standard view, 0-1"),
+    ("contact", [1, 1], "1", "probability that the probe couples to the skin, 0-1"),
+    (
+        "correction_mm",
+        [1, 3],
+        "mm",
+        "translation (dx slide, dy sweep, dz press) to the target view, current probe frame",
+    ),
+    (
+        "correction_deg",
+        [1, 3],
+        "deg",
+        "rotation vector (rx tilt, ry rock, rz rotate) to the target view, current probe frame",
+    ),
+)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def input_specs() -> list[dict[str, Any]]:
+    n = netmod.INPUT_SIZE
+    return [
+        {
+            "name": "image",
+            "shape": [1, 1, n, n],
+            "dtype": "float32",
+            "layout": "NCHW",
+            "source": "B-mode frame, 8-bit grey, rows = depth from the probe face to the imaging depth",
+            "resize": {
+                "height": n,
+                "width": n,
+                "method": "area average when shrinking, bilinear when growing",
+            },
+            "normalisation": {
+                "formula": "(pixel * scale - mean) / std",
+                "scale": 1.0 / 255.0,
+                "mean": netmod.IMAGE_MEAN,
+                "std": netmod.IMAGE_STD,
+            },
+        },
+        {
+            "name": "scalars",
+            "shape": [1, 2],
+            "dtype": "float32",
+            "fields": [
+                {
+                    "name": "depth_mm",
+                    "unit": "mm",
+                    "scale": netmod.DEPTH_SCALE,
+                    "meaning": "current imaging depth",
+                },
+                {
+                    "name": "freq_mhz",
+                    "unit": "MHz",
+                    "scale": netmod.FREQ_SCALE,
+                    "meaning": "current transmit frequency",
+                },
+            ],
+        },
+    ]
+
+
+def output_specs() -> list[dict[str, Any]]:
+    return [{"name": n, "shape": s, "dtype": "float32", "unit": u, "meaning": m} for n, s, u, m in OUTPUTS]
+
+
+def write_manifest(folder: Path, fields: dict[str, Any], files: list[str]) -> Path:
+    """``manifest.json`` with the sha256 of every listed file (written atomically)."""
+    manifest = dict(fields)
+    manifest["files"] = {name: sha256(folder / name) for name in sorted(files)}
+    path = folder / "manifest.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _metric_rows(ev: dict[str, Any]) -> str:
+    fp, q = ev["fp32"], ev["int8"]
+    goals = ev["goals"]
+    rows = [
+        ("gain error MAE (dB), contact frames", "gain_mae_db", f"≤ {goals['gain_mae_db']}"),
+        ("depth within one step", "depth_within_one_step", f"≥ {goals['depth_within_one_step']}"),
+        ("depth exact step", "depth_exact_step", ""),
+        (
+            "pose correction direction right (target visible)",
+            "direction_correct",
+            f"≥ {goals['direction_correct']}",
+        ),
+        ("correction MAE (mm), target visible", "correction_mae_mm", ""),
+        ("correction MAE (deg), target visible", "correction_mae_deg", ""),
+        ("target_visible MAE", "target_visible_mae", ""),
+        ("quality MAE", "quality_mae", ""),
+        ("contact accuracy", "contact_accuracy", ""),
+    ]
+    lines = ["| metric | FP32 | INT8 | goal |", "| --- | --- | --- | --- |"]
+    lines += [f"| {label} | {fp[k]} | {q[k]} | {goal} |" for label, k, goal in rows]
+    lines.append(
+        f"| latency, batch 1, 1 thread (median ms) | {ev['latency']['fp32']['median_ms']} | {ev['latency']['int8']['median_ms']} | INT8 ≤ FP32 |"
+    )
+    return "\n".join(lines)
+
+
+def model_card(fields: dict[str, Any]) -> str:
+    ev = fields["evaluation"]
+    tr = fields["training"]
+    return f"""# {fields["name"]} {fields["version"]} — model card
+
+## Intended use
+Advisory guidance during ultrasound **acquisition**: how bright the image is against the best gain,
+which imaging depth shows the target, whether the probe couples to the skin, whether the exam's
+target view is in the image and which probe motion brings it closer. The sonoguide service turns these
+into automatic gain/depth changes (visible, logged, always overridden by a manual change) and words
+for a novice. **It is not a diagnostic device**: it says nothing about anatomy or pathology and must
+not be used to interpret images.
+
+## Inputs and outputs
+One 8-bit grey B-mode frame (any size; resized to {fields["inputs"][0]["shape"][2]}×{fields["inputs"][0]["shape"][3]}), the current
+imaging depth (mm) and frequency (MHz). Outputs and units are listed in `manifest.json`. The current
+gain is deliberately *not* an input: the gain error is read from the image's brightness, so the model
+does not depend on how a scanner's gain dial is calibrated.
+
+## Training data
+Simulator only (`sim/`, the virtual bench): {tr["description"]}
+Training phantom seeds {tr["train_seeds"][0]}–{tr["train_seeds"][1]}, held-out evaluation seeds from
+{tr["eval_seeds"][0]}, closed-loop evaluation seeds ≥ {tr["closed_loop_seed_min"]}. Training seed {tr["seed"]}.
+Augmentations for other scanners: {", ".join(tr["augmentations"])}.
+
+## Evaluation (held-out phantoms, ONNX Runtime {", ".join(fields["onnxruntime_tested"])}, CPU)
+{ev["frames"]} frames from {ev["phantoms"]} held-out phantoms (seeds {ev["seeds"][0]}–{ev["seeds"][1]}).
+
+{_metric_rows(ev)}
+
+Definitions: `models/evaluate.py`. "Direction right": the predicted correction's dot product with
+the true one is positive (translation in units of 4 mm, rotation in units of 4°), over frames with
+the target visible (≥ 5%) and a correction of at least 4 mm or 4°.
+
+## Known limits
+- **No real scanner images were available.** Robustness to real B-mode is argued from augmentations
+  (other speckle sizes, grey maps, dynamic ranges, blur, noise, sector masks, burned-in text and
+  calipers) and tested on simulator frames re-rendered in an unseen style; it is not measured on
+  patients or commercial phantoms.
+- Three exam presets only (abdomen/kidney, vascular/carotid bulb, cardiac/LV long axis) with the
+  simulator's anatomy; other targets are out of scope.
+- Out-of-plane motion (sweep dy, tilt rx) is ambiguous in one frame (a cut on either side of the
+  target looks alike); the per-axis sign accuracy in `manifest.json` shows it. The service fuses the
+  camera's pose where it has one.
+- Gain error is defined against a mid-grey (100/255) tissue median; a scanner with a very different
+  display convention biases it. Saturated images (gain far too high) read as "at least this bright".
+- Without skin contact every head but `contact` is meaningless (gain error is 0 by definition).
+"""

@@ -1,0 +1,169 @@
+"""The shipped model: manifest integrity, a real ONNX Runtime session through service.onnxmodel, a fresh
+held-out evaluation against the manifest's numbers, INT8 vs FP32, and tampering."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.dataset import EVAL_SEEDS, TRAIN_SEEDS, generate
+from models.evaluate import metrics, run_onnx
+from service.inference import ModelOutput
+from service.onnxmodel import ModelLoadError, OnnxModel, load_model, sha256_file, shipped_model_dir
+from sim.phantom import make_phantom
+from sim.scanner import Scanner
+from sim.truth import ground_truth
+
+MODEL_DIR = shipped_model_dir()
+MANIFEST = json.loads((MODEL_DIR / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def model() -> OnnxModel:
+    return load_model("", threads=1)
+
+
+def test_manifest_describes_the_shipped_files() -> None:
+    for name, digest in MANIFEST["files"].items():
+        assert sha256_file(MODEL_DIR / name) == digest, name
+    assert MANIFEST["model_file"] == "model.int8.onnx" and MANIFEST["precision"] == "int8"
+    assert (MODEL_DIR / MANIFEST["model_file"]).stat().st_size < 5 * 1024 * 1024
+    assert MANIFEST["opset"] >= 17
+    assert [i["name"] for i in MANIFEST["inputs"]] == ["image", "scalars"]
+    assert {o["name"]: o["unit"] for o in MANIFEST["outputs"]}["correction_deg"] == "deg"
+    training = MANIFEST["training"]
+    # Training and held-out phantoms never share a seed.
+    assert training["train_seeds"][1] <= TRAIN_SEEDS[1] < EVAL_SEEDS[0] <= training["eval_seeds"][0]
+    assert "MODEL_CARD.md" in MANIFEST["files"]
+    card = (MODEL_DIR / "MODEL_CARD.md").read_text()
+    assert "not a diagnostic device" in card and "No real scanner images" in card
+
+
+def test_int8_graph_is_quantized_and_static() -> None:
+    import onnx
+
+    graph = onnx.load(str(MODEL_DIR / "model.int8.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") >= 5 and ops.count("DequantizeLinear") >= 5  # QDQ format
+    weights = {t.name: t for t in graph.initializer}
+    int8_weights = [t for t in weights.values() if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) >= 6
+    # Per-channel: the conv weight scales are vectors, one per output channel.
+    dq_scales = [
+        weights[n.input[1]]
+        for n in graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in {t.name for t in int8_weights}
+    ]
+    assert any(len(s.dims) == 1 and s.dims[0] > 1 for s in dq_scales)
+
+
+def test_model_loads_verifies_and_predicts_typed_outputs(model: OnnxModel) -> None:
+    assert model.provider == "CPUExecutionProvider"
+    assert (model.name, model.version) == (MANIFEST["name"], MANIFEST["version"])
+    ph = make_phantom("abdomen", EVAL_SEEDS[0] + 7)
+    settings = ph.preset.default
+    gt = ground_truth(ph, ph.target_pose, settings)
+    image = Scanner(ph, (300, 220)).render(ph.target_pose, settings)  # any size: resized per the manifest
+    out = model.predict(image, settings.gain_db, settings.depth_mm, settings.freq_mhz)
+    assert isinstance(out, ModelOutput)
+    assert all(isinstance(v, float) for v in (*out.correction_mm, *out.correction_deg, out.quality))
+    assert out.contact > 0.5 and out.target_visible > 0.4
+    assert abs(out.gain_error_db - gt.gain_error_db) < 4.0
+    assert 0.6 * gt.best_depth_mm < out.best_depth_mm < 1.5 * gt.best_depth_mm
+    with pytest.raises(ValueError, match="grey"):
+        model.predict(np.zeros((4, 4, 4, 4), np.uint8), 30.0, 100.0, 3.5)
+    with pytest.raises(ValueError, match="positive"):
+        model.predict(image, 30.0, 0.0, 3.5)
+
+
+@pytest.fixture(scope="module")
+def fresh_held_out():
+    # Held-out seeds the manifest's evaluation did not use (it used the start of the range).
+    return generate(range(EVAL_SEEDS[0] + 50000, EVAL_SEEDS[0] + 50060), per_phantom=3, size=128, workers=1)
+
+
+def test_fresh_held_out_evaluation_agrees_with_manifest(fresh_held_out) -> None:
+    ev = MANIFEST["evaluation"]
+    goals = ev["goals"]
+    fresh = metrics(fresh_held_out, run_onnx(MODEL_DIR / "model.int8.onnx", fresh_held_out))
+    shipped = ev["int8"]
+    # Small sample: agree with the manifest within sampling error.
+    assert fresh["gain_mae_db"] <= max(1.5 * shipped["gain_mae_db"], shipped["gain_mae_db"] + 0.75)
+    assert fresh["depth_within_one_step"] >= shipped["depth_within_one_step"] - 0.06
+    assert fresh["direction_correct"] >= shipped["direction_correct"] - 0.12
+    assert fresh["contact_accuracy"] >= 0.9
+    # The acceptance goals, as the manifest reports them on the full held-out set.
+    assert shipped["gain_mae_db"] <= goals["gain_mae_db"]
+    assert shipped["depth_within_one_step"] >= goals["depth_within_one_step"]
+
+
+def test_int8_matches_fp32_on_the_same_frames(fresh_held_out) -> None:
+    q = metrics(fresh_held_out, run_onnx(MODEL_DIR / "model.int8.onnx", fresh_held_out))
+    f = metrics(fresh_held_out, run_onnx(MODEL_DIR / "reference.fp32.onnx", fresh_held_out))
+    assert abs(q["gain_mae_db"] - f["gain_mae_db"]) <= 0.25
+    for key in ("depth_within_one_step", "direction_correct", "contact_accuracy"):
+        assert abs(q[key] - f[key]) <= 0.03, (
+            key
+        )  # per-frame flips on ~100 frames; the manifest has the full set
+    ev = MANIFEST["evaluation"]
+    for key in ("depth_within_one_step", "direction_correct"):
+        assert abs(ev["int8"][key] - ev["fp32"][key]) <= 0.01, key
+    assert ev["latency"]["int8"]["median_ms"] <= ev["latency"]["fp32"]["median_ms"]
+
+
+def _copy(tmp_path: Path) -> Path:
+    dst = tmp_path / "sonoguide-view" / MANIFEST["version"]
+    shutil.copytree(MODEL_DIR, dst)
+    return dst
+
+
+def test_tampered_or_missing_file_is_refused(tmp_path: Path) -> None:
+    folder = _copy(tmp_path)
+    assert OnnxModel(folder, ("cpu",)).provider == "CPUExecutionProvider"
+    data = bytearray((folder / "model.int8.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (folder / "model.int8.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match=r"model\.int8\.onnx does not match its sha256"):
+        OnnxModel(folder, ("cpu",))
+    (folder / "MODEL_CARD.md").unlink()
+    with pytest.raises(ModelLoadError, match=r"MODEL_CARD\.md listed in the manifest is missing"):
+        OnnxModel(folder, ("cpu",))
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="not valid JSON"):
+        OnnxModel(folder, ("cpu",))
+    with pytest.raises(ModelLoadError, match="unknown execution providers"):
+        OnnxModel(_copy(tmp_path / "b"), ("npu",))
+
+
+def test_manifest_with_wrong_units_is_refused(tmp_path: Path) -> None:
+    folder = _copy(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["outputs"][0]["unit"] = "percent"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match=r"gain_error_db.*'dB'"):
+        OnnxModel(folder, ("cpu",))
+
+
+def _cuda_runs() -> bool:
+    try:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return False
+        sess = ort.InferenceSession(str(MODEL_DIR / "model.int8.onnx"), providers=["CUDAExecutionProvider"])
+        return sess.get_providers()[0] == "CUDAExecutionProvider"
+    except Exception:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_runs(), reason="CUDAExecutionProvider cannot run here (no GPU)")
+def test_cuda_provider_is_used_when_a_gpu_exists(tmp_path: Path) -> None:
+    m = OnnxModel(MODEL_DIR, ("cuda", "cpu"), engine_cache=tmp_path / "trt")
+    assert m.provider == "CUDAExecutionProvider"
+    out = m.predict(np.full((128, 128), 90, np.uint8), 30.0, 100.0, 3.5)
+    assert np.isfinite(out.gain_error_db)
