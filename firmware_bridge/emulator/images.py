@@ -109,15 +109,7 @@ class SimImageSource:
 
     def capabilities(self) -> dict[str, Any]:
         """The preset's controls, as :class:`~firmware_bridge.emulator.state.Capabilities` fields."""
-        p = self.preset
-        return {
-            "depths_mm": [float(v) for v in p.depth_steps_mm],
-            "freqs_mhz": [float(v) for v in p.freqs_mhz],
-            "gain_min": float(p.gain_range_db[0]),
-            "gain_max": float(p.gain_range_db[1]),
-            "gain_step": float(p.gain_step_db),
-            "tgc_bands": self.TGC_BANDS,
-        }
+        return {**preset_capabilities(self.preset), "tgc_bands": self.TGC_BANDS}
 
     def default_params(self) -> dict[str, float]:
         d = self.preset.default
@@ -166,3 +158,14 @@ class SimImageSource:
         self._frame_index += 1
         img = self._scanner.render(self.sim_pose(pose), settings, self._frame_index)
         return np.ascontiguousarray(img, dtype=np.uint8)
+
+
+def preset_capabilities(preset: Any) -> dict[str, Any]:
+    """A simulator preset's gain range/step, depth steps and frequencies, spelled as IDENTIFY reports them."""
+    return {
+        "depths_mm": [float(v) for v in preset.depth_steps_mm],
+        "freqs_mhz": [float(v) for v in preset.freqs_mhz],
+        "gain_min": float(preset.gain_range_db[0]),
+        "gain_max": float(preset.gain_range_db[1]),
+        "gain_step": float(preset.gain_step_db),
+    }

@@ -50,15 +50,14 @@ class SimProbe:
     info: Any = None  # what ``link.info`` says (identity, capabilities), filled in from the preset
 
     def __post_init__(self) -> None:
-        lo, hi = self.preset.gain_range_db
+        from firmware_bridge.emulator.images import preset_capabilities
+
+        # The same capability names a real probe's IDENTIFY carries, so the pipeline reads its limits
+        # exactly as it does from the link.
         self.info = SimpleNamespace(
             serial=f"SIM-{self.preset.name}",
             firmware_version="sim",
-            capabilities={
-                "gain_range_db": (lo, hi),
-                "gain_step_db": self.preset.gain_step_db,
-                "depth_steps_mm": tuple(self.preset.depth_steps_mm),
-            },
+            capabilities=preset_capabilities(self.preset),
         )
 
     def params(self) -> dict[str, Any]:
