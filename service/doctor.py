@@ -1,14 +1,14 @@
 """``sonoguide doctor [--json]``: is everything the daemon needs here? One line per check, with what to
 do when one fails; exit status 1 when any fails.
 
-The config is read as raw TOML with the contract's keys and defaults (docs/architecture.md, "Config
-file"); the validated loader in service/config.py can take its place later.
+The config is read and validated by the daemon's own loader (service/config.py), so doctor and the
+daemon never disagree about a file.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 import os
 import sys
@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from service.config import Config, ConfigError, load_config
 from service.doctor_checks import (
     CheckResult,
     check_broker,
@@ -32,54 +33,31 @@ DEFAULT_CONFIG_PATH = Path("/etc/sonoguide/config.toml")
 DEFAULT_CREDSTORE = Path("/etc/credstore")
 MODELS_ROOT = Path(__file__).resolve().parents[1] / "models"
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "device": {"id": "sonoguide-01"},
-    "probe": {"port": "/dev/sonoguide-probe"},
-    "camera": {
-        "source": "none",
-        "serial": "",
-        "recording": "",
-        "calibration": "/var/lib/sonoguide/camera-calibration.json",
-    },
-    "model": {
-        "dir": "",
-        "providers": ["tensorrt", "cuda", "cpu"],
-        "engine_cache": "/var/lib/sonoguide/trt-cache",
-    },
-    "mqtt": {
-        "host": "127.0.0.1",
-        "port": 1883,
-        "username": "",
-        "tls": False,
-        "ca_file": "",
-        "cert_file": "",
-        "key_file": "",
-    },
-    "auto": {"gain": True, "depth": True, "manual_pause_s": 10.0},
-    "guidance": {"good_quality": 0.8, "capture_after_s": 1.0},
-}
+
+def config_sections(config: Config) -> dict[str, dict[str, Any]]:
+    """The validated config as plain sections (secrets left out: doctor checks them on its own)."""
+    sections = {f.name: dataclasses.asdict(getattr(config, f.name)) for f in dataclasses.fields(config)
+                if f.name != "source"}  # fmt: skip
+    sections["mqtt"].pop("password", None)
+    return sections
 
 
-class ConfigFileError(ValueError):
-    pass
-
-
-def load_raw_config(path: Path) -> dict[str, dict[str, Any]]:
-    """The config file merged over the defaults; a syntax error names the file and the problem."""
+def _overlay_readable_values(path: Path, defaults: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """An invalid file still names the port, broker and model to check: take its known keys as they are."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:
         import tomli as tomllib
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigFileError(f"{path} is not valid TOML: {exc}") from exc
-    merged = copy.deepcopy(DEFAULTS)
-    for section, values in data.items():
-        if not isinstance(values, dict):
-            raise ConfigFileError(f"{path}: '{section}' must be a [section]")
-        merged.setdefault(section, {}).update(values)
-    return merged
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return defaults
+    return {
+        name: {**values, **{k: v for k, v in (data.get(name) or {}).items() if k in values}}
+        if isinstance(data.get(name, {}), dict)
+        else values
+        for name, values in defaults.items()
+    }
 
 
 def run_checks(
@@ -161,15 +139,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config_path: Path = args.config or DEFAULT_CONFIG_PATH
     results: list[CheckResult] = []
+    defaults = config_sections(load_config(None, env={}))
     if config_path.is_file():
         try:
-            config = load_raw_config(config_path)
+            # The daemon's own validation: unknown keys, wrong types and bad values fail here as there.
+            config = config_sections(load_config(config_path, env={}))
             results.append(CheckResult("config", True, f"read {config_path}"))
-        except (ConfigFileError, OSError) as exc:
-            config = copy.deepcopy(DEFAULTS)
+        except ConfigError as exc:
+            config = _overlay_readable_values(config_path, defaults)
             results.append(CheckResult("config", False, str(exc), "fix the file, then run doctor again"))
     else:
-        config = copy.deepcopy(DEFAULTS)
+        config = defaults
         results.append(
             CheckResult(
                 "config",

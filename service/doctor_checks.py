@@ -92,7 +92,39 @@ def check_probe_port(port: str) -> CheckResult:
             if busy
             else "unplug and replug the probe; see `journalctl -k | tail` for USB errors",
         )
-    return CheckResult(name, True, f"{port} opens for reading and writing")
+    return identify_probe(port)
+
+
+def identify_probe(port: str) -> CheckResult:
+    """The device on ``port`` answers HELLO with a compatible IDENTIFY (docs/protocol.md, §3)."""
+    from firmware_bridge.errors import ProbeError, ProbeIncompatible
+    from firmware_bridge.link import ProbeLink
+
+    name = "probe port"
+    link = ProbeLink(port, name="doctor", reconnect=False)
+    try:
+        link.start()
+    except ProbeIncompatible as exc:
+        return CheckResult(name, False, str(exc), "install matching host software or probe firmware")
+    except (ProbeError, OSError) as exc:
+        return CheckResult(
+            name,
+            False,
+            f"{port} opens but no probe answers on it ({exc})",
+            "check that this is the probe's port and that its firmware is running (replug it); "
+            "`sonoguide probe info PORT` shows the exchange",
+        )
+    try:
+        info = link.info
+        assert info is not None
+        return CheckResult(
+            name,
+            True,
+            f"{port}: {info.model} serial {info.serial}, firmware {info.firmware}, "
+            f"protocol {info.protocol[0]}.{info.protocol[1]}",
+        )
+    finally:
+        link.stop()
 
 
 # --- camera ---------------------------------------------------------------------------------------

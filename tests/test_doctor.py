@@ -42,7 +42,7 @@ def test_doctor_names_every_missing_piece_in_plain_words(tmp_path: Path) -> None
     config = tmp_path / "config.toml"
     config.write_text(
         f'[probe]\nport = "{tmp_path}/ttyACM-missing"\n'
-        '[camera]\nsource = "realsense"\n'
+        '[camera]\nsource = "realsense"\nserial = "123456789012"\n'
         f'[model]\ndir = "{tmp_path}/no-model"\n'
         f'[mqtt]\nport = {free_port()}\nusername = "sonoguide"\n'
     )
@@ -85,7 +85,7 @@ def test_doctor_without_a_config_file_says_so(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[mqtt\nport = 1\n")
     done = _doctor("--config", str(bad), "--json", "--timeout", "0.5")
-    assert "is not valid TOML" in json.loads(done.stdout)["checks"][0]["detail"]
+    assert "invalid TOML" in json.loads(done.stdout)["checks"][0]["detail"]
 
 
 def test_broker_check_passes_against_a_real_broker(broker: LocalBroker) -> None:
@@ -119,8 +119,30 @@ def test_broker_check_uses_the_credentials_and_reports_refusal(
     assert not anonymous.ok
 
 
+def test_probe_port_check_identifies_the_reference_emulator(pty_pair: PtyPair) -> None:
+    from firmware_bridge.emulator.device import Faults, ProbeEmulator
+
+    emulator = ProbeEmulator(pty_pair.device_fd).start()
+    try:
+        result = check_probe_port(pty_pair.host_path)
+    finally:
+        emulator.stop()
+    assert result.ok, result
+    assert "serial" in result.detail and "protocol 1." in result.detail
+
+    old_firmware = PtyPair()
+    emulator = ProbeEmulator(old_firmware.device_fd, faults=Faults(protocol_major=2)).start()
+    try:
+        refused = check_probe_port(old_firmware.host_path)
+    finally:
+        emulator.stop()
+        old_firmware.close()
+    assert not refused.ok and "speaks protocol 2." in refused.detail and "firmware" in refused.fix
+
+
 def test_probe_port_check_on_a_real_pty(pty_pair: PtyPair, tmp_path: Path) -> None:
-    assert check_probe_port(pty_pair.host_path).ok
+    silent = check_probe_port(pty_pair.host_path)  # opens, but nothing answers HELLO
+    assert not silent.ok and "no probe answers" in silent.detail, silent
     with serial.Serial(pty_pair.host_path, exclusive=True):
         busy = check_probe_port(pty_pair.host_path)
     assert not busy.ok and "in use by another program" in busy.detail
