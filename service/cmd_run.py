@@ -19,15 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(config: Any, folder: str = "") -> Any:
-    """The configured ONNX model when service.onnxmodel exists, else the heuristic placeholder."""
-    from service.inference import HeuristicModel
+    """The configured model (``folder`` or ``[model] dir``; empty = the shipped one), hashes verified."""
+    from service.onnxmodel import load_model as load_onnx_model
 
-    try:
-        from service import onnxmodel  # type: ignore[attr-defined]  # lands with the model work
-    except ImportError:
-        log.warning("no ONNX model support in this build; using the heuristic placeholder model")
-        return HeuristicModel()
-    return onnxmodel.load_model(folder or config.model.dir, config.model)
+    return load_onnx_model(folder or config.model.dir, config.model)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,21 +34,28 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"sonoguide: {e}", file=sys.stderr)
         return 2
-    try:
-        from firmware_bridge.link import ProbeLink  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as e:
-        print(f"sonoguide: the probe link is not available in this build: {e}", file=sys.stderr)
-        return 1
+    from firmware_bridge.errors import ProbeError
+    from firmware_bridge.link import ProbeLink
+    from service.onnxmodel import ModelLoadError
     from service.tracking.camera import camera_from_config
 
+    # The model first: a missing or tampered bundle fails fast with its reason, before any device opens.
+    try:
+        model = load_model(config)
+    except ModelLoadError as e:
+        print(f"sonoguide: model: {e}", file=sys.stderr)
+        return 1
     link = ProbeLink(config.probe.port, name="probe")
-    link.start()
+    try:
+        link.start()
+    except ProbeError as e:  # systemd restarts us (Restart=on-failure); `sonoguide doctor` says more
+        print(f"sonoguide: probe: {e}", file=sys.stderr)
+        return 1
     # An absent camera does not stop the daemon: guidance runs from the image alone, status says so.
     camera = camera_from_config(config.camera)
     try:
         if camera is not None:
             camera.start()
-        model = load_model(config)
 
         def loader(folder: str) -> Any:
             m = load_model(config, folder)

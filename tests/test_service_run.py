@@ -88,6 +88,29 @@ def test_run_rejects_a_bad_config_naming_key_and_file(tmp_path: Path) -> None:
     assert out.returncode == 0 and "--config" in out.stdout
 
 
+def test_run_refuses_a_tampered_model_and_a_missing_probe_in_plain_words(tmp_path: Path) -> None:
+    import shutil
+
+    from service.onnxmodel import shipped_model_dir
+
+    tampered = tmp_path / "model"
+    shutil.copytree(shipped_model_dir(), tampered)
+    onnx_file = next(tampered.glob("*.int8.onnx"))
+    data = bytearray(onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[probe]\nport = "{tmp_path}/ttyACM-missing"\n[model]\ndir = "{tampered}"\n')
+    out = _run_cli("run", "--config", str(cfg))
+    assert out.returncode == 1 and "sonoguide: model:" in out.stderr, out.stderr
+    assert onnx_file.name in out.stderr and "Traceback" not in out.stderr
+
+    cfg.write_text(f'[probe]\nport = "{tmp_path}/ttyACM-missing"\n')  # the shipped model, no probe
+    out = _run_cli("run", "--config", str(cfg))
+    assert out.returncode == 1 and "sonoguide: probe:" in out.stderr, out.stderr
+    assert "ttyACM-missing" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_last_will_offline_when_the_daemon_vanishes(broker: LocalBroker) -> None:
     device = f"will-{os.getpid()}"
     script = textwrap.dedent(f"""
