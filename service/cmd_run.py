@@ -23,7 +23,7 @@ def load_model(config: Any, folder: str = "") -> Any:
     from service.inference import HeuristicModel
 
     try:
-        from service import onnxmodel  # type: ignore[attr-defined]  # lands with the model work
+        from service import onnxmodel  # type: ignore[attr-defined,unused-ignore]  # lands with the model work
     except ImportError:
         log.warning("no ONNX model support in this build; using the heuristic placeholder model")
         return HeuristicModel()
