@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from models.dataset import PRESET_ORDER, Frames
-from models.train import prepare_images, prepare_scalars
+from models.inputs import prepare_images, prepare_scalars
 from sim.presets import PRESETS
 
 VISIBLE_MIN = 0.05

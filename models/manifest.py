@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from models import net as netmod
+from models import inputs as netmod
 
 MIN_SERVICE_VERSION = "0.1.0"
 
@@ -126,9 +126,37 @@ def _metric_rows(ev: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def unmet_goals(ev: dict[str, Any]) -> list[str]:
+    """The acceptance goals the INT8 model misses on the held-out set, in words."""
+    q, goals = ev["int8"], ev["goals"]
+    out = []
+    if q["gain_mae_db"] > goals["gain_mae_db"]:
+        out.append(f"gain error MAE {q['gain_mae_db']} dB (goal ≤ {goals['gain_mae_db']})")
+    for key, label in (
+        ("depth_within_one_step", "depth within one step"),
+        ("direction_correct", "pose direction right"),
+    ):
+        if q[key] < goals[key]:
+            out.append(f"{label} {q[key]:.1%} (goal ≥ {goals[key]:.0%})")
+    return out
+
+
 def model_card(fields: dict[str, Any]) -> str:
     ev = fields["evaluation"]
     tr = fields["training"]
+    missed = unmet_goals(ev)
+    axes = ev["int8"]["direction_sign_by_axis"]
+    missed_text = (
+        "**Goals not met:** "
+        + "; ".join(missed)
+        + ". The in-plane components are learnt (sign right: "
+        + ", ".join(f"{k} {axes[k]:.0%}" for k in ("dx", "dz", "ry"))
+        + "); the out-of-plane ones are not ("
+        + ", ".join(f"{k} {axes[k]:.0%}" for k in ("dy", "rx", "rz"))
+        + "), which caps the 6-D direction score."
+        if missed
+        else "All acceptance goals are met on the held-out set."
+    )
     return f"""# {fields["name"]} {fields["version"]} — model card
 
 ## Intended use
@@ -155,6 +183,8 @@ Augmentations for other scanners: {", ".join(tr["augmentations"])}.
 {ev["frames"]} frames from {ev["phantoms"]} held-out phantoms (seeds {ev["seeds"][0]}–{ev["seeds"][1]}).
 
 {_metric_rows(ev)}
+
+{missed_text}
 
 Definitions: `models/evaluate.py`. "Direction right": the predicted correction's dot product with
 the true one is positive (translation in units of 4 mm, rotation in units of 4°), over frames with

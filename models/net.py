@@ -14,29 +14,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-INPUT_SIZE = 128
-IMAGE_MEAN = 0.2  # normalised = (grey / 255 - IMAGE_MEAN) / IMAGE_STD
-IMAGE_STD = 0.25
-DEPTH_SCALE = 0.01  # depth input = depth_mm * DEPTH_SCALE
-FREQ_SCALE = 0.1  # frequency input = freq_mhz * FREQ_SCALE
-GAIN_UNIT_DB = 5.0  # raw gain output × this = dB
-CORR_UNIT = 10.0  # raw correction outputs × this = mm / degrees
+from models.inputs import CORR_UNIT, DEPTH_SCALE, FREQ_SCALE, GAIN_UNIT_DB, INPUT_SIZE, OUTPUT_NAMES
+
+__all__ = [
+    "CORR_UNIT",
+    "DEPTH_SCALE",
+    "FREQ_SCALE",
+    "GAIN_UNIT_DB",
+    "INPUT_SIZE",
+    "OUTPUT_NAMES",
+    "Exported",
+    "SonoNet",
+]
+
 
 # Raw output columns.
 RAW_GAIN, RAW_DEPTH, RAW_VISIBLE, RAW_QUALITY, RAW_CONTACT = range(5)
 RAW_CORR_MM = slice(5, 8)
 RAW_CORR_DEG = slice(8, 11)
 N_RAW = 11
-
-OUTPUT_NAMES = (
-    "gain_error_db",
-    "best_depth_mm",
-    "target_visible",
-    "quality",
-    "contact",
-    "correction_mm",
-    "correction_deg",
-)
 
 
 def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:

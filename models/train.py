@@ -17,6 +17,9 @@ import torch.nn.functional as F  # noqa: N812 - the usual torch spelling
 from models import net as netmod
 from models.augment import augment
 from models.dataset import Frames
+from models.inputs import prepare_images, prepare_scalars
+
+__all__ = ["TORCH_THREADS", "TrainParams", "prepare_images", "prepare_scalars", "train"]
 
 log = logging.getLogger(__name__)
 TORCH_THREADS = 2
@@ -30,16 +33,6 @@ class TrainParams:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     augment_p: float = 0.7  # share of training frames that get augmented
-
-
-def prepare_images(images: np.ndarray) -> np.ndarray:
-    """(N, H, W) grey 0..255 → (N, 1, H, W) float32 normalised as the manifest says."""
-    x = images.astype(np.float32) / 255.0
-    return ((x - netmod.IMAGE_MEAN) / netmod.IMAGE_STD)[:, None]
-
-
-def prepare_scalars(depth_mm: np.ndarray, freq_mhz: np.ndarray) -> np.ndarray:
-    return np.stack([depth_mm * netmod.DEPTH_SCALE, freq_mhz * netmod.FREQ_SCALE], axis=1).astype(np.float32)
 
 
 def targets(frames: Frames, gain_delta: np.ndarray) -> dict[str, torch.Tensor]:

@@ -167,3 +167,16 @@ def test_cuda_provider_is_used_when_a_gpu_exists(tmp_path: Path) -> None:
     assert m.provider == "CUDAExecutionProvider"
     out = m.predict(np.full((128, 128), 90, np.uint8), 30.0, 100.0, 3.5)
     assert np.isfinite(out.gain_error_db)
+
+
+def test_daemon_load_path_and_bench_numbers(tmp_path: Path) -> None:
+    from service.cmd_run import load_model as daemon_load
+    from service.config import Config, ModelConfig
+    from service.onnxmodel import bench_precisions
+
+    cfg = Config(model=ModelConfig(dir="", providers=("cuda", "cpu"), engine_cache=str(tmp_path / "trt")))
+    m = daemon_load(cfg)
+    assert isinstance(m, OnnxModel) and m.provider in ("CUDAExecutionProvider", "CPUExecutionProvider")
+    bench = bench_precisions("", runs=40)
+    assert set(bench) == {"int8", "fp32"}
+    assert all(0 < v["median_ms"] <= v["p90_ms"] for v in bench.values())
