@@ -7,6 +7,7 @@ grey+alpha, RGB, RGBA, palette) or 16 (grey, RGB, with or without alpha). Colour
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from pathlib import Path
@@ -149,8 +150,12 @@ def read_image(path: Path | str) -> np.ndarray:
     raise ImageError(f"{p}: unsupported image format (give an 8-bit PNG or a .npy array)")
 
 
+@functools.lru_cache(maxsize=16)
 def _resample_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights: box (area) average when shrinking, linear interpolation when growing."""
+    """(n_out, n_in) weights: box (area) average when shrinking, linear interpolation when growing.
+
+    Cached: the daemon resizes every frame of one probe geometry, so the weights are built once.
+    """
     w = np.zeros((n_out, n_in))
     scale = n_in / n_out
     if scale >= 1.0:
@@ -166,13 +171,17 @@ def _resample_matrix(n_in: int, n_out: int) -> np.ndarray:
             w[i, j] += 1 - t
             if n_in > 1:
                 w[i, j + 1] += t
-    return w / w.sum(axis=1, keepdims=True)
+    w = (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+    w.setflags(write=False)
+    return w
 
 
 def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """float32 (height, width) grey levels from any-size (H, W) image."""
-    img = np.asarray(image, dtype=np.float64)
+    img = np.asarray(image, dtype=np.float32)
     if img.shape == (height, width):
-        return img.astype(np.float32)
-    out = _resample_matrix(img.shape[0], height) @ img @ _resample_matrix(img.shape[1], width).T
-    return out.astype(np.float32)
+        return img
+    h, w = img.shape
+    if h % height == 0 and w % width == 0:  # whole-factor shrink (256 -> 128): the same box average
+        return img.reshape(height, h // height, width, w // width).mean(axis=(1, 3), dtype=np.float32)
+    return _resample_matrix(h, height) @ img @ _resample_matrix(w, width).T
