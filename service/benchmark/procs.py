@@ -30,10 +30,25 @@ def child_env(**extra: str) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(REPO_ROOT), **extra)
 
 
+FRAME_CACHE = 32  # emulator loop length: real simulator images, streamed faster than it renders
+
+
 def start_emulator(fps: float, size: str = "256x256") -> tuple[subprocess.Popen[str], str]:
-    """``python -m service probe-emulator --pty --fps F``; returns the process and its pty path."""
+    """``python -m service probe-emulator --pty --fps F --preset abdomen --seed 1 --frame-cache N``:
+    simulator images (what the model is made for) from a pre-rendered loop, so the emulator is not the
+    bottleneck. Returns the process and its pty path."""
+    args = ["--fps", f"{fps:g}", "--size", size, "--preset", "abdomen", "--seed", "1"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "probe-emulator", "--pty", "--fps", f"{fps:g}", "--size", size],
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "probe-emulator",
+            "--pty",
+            *args,
+            "--frame-cache",
+            str(FRAME_CACHE),
+        ],
         cwd=REPO_ROOT,
         env=child_env(),
         stdout=subprocess.PIPE,
@@ -47,11 +62,13 @@ def start_emulator(fps: float, size: str = "256x256") -> tuple[subprocess.Popen[
     return proc, path
 
 
-def write_config(folder: Path, port_path: str, broker_port: int) -> Path:
+def write_config(folder: Path, port_path: str, broker_port: int, auto: bool = True) -> Path:
     path = folder / "bench.toml"
+    flag = "true" if auto else "false"
     path.write_text(
         f'[device]\nid = "{DEVICE_ID}"\n\n[probe]\nport = "{port_path}"\n\n[camera]\nsource = "none"\n\n'
-        f'[model]\nproviders = ["cpu"]\n\n[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\n'
+        f'[model]\nproviders = ["cpu"]\n\n[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\n\n'
+        f"[auto]\ngain = {flag}\ndepth = {flag}\n"
     )
     return path
 
