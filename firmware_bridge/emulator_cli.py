@@ -30,6 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=None, help="seed of the phantom / pattern and of the fault injection"
     )
     p.add_argument("--fps", type=float, default=30.0, help="frame rate (default 30)")
+    p.add_argument(
+        "--frame-cache",
+        type=int,
+        metavar="N",
+        help="replay a loop of N pre-rendered frames (re-rendered after a settings change) so the "
+        "emulator can stream faster than it renders; for host-side benchmarks, scripted pose only",
+    )
     p.add_argument("--gain", type=float, metavar="DB", help="gain at power-on (default: preset's or 50 dB)")
     p.add_argument("--depth", type=float, metavar="MM", help="depth at power-on (one of the depth steps)")
     p.add_argument("--size", default="256x256", help="image WIDTHxHEIGHT (default 256x256)")
@@ -85,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from firmware_bridge.emulator import (
         Capabilities,
         Faults,
+        FrameCache,
         PatternImageSource,
         ProbeEmulator,
         PtyEndpoint,
@@ -141,6 +149,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     # From stdin, the probe rests where the scripted path starts until the first pose line arrives.
     poses = StreamPoseSource(sys.stdin, initial=scripted.pose_at(0.0)) if args.pose == "stdin" else scripted
+    if args.frame_cache is not None:
+        if args.pose == "stdin":
+            print("--frame-cache replays the scripted path; it cannot follow --pose stdin", file=sys.stderr)
+            return 2
+        try:
+            images = FrameCache(images, scripted, args.frame_cache, args.fps)
+        except ValueError as exc:
+            print(f"probe-emulator: --frame-cache: {exc}", file=sys.stderr)
+            return 2
     if args.disconnect_after is not None and not args.pty:
         print(
             "--disconnect-after needs --pty (the emulator must own the pty to re-create it)", file=sys.stderr
@@ -156,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"probe-emulator: {exc} (probe offers gain {caps.gain_min:g}..{caps.gain_max:g} dB, "
               f"depths {caps.depths_mm} mm)", file=sys.stderr)  # fmt: skip
         return 2
+    if isinstance(images, FrameCache):  # render the first loop before a host can ask for frames
+        images.fill(emulator.params.snapshot())
     print(emulator.endpoint.path, flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:

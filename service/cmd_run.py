@@ -45,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     except ModelLoadError as e:
         print(f"sonoguide: model: {e}", file=sys.stderr)
         return 1
+    # The link's reader decodes in Python while pipeline threads wait to be woken: with the default
+    # 5 ms GIL switch interval a woken stage can sit that long behind it (seen in latency p99).
+    sys.setswitchinterval(0.001)
     link = ProbeLink(config.probe.port, name="probe")
     try:
         link.start()

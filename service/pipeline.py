@@ -120,7 +120,11 @@ class Pipeline:
                     self._manual_change(p, self.settings.get(p), value, "probe", now)
                 self.settings[p] = value
         self.frames_in += 1
-        return Work(frame, params, {"received": now})
+        times = {"received": now}
+        link_time = getattr(frame, "host_time", None)  # when the link finished reassembling it
+        if isinstance(link_time, (int, float)):
+            times["link"] = float(link_time)
+        return Work(frame, params, times)
 
     def preprocess(self, work: Work) -> Work:
         image = np.asarray(work.frame.image)

@@ -165,7 +165,8 @@ def test_proc_parsing_and_latency_arithmetic() -> None:
     assert stats.latencies_ms(got) == pytest.approx([4.0, 8.0])
     assert stats.percentile([5.0, 1.0, 3.0, 2.0], 50) == 2.0 and stats.percentile([], 99) is None
     assert stats.frame_loss([1, 2, 4, 5]) == pytest.approx(0.2)
-    assert stats.sustained(30.0, 29.0, 0.0) and not stats.sustained(120.0, 100.0, 0.0)
+    assert stats.rate_verdict(30.0, 29.0, 0.0, 0.5) == "sustained"
+    assert stats.rate_verdict(120.0, 100.0, 0.0, 0.5) == "input_short"
 
 
 def test_bench_measures_the_real_processes(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -2,6 +2,7 @@
 
 from firmware_bridge.emulator.device import Faults, ProbeEmulator
 from firmware_bridge.emulator.endpoints import PtyEndpoint
+from firmware_bridge.emulator.framecache import FrameCache
 from firmware_bridge.emulator.images import ImageSource, PatternImageSource, SimImageSource
 from firmware_bridge.emulator.poses import (
     CallablePoseSource,
@@ -16,6 +17,7 @@ __all__ = [
     "CallablePoseSource",
     "Capabilities",
     "Faults",
+    "FrameCache",
     "ImageSource",
     "PatternImageSource",
     "Pose",

@@ -115,6 +115,7 @@ class ProbeEmulator:
         self._frames_sent = 0
         self._control: collections.deque[bytes] = collections.deque()
         self._bulk: collections.deque[bytes] = collections.deque()
+        self._messages_per_frame = 1 + -(-self.caps.width * self.caps.height // CHUNK_DATA_MAX)
         self._wbuf = memoryview(b"")
         self.streaming = False  # silent until a compatible HELLO
         self._contact: bool | None = None
@@ -424,7 +425,9 @@ class ProbeEmulator:
                 self._next_heartbeat = max(self._next_heartbeat + HEARTBEAT_INTERVAL_S, now)
             if now >= self._next_frame:
                 # Back-pressure: a device cannot acquire faster than its link drains; skip, don't queue.
-                if len(self._bulk) < 4:
+                # Double buffering: a new frame is taken while at most one frame's messages wait, so
+                # one late read on the host does not cost a frame, a slow host still cannot pile up.
+                if len(self._bulk) <= self._messages_per_frame:
                     self._frame()
                 self._next_frame += period
                 if self._next_frame < now - period:

@@ -24,16 +24,32 @@ from service.benchmark.stats import cpu_seconds_from_stat, rss_mb_from_status
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVICE_ID = "bench"
+PROBE_TOPIC = "sonoguide-bench/probe"
 
 
 def child_env(**extra: str) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(REPO_ROOT), **extra)
 
 
+FRAME_CACHE = 32  # emulator loop length: real simulator images, streamed faster than it renders
+
+
 def start_emulator(fps: float, size: str = "256x256") -> tuple[subprocess.Popen[str], str]:
-    """``python -m service probe-emulator --pty --fps F``; returns the process and its pty path."""
+    """``python -m service probe-emulator --pty --fps F --preset abdomen --seed 1 --frame-cache N``:
+    simulator images (what the model is made for) from a pre-rendered loop, so the emulator is not the
+    bottleneck. Returns the process and its pty path."""
+    args = ["--fps", f"{fps:g}", "--size", size, "--preset", "abdomen", "--seed", "1"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "probe-emulator", "--pty", "--fps", f"{fps:g}", "--size", size],
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "probe-emulator",
+            "--pty",
+            *args,
+            "--frame-cache",
+            str(FRAME_CACHE),
+        ],
         cwd=REPO_ROOT,
         env=child_env(),
         stdout=subprocess.PIPE,
@@ -47,11 +63,13 @@ def start_emulator(fps: float, size: str = "256x256") -> tuple[subprocess.Popen[
     return proc, path
 
 
-def write_config(folder: Path, port_path: str, broker_port: int) -> Path:
+def write_config(folder: Path, port_path: str, broker_port: int, auto: bool = True) -> Path:
     path = folder / "bench.toml"
+    flag = "true" if auto else "false"
     path.write_text(
         f'[device]\nid = "{DEVICE_ID}"\n\n[probe]\nport = "{port_path}"\n\n[camera]\nsource = "none"\n\n'
-        f'[model]\nproviders = ["cpu"]\n\n[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\n'
+        f'[model]\nproviders = ["cpu"]\n\n[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\n\n'
+        f"[auto]\ngain = {flag}\ndepth = {flag}\n"
     )
     return path
 
@@ -60,13 +78,16 @@ class Subscriber:
     """A paho client on the device's guidance topic; keeps (CLOCK_MONOTONIC at arrival, message)."""
 
     def __init__(self, broker_port: int) -> None:
-        self.messages: list[tuple[float, dict[str, Any]]] = []
+        self.messages: list[tuple[float, dict[str, Any]]] = []  # guidance
+        self.probes: list[tuple[float, dict[str, Any]]] = []  # BrokerProbe messages
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
         )
-        self.client.on_connect = lambda c, *a: c.subscribe(f"sonoguide/{DEVICE_ID}/guidance", 0)
+        self.client.on_connect = lambda c, *a: c.subscribe(
+            [(f"sonoguide/{DEVICE_ID}/guidance", 0), (PROBE_TOPIC, 0)]
+        )
         self.client.on_subscribe = lambda *a: self._ready.set()
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", broker_port)
@@ -81,14 +102,45 @@ class Subscriber:
         except ValueError:
             return
         with self._lock:
-            self.messages.append((at, body))
+            (self.probes if msg.topic == PROBE_TOPIC else self.messages).append((at, body))
 
     def take(self) -> list[tuple[float, dict[str, Any]]]:
         with self._lock:
             out, self.messages = self.messages, []
         return out
 
+    def take_probes(self) -> list[tuple[float, dict[str, Any]]]:
+        with self._lock:
+            out, self.probes = self.probes, []
+        return out
+
     def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class BrokerProbe:
+    """The MQTT floor: a paho client (``loop_start``, like the daemon) publishing ``{"t": {"published":
+    now}}`` on a probe topic at ``hz`` from its own thread, while the subscriber above receives it.
+    Its latency is what the broker, two paho network threads and the scheduler cost with no daemon."""
+
+    def __init__(self, broker_port: int, hz: float = 30.0) -> None:
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+        )
+        self.client.connect("127.0.0.1", broker_port)
+        self.client.loop_start()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(1.0 / hz,), name="broker-probe", daemon=True)
+        self._thread.start()
+
+    def _run(self, period: float) -> None:
+        while not self._stop.wait(period):
+            self.client.publish(PROBE_TOPIC, json.dumps({"t": {"published": time.monotonic()}}), qos=0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
         self.client.loop_stop()
         self.client.disconnect()
 

@@ -59,12 +59,14 @@ INSTRUCTIONS = [
 _STAGE_TIMES = _obj(
     {
         "device_us": {"type": "integer", "description": "probe timestamp of the frame (µs)"},
-        "received": {**_NUM, "description": "host monotonic time the frame arrived (s)"},
+        "link": {**_NUM, "description": "host monotonic time the link finished reassembling the frame (s)"},
+        "received": {**_NUM, "description": "host monotonic time the frame entered the pipeline (s)"},
         "preprocessed": _NUM,
         "inferred": _NUM,
         "guided": _NUM,
         "published": _NUM,
-    }
+    },
+    required=["device_us", "guided", "inferred", "preprocessed", "published", "received"],
 )
 
 GUIDANCE_SCHEMA = _obj(
