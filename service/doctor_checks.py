@@ -6,7 +6,6 @@ field technician rather than a developer. Heavy libraries are imported inside th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -14,6 +13,8 @@ import stat
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from service.onnxmodel import sha256_file
 
 # Config names of execution providers -> ONNX Runtime names (docs/architecture.md, [model] providers).
 PROVIDER_NAMES = {
@@ -230,14 +231,6 @@ def find_shipped_model(models_root: Path) -> Path | None:
     return manifests[-1].parent if manifests else None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_model_files(model_dir: str, models_root: Path) -> CheckResult:
     """The model folder has a manifest and every file it lists is present with the listed sha256."""
     name = "model"
@@ -278,7 +271,7 @@ def check_model_files(model_dir: str, models_root: Path) -> CheckResult:
             return CheckResult(
                 name, False, f"model file {file_name} is missing in {folder}", "reinstall the model"
             )
-        if _sha256(path) != str(expected).lower():
+        if sha256_file(path) != str(expected).lower():
             return CheckResult(
                 name,
                 False,

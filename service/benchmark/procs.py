@@ -38,29 +38,12 @@ def start_emulator(fps: float, size: str = "256x256") -> tuple[subprocess.Popen[
     """``python -m service probe-emulator --pty --fps F --preset abdomen --seed 1 --frame-cache N``:
     simulator images (what the model is made for) from a pre-rendered loop, so the emulator is not the
     bottleneck. Returns the process and its pty path."""
-    args = ["--fps", f"{fps:g}", "--size", size, "--preset", "abdomen", "--seed", "1"]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service",
-            "probe-emulator",
-            "--pty",
-            *args,
-            "--frame-cache",
-            str(FRAME_CACHE),
-        ],
-        cwd=REPO_ROOT,
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    path = proc.stdout.readline().strip()
-    if not path:
-        proc.kill()
-        raise RuntimeError(f"probe-emulator exited with {proc.wait()} before printing its pty path")
-    return proc, path
+    from firmware_bridge.bench import start_emulator_process
+
+    return start_emulator_process(
+        "--fps", f"{fps:g}", "--size", size, "--preset", "abdomen", "--seed", "1",
+        "--frame-cache", str(FRAME_CACHE),
+    )  # fmt: skip
 
 
 def write_config(folder: Path, port_path: str, broker_port: int, auto: bool = True) -> Path:
