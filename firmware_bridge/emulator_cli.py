@@ -54,6 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--corrupt-rate", type=float, default=0.0, help="probability per message of one corrupted byte"
     )
     f.add_argument(
+        "--corrupt-byte-rate",
+        type=float,
+        default=0.0,
+        help="probability of each byte (both directions) being flipped: line noise",
+    )
+    f.add_argument(
         "--drop-chunk-rate", type=float, default=0.0, help="probability that a frame chunk is dropped"
     )
     f.add_argument("--stall-after", type=float, metavar="S", help="go silent after S seconds ...")
@@ -112,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         faults = Faults(
             corrupt_rate=args.corrupt_rate,
+            corrupt_byte_rate=args.corrupt_byte_rate,
             drop_chunk_rate=args.drop_chunk_rate,
             stall_after_s=args.stall_after,
             stall_for_s=args.stall_for,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import os
 import queue
 import random
@@ -36,6 +37,7 @@ MISBEHAVIOURS = ("accept-out-of-range", "no-heartbeat", "skip-frame-ids", "no-ti
 @dataclass
 class Faults:
     corrupt_rate: float = 0.0  # probability per message sent, and per read received, of one flipped byte
+    corrupt_byte_rate: float = 0.0  # probability of each byte, sent or received, being flipped (line noise)
     drop_chunk_rate: float = 0.0  # probability that a frame chunk is not sent (its sequence number is spent)
     stall_after_s: float | None = None
     stall_for_s: float = 2.0
@@ -47,7 +49,11 @@ class Faults:
     misbehave: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        for name, rate in (("corrupt_rate", self.corrupt_rate), ("drop_chunk_rate", self.drop_chunk_rate)):
+        for name, rate in (
+            ("corrupt_rate", self.corrupt_rate),
+            ("corrupt_byte_rate", self.corrupt_byte_rate),
+            ("drop_chunk_rate", self.drop_chunk_rate),
+        ):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {rate}")
         unknown = set(self.misbehave) - set(MISBEHAVIOURS)
@@ -189,8 +195,22 @@ class ProbeEmulator:
         if self.faults.corrupt_rate and self._rng.random() < self.faults.corrupt_rate:
             b = bytearray(frame)
             b[self._rng.randrange(len(b))] ^= self._rng.randrange(1, 256)
-            return bytes(b)
-        return frame
+            frame = bytes(b)
+        return self._line_noise(frame)
+
+    def _line_noise(self, data: bytes) -> bytes:
+        """Flip each byte with probability ``corrupt_byte_rate`` (geometric gaps: cost per flip, not per byte)."""
+        p = self.faults.corrupt_byte_rate
+        if not p or not data:
+            return data
+        b = bytearray(data)
+        i = -1
+        while True:
+            u = 1.0 - self._rng.random()  # (0, 1]
+            i += 1 + (int(math.log(u) / math.log1p(-p)) if p < 1.0 else 0)
+            if i >= len(b):
+                return bytes(b)
+            b[i] ^= self._rng.randrange(1, 256)
 
     def _send(self, msg_type: int, bulk: bool = False, **fields: Any) -> None:
         self._queue(m.encode_message(msg_type, self._next_seq(), **fields), bulk)
@@ -233,10 +253,7 @@ class ProbeEmulator:
 
     # --- receiving ---------------------------------------------------------------------------------
     def _handle_bytes(self, data: bytes) -> None:
-        if self.faults.corrupt_rate and data and self._rng.random() < self.faults.corrupt_rate:
-            b = bytearray(data)
-            b[self._rng.randrange(len(b))] ^= self._rng.randrange(1, 256)
-            data = bytes(b)
+        data = self._maybe_corrupt(data) if data else data
         frames = self.decoder.feed(data)
         if "wedge-on-garbage" in self.faults.misbehave and self.decoder.stats.discarded_bytes:
             return  # a device whose parser never resyncs: deaf after the first garbage byte
