@@ -8,7 +8,9 @@ from service.search import AxisSearch, SearchParams, unreliable_axes
 MANIFEST = {
     "precision": "int8",
     "evaluation": {
-        "int8": {"direction_sign_by_axis": {"dx": 0.80, "dy": 0.32, "dz": 0.70, "rx": 0.21, "ry": 0.96, "rz": 0.51}}
+        "int8": {
+            "direction_sign_by_axis": {"dx": 0.80, "dy": 0.32, "dz": 0.70, "rx": 0.21, "ry": 0.96, "rz": 0.51}
+        }
     },
 }
 

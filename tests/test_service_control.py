@@ -10,10 +10,10 @@ from service.control import (
     AutoDepth,
     AutoGain,
     DepthParams,
-    depth_step_for,
     ManualChangeDetector,
     ManualOverride,
     ProbeLimits,
+    depth_step_for,
 )
 
 LIMITS = ProbeLimits(
