@@ -8,6 +8,7 @@ link (which reads the value back) and publishes it. Time comes in as an argument
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 
@@ -55,42 +56,56 @@ class Change:
 @dataclass(frozen=True)
 class GainParams:
     dead_band_db: float = 2.0  # leave the gain alone while |error| is below this
-    max_step_db: float = 4.0  # never move further than this per update
+    coarse_above_db: float = 6.0  # errors beyond this are corrected in one step, on one frame's word
+    max_step_db: float = 3.0  # inside the coarse band: fine steps of at most this, on a smoothed error
     settle_s: float = 0.25  # after a change, ignore frames taken before the image could follow
     smoothing: float = 0.5  # weight of the newest error in the running estimate (1 = no smoothing)
+    fine_frames: int = 2  # frames averaged before a fine step (one noisy frame must not move the gain)
 
 
 class AutoGain:
-    """Dead band + bounded proportional step + settle time.
+    """Coarse-then-fine: one big step to the model's estimate, then bounded fine steps, settle time.
 
-    The error is measured, not integrated: after each change we wait ``settle_s`` and restart the
-    running estimate, so the controller never acts twice on the same stale error (the classic cause
-    of oscillation with a delayed plant). Inside the dead band nothing happens, so once the error is
-    small the gain stays put.
+    A big error (beyond ``coarse_above_db``) is corrected at once by the whole estimate (bounded by the
+    probe's range): the model reads the error to about 1 dB, so waiting for several small steps only
+    costs frames. Near the best gain the estimate is averaged over ``fine_frames`` frames and moved by
+    at most ``max_step_db``, so noise cannot make it hunt. The error is measured, not integrated: after
+    each change we wait ``settle_s`` and restart the running estimate, so the controller never acts
+    twice on the same stale error (the classic cause of oscillation with a delayed plant). Inside the
+    dead band nothing happens, so once the error is small the gain stays put.
     """
 
     def __init__(self, limits: ProbeLimits, params: GainParams | None = None) -> None:
         self.limits = limits
         self.params = params or GainParams()
         self._estimate: float | None = None
+        self._frames = 0
         self._quiet_until = -math.inf
 
     def reset(self, now: float) -> None:
-        """Forget the running estimate (after any gain change, ours or the user's)."""
+        """Forget the running estimate (after any gain or depth change, ours or the user's)."""
         self._estimate = None
+        self._frames = 0
         self._quiet_until = now + self.params.settle_s
 
     def update(self, gain_error_db: float, current_gain_db: float, now: float) -> Change | None:
         if now < self._quiet_until or not math.isfinite(gain_error_db):
             return None
-        a = self.params.smoothing
+        p = self.params
+        a = p.smoothing
         self._estimate = (
             gain_error_db if self._estimate is None else a * gain_error_db + (1 - a) * self._estimate
         )
+        self._frames += 1
         error = self._estimate
-        if abs(error) < self.params.dead_band_db:
+        if abs(error) < p.dead_band_db:
             return None
-        step = max(-self.params.max_step_db, min(self.params.max_step_db, -error))
+        if abs(gain_error_db) > p.coarse_above_db and abs(error) > p.coarse_above_db:
+            step = -gain_error_db  # the whole way at once; the range bounds it below
+        elif self._frames < p.fine_frames:
+            return None
+        else:
+            step = max(-p.max_step_db, min(p.max_step_db, -error))
         target = self.limits.quantize_gain(current_gain_db + step)
         if target == self.limits.quantize_gain(current_gain_db):
             return None  # at the end of the range, or the step rounds to nothing
@@ -103,10 +118,32 @@ class AutoGain:
 class DepthParams:
     dwell_s: float = 1.0  # the recommendation must hold this long before we act
     min_interval_s: float = 1.0  # at most one change per this many seconds
+    window_s: float = 1.0  # the model's best depth is the median over this window (one frame is noisy)
+    margin: float = 0.2  # of the gap to the neighbour step: the median must pass the midpoint by this
+
+
+def depth_step_for(best_depth_mm: float, current_mm: float, steps: tuple[float, ...], margin: float) -> float:
+    """The depth step for a best depth, with hysteresis toward ``current_mm``.
+
+    The nearest step wins, but the current step keeps its place until the best depth lies past the
+    midpoint to the other step by ``margin`` of the gap: a best depth hovering at a midpoint does not
+    make the depth hop between two steps.
+    """
+    nearest = float(min(steps, key=lambda d: (abs(d - best_depth_mm), d)))
+    i = next((k for k, d in enumerate(steps) if abs(d - current_mm) < 1e-6), None)
+    if i is None or nearest == steps[i]:
+        return nearest
+    current_mm = steps[i]
+    j = i + (1 if nearest > current_mm else -1)
+    neighbour = steps[j]
+    midpoint = (current_mm + neighbour) / 2
+    past = (best_depth_mm - midpoint) * (1 if neighbour > current_mm else -1)
+    return nearest if past >= margin * abs(neighbour - current_mm) else current_mm
 
 
 class AutoDepth:
-    """Chooses the probe depth step nearest the model's best depth, after a dwell, rate-limited."""
+    """Chooses the probe depth step for the model's best depth: median over a window, hysteresis
+    between neighbouring steps, a dwell, and at most one change per ``min_interval_s``."""
 
     def __init__(self, limits: ProbeLimits, params: DepthParams | None = None) -> None:
         self.limits = limits
@@ -114,10 +151,12 @@ class AutoDepth:
         self._candidate: float | None = None
         self._candidate_since = 0.0
         self._last_change = -math.inf
+        self._recent: list[tuple[float, float]] = []  # (time, best depth) within the window
 
     def reset(self, now: float) -> None:
         self._candidate = None
         self._last_change = now
+        self._recent.clear()  # judged at the old depth: start afresh at the new one
 
     def recommend(self, best_depth_mm: float) -> float:
         return self.limits.nearest_depth(best_depth_mm)
@@ -125,17 +164,18 @@ class AutoDepth:
     def update(self, best_depth_mm: float, current_depth_mm: float, now: float) -> Change | None:
         if not math.isfinite(best_depth_mm):
             return None
-        rec = self.recommend(best_depth_mm)
+        p = self.params
+        self._recent = [(t, d) for t, d in self._recent if now - t < p.window_s]
+        self._recent.append((now, best_depth_mm))
+        median = float(statistics.median(d for _, d in self._recent))
+        rec = depth_step_for(median, current_depth_mm, self.limits.depth_steps_mm, p.margin)
         if rec == current_depth_mm:
             self._candidate = None
             return None
         if rec != self._candidate:
             self._candidate, self._candidate_since = rec, now
             return None
-        if (
-            now - self._candidate_since < self.params.dwell_s
-            or now - self._last_change < self.params.min_interval_s
-        ):
+        if now - self._candidate_since < p.dwell_s or now - self._last_change < p.min_interval_s:
             return None
         self.reset(now)
         word = "deeper" if rec > current_depth_mm else "shallower"
@@ -143,7 +183,7 @@ class AutoDepth:
             "depth_mm",
             current_depth_mm,
             rec,
-            f"target needs a {word} view (best {best_depth_mm:.0f} mm, stable {self.params.dwell_s:.1f} s)",
+            f"target needs a {word} view (best {median:.0f} mm, stable {p.dwell_s:.1f} s)",
         )
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from service.inference import ZERO3, Vec3
+from service.search import AXES, AxisSearch, SearchParams
 
 BASIS_CAMERA = "camera"
 BASIS_DEFAULT = "assumed_marker_toward_head"
@@ -139,6 +140,10 @@ class GuidanceParams:
     tolerance_deg: float = 4.0
     switch_s: float = 0.3  # a new instruction must persist this long before it is shown
     stickiness: float = 1.3  # the shown axis wins ties by this factor (hysteresis on the choice)
+    # Axes whose sign the model cannot tell from one image (service.search.unreliable_axes): their
+    # components are not followed; a search on the view's score over time moves along them instead.
+    unreliable_axes: frozenset[str] = frozenset()
+    search_visible: float = 0.3  # below this target visibility the model's whole correction is a guess
 
 
 @dataclass(frozen=True)
@@ -288,14 +293,33 @@ class CaptureTrigger:
         return self._fired
 
 
-class GuidanceEngine:
-    """The per-frame guidance state machine: fuse, filter, choose, stabilise, capture."""
+def mask_axes(c: Correction, axes: frozenset[str]) -> Correction:
+    """The correction with the components on ``axes`` set to zero (not followed)."""
+    if not axes:
+        return c
+    v = [*c.translation_mm, *c.rotation_deg]
+    for a in axes:
+        v[AXES[a][0]] = 0.0
+    return Correction((v[0], v[1], v[2]), (v[3], v[4], v[5]), c.sigma_mm, c.sigma_deg)
 
-    def __init__(self, params: GuidanceParams | None = None) -> None:
+
+def search_axes(unreliable: frozenset[str], visible: float, search_visible: float) -> list[str]:
+    """The axes to search: the unreliable ones, and sliding too while the target is out of view."""
+    axes = set(unreliable)
+    if axes and visible < search_visible:
+        axes.add("dx")
+    return sorted(axes)
+
+
+class GuidanceEngine:
+    """The per-frame guidance state machine: fuse, filter, choose, search, stabilise, capture."""
+
+    def __init__(self, params: GuidanceParams | None = None, search: SearchParams | None = None) -> None:
         self.params = params or GuidanceParams()
         self.filter = CorrectionFilter()
         self.stabilizer = Stabilizer(self.params.switch_s)
         self.capture = CaptureTrigger(self.params.good_quality, self.params.capture_after_s)
+        self.search = AxisSearch(search)
 
     def update(
         self,
@@ -305,13 +329,27 @@ class GuidanceEngine:
         now: float,
         camera: Correction | None = None,
         patient_from_probe: np.ndarray | None = None,
+        visible: float | None = None,
     ) -> tuple[Instruction, bool]:
         """The instruction to show now, and whether to capture this frame."""
-        fused = self.filter.update(fuse_corrections(model, camera), now)
+        p = self.params
+        fused = self.filter.update(fuse_corrections(mask_axes(model, p.unreliable_axes), camera), now)
         current = self.stabilizer.shown.id if self.stabilizer.shown else None
-        raw = choose_instruction(fused, quality, contact, self.params, patient_from_probe, current)
+        raw = choose_instruction(fused, quality, contact, p, patient_from_probe, current)
+        seen = quality if visible is None else visible
+        axes = search_axes(p.unreliable_axes, seen, p.search_visible) if camera is None else []
+        if raw.id == "hold_still" and quality < p.good_quality and axes:
+            # The followed axes are done (or unknown) but the view is not good: search the others.
+            move = self.search.update(seen + quality, now, axes)
+            if move is not None:
+                t, r = move.correction()
+                raw = choose_instruction(
+                    Correction(t, r, 1.0, 1.0), 0.0, 1.0, replace(p, good_quality=2.0), patient_from_probe
+                )
+        elif raw.id != "hold_still":
+            self.search.reset()  # a followed correction (or contact) comes first; search afresh after
         shown = self.stabilizer.update(raw, now)
-        capture = self.capture.update(quality, now) if contact >= self.params.contact_min else False
+        capture = self.capture.update(quality, now) if contact >= p.contact_min else False
         if shown.id == "hold_still" and self.capture.captured:
             shown = replace(shown, id="good_view")
             self.stabilizer.shown = replace(shown, id="hold_still")  # keep the hysteresis state on one id

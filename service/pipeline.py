@@ -28,6 +28,7 @@ from service.inference import Model, ModelOutput
 from service.linkevents import handle_link_event
 from service.logsetup import device_logger
 from service.probe import DEPTH, FREQUENCY, GAIN, TUNABLE, ProbeLinkLike, limits_from_info
+from service.search import unreliable_axes
 
 AUTO_PARAM = {"gain": GAIN, "depth": DEPTH}  # auto flag -> probe parameter
 
@@ -84,6 +85,8 @@ class Pipeline:
         self.auto_depth = AutoDepth(self.limits)
         self.override = ManualOverride(auto.manual_pause_s)
         self.detector = ManualChangeDetector()
+        if guidance is None:  # follow the model only where it can tell the direction (its manifest)
+            guidance = GuidanceParams(unreliable_axes=unreliable_axes(getattr(model, "manifest", None)))
         self.guidance = GuidanceEngine(guidance)
         self.auto_enabled = {"gain": auto.gain, "depth": auto.depth}
         self.frozen = False
@@ -195,6 +198,7 @@ class Pipeline:
             now,
             camera=pose.correction if pose else None,
             patient_from_probe=pose.patient_from_probe if pose else None,
+            visible=out.target_visible,
         )
         work.times["guided"] = now
         with self._lock:
@@ -275,6 +279,7 @@ class Pipeline:
             self.auto_gain.reset(now)
         elif change.param == DEPTH:
             self.auto_depth.reset(now)
+            self.auto_gain.reset(now)  # a new depth shows other tissue (and TGC): the best gain moves
         kind = "auto_change" if source == "auto" else "manual_change"
         self.log.info(
             "%s %s %s -> %s (%s)", kind.replace("_", " "), change.param, change.old, readback, change.reason

@@ -13,6 +13,7 @@ from service.control import (
     ManualChangeDetector,
     ManualOverride,
     ProbeLimits,
+    depth_step_for,
 )
 
 LIMITS = ProbeLimits(
@@ -33,7 +34,8 @@ def _run_gain_plant(start_gain: float, best_gain: float, seconds: float = 6.0, d
         change = ctrl.update(seen_gain - best_gain + rng.gauss(0, 0.7), gain, now)
         if change:
             assert change.new == LIMITS.quantize_gain(change.new)
-            assert abs(change.new - change.old) <= ctrl.params.max_step_db
+            big = abs(change.new - change.old) > ctrl.params.max_step_db
+            assert not big or abs(change.new - change.old) <= abs(seen_gain - best_gain) + 3  # coarse step
             changes.append(change)
             gain = change.new
         history.append(gain)
@@ -45,8 +47,9 @@ def test_gain_converges_from_15_db_too_low_without_oscillation() -> None:
     assert abs(gain - 50) < AutoGain(LIMITS).params.dead_band_db
     steps = [c.new - c.old for c in changes]
     assert all(s > 0 for s in steps), f"overshoot/oscillation: {steps}"
-    assert len(changes) <= 6
+    assert len(changes) <= 3  # one coarse step to the estimate, then at most a fine touch or two
     assert "too dark" in changes[0].reason
+    assert changes[0].new - changes[0].old >= 12  # most of the 15 dB at once, not 4 dB at a time
 
 
 def test_gain_too_bright_goes_down_and_dead_band_holds() -> None:
@@ -121,3 +124,37 @@ def test_detector_excuses_frames_racing_our_own_changes() -> None:
     d.announce("gain_db", 30, slack=1.0)
     d.cancel("gain_db")  # refused by the device
     assert d.observe("gain_db", 30, 1.6)
+
+
+def test_gain_reaches_3_db_within_10_frames_from_20_db_off() -> None:
+    """Coarse step: the whole estimated error at once, so ±3 dB well inside 10 frames at 10 Hz."""
+    for start, best in ((30, 50), (70, 50), (5, 25)):
+        ctrl, gain = AutoGain(LIMITS), float(start)
+        for frame in range(10):
+            change = ctrl.update(gain - best + (0.8 if frame % 2 else -0.8), gain, frame / 10)
+            gain = change.new if change else gain
+        assert abs(gain - best) <= 3, (start, best, gain)
+
+
+def test_gain_fine_steps_need_two_frames_and_stay_bounded() -> None:
+    ctrl = AutoGain(LIMITS)
+    assert ctrl.update(4.0, 50, 0.0) is None  # one frame inside the coarse band: not enough
+    change = ctrl.update(4.0, 50, 0.1)
+    assert change is not None and change.new == 47  # at most max_step_db (3 dB)
+    assert ctrl.update(4.0, 47, 0.2) is None  # settling after the change
+
+
+def test_depth_step_hysteresis_between_neighbours() -> None:
+    steps = (40.0, 60.0, 80.0, 100.0)
+    assert depth_step_for(71.0, 60.0, steps, 0.2) == 60.0  # just past the midpoint: stay
+    assert depth_step_for(75.0, 60.0, steps, 0.2) == 80.0  # clearly past it: move
+    assert depth_step_for(69.0, 80.0, steps, 0.2) == 80.0  # and the same on the way back
+    assert depth_step_for(64.0, 80.0, steps, 0.2) == 60.0
+    assert depth_step_for(95.0, 40.0, steps, 0.2) == 100.0  # far away: the nearest step
+    assert depth_step_for(52.0, 55.0, steps, 0.2) == 60.0
+
+
+def test_depth_median_ignores_single_wild_frames() -> None:
+    ctrl = AutoDepth(LIMITS)
+    for i in range(90):  # every fifth frame says 150 mm; the median stays at 80
+        assert ctrl.update(150.0 if i % 5 == 0 else 80.0, 80.0, i / 30) is None

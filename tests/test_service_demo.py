@@ -100,7 +100,9 @@ def test_watch_shows_what_a_running_daemon_publishes(broker: LocalBroker) -> Non
     last = lines[-1]
     assert last.startswith(f"[{device} online]")
     assert any(words in last for words in VOCABULARY.values())
-    assert "image too dark" in out.stdout  # the auto-gain change and its reason
+    # the last auto change and its reason: gain now converges in one coarse step, so a later depth
+    # change may be the last one shown
+    assert "image too dark" in out.stdout or "target needs a" in out.stdout
     rate = re.search(r"\| ([0-9.]+)/s latency ([0-9]+) ms \|", last)
     assert rate is not None and float(rate.group(1)) > 20 and int(rate.group(2)) < 200, last
 

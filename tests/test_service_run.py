@@ -56,7 +56,7 @@ def test_step_on_simulated_clock_converges_gain_without_threads() -> None:
         message, _ = pipe.step(probe.frame(clock.now()))
         clock.advance(1 / 30)
     assert abs(probe.params.gain_db - best) <= 3.0, (probe.params.gain_db, best)
-    assert [e["kind"] for e in pub.events].count("auto_change") >= 3
+    assert 1 <= [e["kind"] for e in pub.events].count("auto_change") <= 4  # a coarse step, a fine touch
     assert len(pub.guidance) == 150 and message["t"]["published"] >= message["t"]["received"]
     assert pub.retained["settings"]["gain_db"] == probe.params.gain_db
 
