@@ -28,7 +28,6 @@ from service.inference import Model, ModelOutput
 from service.linkevents import handle_link_event
 from service.logsetup import device_logger
 from service.probe import DEPTH, FREQUENCY, GAIN, TUNABLE, ProbeLinkLike, limits_from_info
-from service.search import unreliable_axes
 
 AUTO_PARAM = {"gain": GAIN, "depth": DEPTH}  # auto flag -> probe parameter
 
@@ -85,8 +84,11 @@ class Pipeline:
         self.auto_depth = AutoDepth(self.limits)
         self.override = ManualOverride(auto.manual_pause_s)
         self.detector = ManualChangeDetector()
-        if guidance is None:  # follow the model only where it can tell the direction (its manifest)
-            guidance = GuidanceParams(unreliable_axes=unreliable_axes(getattr(model, "manifest", None)))
+        if guidance is None:
+            # The model's correction is followed on every axis. The search over the axes its manifest
+            # marks sign-unreliable (service.search) is opt-in: with model 1.0.0 it lowered closed-loop
+            # success (docs/evaluation.md), because the model's view score is too flat to climb.
+            guidance = GuidanceParams()
         self.guidance = GuidanceEngine(guidance)
         self.auto_enabled = {"gain": auto.gain, "depth": auto.depth}
         self.frozen = False
