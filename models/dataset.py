@@ -32,15 +32,6 @@ TRAIN_SEEDS = (0, 9999)
 EVAL_SEEDS = (100000, 199999)
 CLOSED_LOOP_SEED_MIN = 200000
 POSE_KIND_PROBS = {"near": 0.45, "far": 0.25, "light": 0.15, "air": 0.15}
-LABEL_FIELDS = (
-    "gain_error_db",
-    "best_depth_mm",
-    "target_visible",
-    "quality",
-    "contact",
-    "correction_mm",
-    "correction_deg",
-)
 
 
 @dataclass

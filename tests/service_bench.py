@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -32,6 +31,7 @@ from firmware_bridge.emulator import CallablePoseSource, Pose, ProbeEmulator, Si
 from firmware_bridge.emulator.state import Capabilities, apply_param, default_params
 from firmware_bridge.link import ProbeLink
 from firmware_bridge.ptyport import PtyPair
+from service.evaluate.simdevice import SimFrame
 from sim.truth import GroundTruth, ground_truth
 from sim.types import ImagingSettings
 
@@ -82,15 +82,6 @@ class EmulatedProbe:
         self.link.stop()
         self.emulator.stop()
         self.pty.close()
-
-
-@dataclass
-class SimFrame:
-    frame_id: int
-    device_ts_us: int
-    host_time: float
-    image: np.ndarray
-    params: dict[str, Any]
 
 
 class SimTimeProbe:
