@@ -6,7 +6,6 @@ field technician rather than a developer. Heavy libraries are imported inside th
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import stat
@@ -14,7 +13,7 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from service.onnxmodel import sha256_file
+from service.onnxmodel import ModelLoadError, read_manifest, shipped_model_dir
 
 # Config names of execution providers -> ONNX Runtime names (docs/architecture.md, [model] providers).
 PROVIDER_NAMES = {
@@ -226,59 +225,42 @@ def _check_recording(recording: str) -> CheckResult:
 
 
 def find_shipped_model(models_root: Path) -> Path | None:
-    """The newest ``<name>/<version>/`` folder with a manifest.json under the shipped models package."""
-    manifests = sorted(models_root.glob("*/*/manifest.json"))
-    return manifests[-1].parent if manifests else None
+    """The newest ``<name>/<version>/`` folder with a manifest.json under ``models_root``, if any."""
+    try:
+        return shipped_model_dir(models_root)
+    except ModelLoadError:
+        return None
 
 
 def check_model_files(model_dir: str, models_root: Path) -> CheckResult:
-    """The model folder has a manifest and every file it lists is present with the listed sha256."""
+    """The model folder passes the daemon's own manifest check: keys, units, every file's sha256."""
     name = "model"
-    if model_dir:
-        folder = Path(model_dir)
-        if not folder.is_dir():
-            return CheckResult(
-                name,
-                False,
-                f"model folder {model_dir} does not exist",
-                "set [model] dir to an installed model version",
-            )
-    else:
-        found = find_shipped_model(models_root)
-        if found is None:
-            return CheckResult(
-                name,
-                False,
-                f"no model is installed: this build ships none yet (no <name>/<version>/manifest.json in {models_root})",
-                "build it with `make model`, or set [model] dir to a model version folder",
-            )
-        folder = found
-    manifest_path = folder / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-        if not isinstance(files, dict) or not files:
-            raise ValueError("'files' must map file names to sha256 hashes")
-    except FileNotFoundError:
-        return CheckResult(name, False, f"{manifest_path} is missing", "reinstall the model version")
-    except (ValueError, KeyError, TypeError) as exc:
+    folder = Path(model_dir) if model_dir else find_shipped_model(models_root)
+    if folder is None:
         return CheckResult(
-            name, False, f"{manifest_path} is not a valid manifest: {exc}", "reinstall the model"
+            name,
+            False,
+            f"no model is installed (no <name>/<version>/manifest.json in {models_root})",
+            "build it with `make model`, or set [model] dir to a model version folder",
         )
-    for file_name, expected in files.items():
-        path = folder / file_name
-        if not path.is_file():
-            return CheckResult(
-                name, False, f"model file {file_name} is missing in {folder}", "reinstall the model"
-            )
-        if sha256_file(path) != str(expected).lower():
-            return CheckResult(
-                name,
-                False,
-                f"model file {file_name} is damaged or was changed (its sha256 does not match the manifest)",
-                "reinstall the model version; do not edit files in the model store",
-            )
-    return CheckResult(name, True, f"{folder} ({len(files)} files, hashes match)")
+    if not folder.is_dir():
+        return CheckResult(
+            name,
+            False,
+            f"model folder {model_dir} does not exist",
+            "set [model] dir to an installed model version",
+        )
+    try:
+        manifest = read_manifest(folder)
+    except ModelLoadError as exc:
+        return CheckResult(
+            name, False, str(exc), "reinstall the model version; do not edit files in the model store"
+        )
+    return CheckResult(
+        name,
+        True,
+        f"{manifest['name']} {manifest['version']} in {folder} ({len(manifest['files'])} files, hashes match)",
+    )
 
 
 def check_model_runtime(model_file: Path | None, providers: list[str]) -> CheckResult:

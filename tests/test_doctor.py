@@ -3,9 +3,9 @@ real pieces (pty, broker, ONNX Runtime session, credential files) the checks pas
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -167,41 +167,13 @@ def test_camera_check_on_recordings(tmp_path: Path) -> None:
 # --- a real (tiny) ONNX model, encoded by hand so the test needs no `onnx` package ------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, value: bytes | int) -> bytes:
-    if isinstance(value, int):
-        return _varint(number << 3) + _varint(value)
-    return _varint(number << 3 | 2) + _varint(len(value)) + value
-
-
-def identity_model_bytes() -> bytes:
-    """ModelProto: y = Identity(x), x and y float[1, 4], opset 13."""
-    dims = b"".join(_field(1, _field(1, d)) for d in (1, 4))  # TensorShapeProto.dim.dim_value
-    tensor_type = _field(1, _field(1, 1) + _field(2, dims))  # TypeProto.tensor_type(elem FLOAT, shape)
-
-    def value_info(name: bytes) -> bytes:
-        return _field(1, name) + _field(2, tensor_type)
-
-    node = _field(1, b"x") + _field(2, b"y") + _field(4, b"Identity")
-    graph = _field(1, node) + _field(2, b"g") + _field(11, value_info(b"x")) + _field(12, value_info(b"y"))
-    return _field(1, 7) + _field(7, graph) + _field(8, _field(1, b"") + _field(2, 13))
-
-
 def _model_folder(root: Path) -> Path:
-    folder = root / "guide" / "1.0.0"
-    folder.mkdir(parents=True)
-    (folder / "model.onnx").write_bytes(identity_model_bytes())
-    (folder / "card.md").write_text("tiny test model\n")
-    files = {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in ("model.onnx", "card.md")}
-    (folder / "manifest.json").write_text(json.dumps({"name": "guide", "files": files}))
+    """A copy of the shipped model version under ``root/<name>/<version>``."""
+    from service.onnxmodel import shipped_model_dir
+
+    shipped = shipped_model_dir()
+    folder = root / shipped.parent.name / shipped.name
+    shutil.copytree(shipped, folder)
     return folder
 
 
@@ -210,16 +182,17 @@ def test_model_checks_with_a_real_onnx_runtime_session(tmp_path: Path) -> None:
     assert check_model_files(str(folder), tmp_path).ok
     shipped = check_model_files("", tmp_path / "models")  # "" = the newest shipped model
     assert shipped.ok and str(folder) in shipped.detail
-    runtime = check_model_runtime(folder / "model.onnx", ["tensorrt", "cuda", "cpu"])
+    model_file = folder / "model.int8.onnx"
+    runtime = check_model_runtime(model_file, ["tensorrt", "cuda", "cpu"])
     assert runtime.ok and "runs on" in runtime.detail, runtime
-    assert not check_model_runtime(folder / "model.onnx", ["npu"]).ok
+    assert not check_model_runtime(model_file, ["npu"]).ok
 
-    (folder / "card.md").write_text("edited\n")
+    (folder / "MODEL_CARD.md").write_text("edited\n")
     damaged = check_model_files(str(folder), tmp_path)
-    assert not damaged.ok and "card.md is damaged" in damaged.detail
-    (folder / "model.onnx").write_bytes(b"\x00garbage")
-    broken = check_model_runtime(folder / "model.onnx", ["cpu"])
-    assert not broken.ok and "cannot load model.onnx" in broken.detail
+    assert not damaged.ok and "MODEL_CARD.md does not match its sha256" in damaged.detail, damaged
+    model_file.write_bytes(b"\x00garbage")
+    broken = check_model_runtime(model_file, ["cpu"])
+    assert not broken.ok and "cannot load model.int8.onnx" in broken.detail
     (folder / "manifest.json").unlink()
     assert "manifest.json is missing" in check_model_files(str(folder), tmp_path).detail
     nothing = check_model_files("", tmp_path / "empty")
