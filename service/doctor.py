@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from service.config import Config, ConfigError, load_config
 from service.doctor_checks import (
     CheckResult,
     check_broker,
@@ -34,7 +33,7 @@ DEFAULT_CREDSTORE = Path("/etc/credstore")
 MODELS_ROOT = Path(__file__).resolve().parents[1] / "models"
 
 
-def config_sections(config: Config) -> dict[str, dict[str, Any]]:
+def config_sections(config: Any) -> dict[str, dict[str, Any]]:
     """The validated config as plain sections (secrets left out: doctor checks them on its own)."""
     sections = {f.name: dataclasses.asdict(getattr(config, f.name)) for f in dataclasses.fields(config)
                 if f.name != "source"}  # fmt: skip
@@ -139,6 +138,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config_path: Path = args.config or DEFAULT_CONFIG_PATH
     results: list[CheckResult] = []
+    # Imported here: command modules stay light at parser build (tomli on 3.10 is only needed to run).
+    from service.config import ConfigError, load_config
+
     defaults = config_sections(load_config(None, env={}))
     if config_path.is_file():
         try:

@@ -106,3 +106,16 @@ def test_cli_help_and_version() -> None:
         [sys.executable, "-m", "service", "--help"], capture_output=True, text=True, env=env, timeout=60
     )
     assert out.returncode == 0 and "advisory guidance" in out.stdout
+
+
+def test_cli_parser_builds_with_the_standard_library_alone() -> None:
+    # Command modules keep numpy, ONNX Runtime, librealsense (and tomli on 3.10) inside run(): the
+    # parser, `--help` and `--version` work even in a venv whose packages are missing or broken.
+    code = (
+        "import sys; sys.path = [p for p in sys.path if 'site-packages' not in p]; "
+        f"sys.path.insert(0, {os.getcwd()!r}); "
+        "import service.cli as c; p = c.build_parser(); print(len(c.COMMANDS))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) >= 10
