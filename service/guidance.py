@@ -144,6 +144,10 @@ class GuidanceParams:
     # components are not followed; a search on the view's score over time moves along them instead.
     unreliable_axes: frozenset[str] = frozenset()
     search_visible: float = 0.3  # below this target visibility the model's whole correction is a guess
+    # The unreliable axes are masked and searched only while the model sees the target (visibility at
+    # or above this): their sign is a coin near the view, but far from it (target out of view) the
+    # model's guess on every axis beats a blind search, which has no view score to climb there.
+    near_visible: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -311,6 +315,11 @@ def search_axes(unreliable: frozenset[str], visible: float, search_visible: floa
     return sorted(axes)
 
 
+def gated_unreliable(unreliable: frozenset[str], visible: float, near_visible: float) -> frozenset[str]:
+    """The unreliable axes while the model sees the target; none (follow the model) while it does not."""
+    return unreliable if visible >= near_visible else frozenset()
+
+
 class GuidanceEngine:
     """The per-frame guidance state machine: fuse, filter, choose, search, stabilise, capture."""
 
@@ -333,11 +342,12 @@ class GuidanceEngine:
     ) -> tuple[Instruction, bool]:
         """The instruction to show now, and whether to capture this frame."""
         p = self.params
-        fused = self.filter.update(fuse_corrections(mask_axes(model, p.unreliable_axes), camera), now)
+        seen = quality if visible is None else visible
+        unreliable = gated_unreliable(p.unreliable_axes, seen, p.near_visible)
+        fused = self.filter.update(fuse_corrections(mask_axes(model, unreliable), camera), now)
         current = self.stabilizer.shown.id if self.stabilizer.shown else None
         raw = choose_instruction(fused, quality, contact, p, patient_from_probe, current)
-        seen = quality if visible is None else visible
-        axes = search_axes(p.unreliable_axes, seen, p.search_visible) if camera is None else []
+        axes = search_axes(unreliable, seen, p.search_visible) if camera is None else []
         if raw.id == "hold_still" and quality < p.good_quality and axes:
             # The followed axes are done (or unknown) but the view is not good: search the others.
             move = self.search.update(seen + quality, now, axes)

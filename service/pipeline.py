@@ -28,6 +28,7 @@ from service.inference import Model, ModelOutput
 from service.linkevents import handle_link_event
 from service.logsetup import device_logger
 from service.probe import DEPTH, FREQUENCY, GAIN, TUNABLE, ProbeLinkLike, limits_from_info
+from service.search import unreliable_axes
 
 AUTO_PARAM = {"gain": GAIN, "depth": DEPTH}  # auto flag -> probe parameter
 
@@ -85,10 +86,10 @@ class Pipeline:
         self.override = ManualOverride(auto.manual_pause_s)
         self.detector = ManualChangeDetector()
         if guidance is None:
-            # The model's correction is followed on every axis. The search over the axes its manifest
-            # marks sign-unreliable (service.search) is opt-in: with model 1.0.0 it lowered closed-loop
-            # success (docs/evaluation.md), because the model's view score is too flat to climb.
-            guidance = GuidanceParams()
+            # The axes the model's manifest marks sign-unreliable (service.search) are searched, not
+            # followed, while the model sees the target; far from it the model is followed on every
+            # axis (GuidanceParams.near_visible, docs/evaluation.md). No manifest: followed everywhere.
+            guidance = GuidanceParams(unreliable_axes=unreliable_axes(getattr(model, "manifest", None)))
         self.guidance = GuidanceEngine(guidance)
         self.auto_enabled = {"gain": auto.gain, "depth": auto.depth}
         self.frozen = False

@@ -11,6 +11,7 @@ search per axis, with hysteresis). Each move is shown for ``move_s`` so the word
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,9 @@ class SearchParams:
     min_fraction: float = 0.3  # a step shrinks on each reversal down to this fraction of its size
     better: float = 0.03  # a score change smaller than this is no change (noise)
     max_blind_moves: int = 3  # moves in one direction without any signal before turning back
+    # The search never asks for more than this many steps (of the axis's step size) away from where
+    # it started on an axis: the view score is noisy, and a search that follows noise walks away.
+    max_excursion_steps: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class AxisSearch:
         self._samples: list[tuple[float, float]] = []
         self._last_mean: float | None = None
         self._blind = 0
+        self._offsets: dict[str, float] = {}  # asked-for motion so far per axis (mm or deg)
         self.move: SearchMove | None = None
 
     def _mean(self, now: float) -> float | None:
@@ -128,5 +133,19 @@ class AxisSearch:
         self._samples = [(t, s) for t, s in self._samples if now - t <= p.look_s]
         self._move_started = now
         assert self._axis is not None
-        self.move = SearchMove(self._axis, self._sign * self._scale * self._sizes[self._axis])
+        size = self._sizes[self._axis]
+        offset = self._offsets.get(self._axis, 0.0)
+        amount = bounded_step(offset, self._sign * self._scale * size, p.max_excursion_steps * size)
+        if amount * self._sign < 0:
+            self._sign = -self._sign  # turned back at the bound
+        self._offsets[self._axis] = offset + amount
+        self.move = SearchMove(self._axis, amount)
         return self.move
+
+
+def bounded_step(offset: float, step: float, max_excursion: float) -> float:
+    """The step to ask for when ``offset`` has been asked for already on this axis: ``step``, or
+    the same size back toward the start when it would end beyond ``max_excursion`` from it."""
+    if abs(offset + step) <= max_excursion + 1e-9:
+        return step
+    return -step if abs(offset - step) <= max_excursion + 1e-9 else -math.copysign(abs(step), offset)
