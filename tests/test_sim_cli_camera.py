@@ -85,8 +85,10 @@ def test_sim_camera_recording_plays_back_through_rs_pipeline(tmp_path: Path) -> 
         profile.get_device().as_playback().set_real_time(False)
         assert abs(profile.get_device().first_depth_sensor().get_depth_scale() - 0.001) < 1e-9
         depth_frames, colour = [], {}
-        while True:
-            ok, fs = pipe.try_wait_for_frames(2000)
+        # A generous wait (a loaded CI machine can stall playback start for seconds), but no wait at
+        # the end: stop as soon as the recording's frame count is in.
+        while len(depth_frames) < side["frames"]:
+            ok, fs = pipe.try_wait_for_frames(10000)
             if not ok:
                 break
             d, c = fs.get_depth_frame(), fs.get_color_frame()
