@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -82,7 +83,12 @@ def test_sim_camera_recording_plays_back_through_rs_pipeline(tmp_path: Path) -> 
     cfg.enable_device_from_file(str(path), repeat_playback=False)
     profile = pipe.start(cfg)
     try:
-        profile.get_device().as_playback().set_real_time(False)
+        playback = profile.get_device().as_playback()
+        # Switch to non-real-time before any frame can be dropped: pause, switch, rewind, resume.
+        playback.pause()
+        playback.set_real_time(False)
+        playback.seek(datetime.timedelta(0))
+        playback.resume()
         assert abs(profile.get_device().first_depth_sensor().get_depth_scale() - 0.001) < 1e-9
         depth_frames, colour = [], {}
         # A generous wait (a loaded CI machine can stall playback start for seconds), but no wait at

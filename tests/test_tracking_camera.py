@@ -146,7 +146,10 @@ def test_camera_source_tracks_a_recording_in_host_time(novice: Recording, tmp_pa
     numbers = np.array([r.number for r in src.history])
     assert np.all(np.diff(hosts) > 0)
     spacing = np.diff(hosts) / np.diff(numbers)
-    assert np.median(spacing) == pytest.approx(1 / 30, abs=1e-3)
+    # Exactly the recorded 1/30 s (arrival jitter is never this tight). A loaded machine can stall
+    # playback and then burst; burst frames are re-anchored to their arrival (never stamped later
+    # than they arrived), so only part of the pairs need show it.
+    assert np.sum(np.abs(spacing - 1 / 30) < 1e-4) >= 10, spacing
     # ...so a probe frame's pose is the camera pose at its host time, interpolated in between.
     track_pairs = 0
     for a, b in itertools.pairwise(tracked):

@@ -6,6 +6,7 @@ same code for both.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,16 @@ class OpenCamera:
         device = profile.get_device()
         self.is_recording = spec.kind == "recording"
         if self.is_recording:
-            device.as_playback().set_real_time(spec.real_time)
+            playback = device.as_playback()
+            if spec.real_time:
+                playback.set_real_time(True)
+            else:
+                # Playback starts in real time at pipe.start(); frames produced before the switch can
+                # be dropped. Pause, switch, rewind, resume: every frame, in order, at our pace.
+                playback.pause()
+                playback.set_real_time(False)
+                playback.seek(datetime.timedelta(0))
+                playback.resume()
         self.serial = device.get_info(rs.camera_info.serial_number)
         self.mm_per_unit = float(device.first_depth_sensor().get_depth_scale()) * 1000.0
         colour = profile.get_stream(rs.stream.color).as_video_stream_profile()
