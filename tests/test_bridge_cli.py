@@ -11,19 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli import run_sonoguide
+
 REPO = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
 
 
-def sonoguide(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+sonoguide = run_sonoguide
 
 
 @pytest.fixture

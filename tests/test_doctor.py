@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,19 +22,13 @@ from service.doctor_checks import (
     check_probe_port,
 )
 from service.localbroker import LocalBroker, free_port
+from tests.cli import run_sonoguide
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service", "doctor", *args],
-        cwd=REPO,
-        env=dict(env or os.environ, PYTHONPATH=str(REPO)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_sonoguide("doctor", *args, env=env)
 
 
 def test_doctor_names_every_missing_piece_in_plain_words(tmp_path: Path) -> None:

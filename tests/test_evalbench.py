@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from service.inference import HeuristicModel
 from sim.phantom import make_phantom
 from sim.presets import PRESETS
 from sim.truth import ground_truth, pose_error
+from tests.cli import run_sonoguide
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 200005  # vascular (seed % 3 == 2): the cheapest preset to render
@@ -128,8 +128,7 @@ def test_oracle_model_speaks_ground_truth() -> None:
 
 
 def _run_cli(*args: str, timeout: float = 100) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "service", *args], cwd=REPO, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=timeout)  # fmt: skip
+    return run_sonoguide(*args, timeout=timeout)
 
 
 def test_eval_cli_writes_json_and_plots(tmp_path: Path) -> None:

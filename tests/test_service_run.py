@@ -18,6 +18,7 @@ from service.localbroker import LocalBroker
 from service.pipeline import Pipeline
 from sim.truth import ground_truth
 from sim.types import ImagingSettings
+from tests.cli import run_sonoguide
 from tests.service_bench import Recorder, SimTimeProbe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,15 +68,7 @@ def probe_truth_best_gain(probe: SimTimeProbe) -> float:
     return ground_truth(probe.source.phantom, probe.source.phantom.target_pose, settings).best_gain_db
 
 
-def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+_run_cli = run_sonoguide
 
 
 def test_run_rejects_a_bad_config_naming_key_and_file(tmp_path: Path) -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +22,13 @@ from sim.camera import (
 )
 from sim.phantom import make_phantom
 from sim.types import Pose
+from tests.cli import run_sonoguide
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _sonoguide(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
+    return run_sonoguide(*args, timeout=100)
 
 
 def test_sim_frames_writes_pngs_and_metadata(tmp_path: Path) -> None:

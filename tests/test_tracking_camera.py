@@ -7,8 +7,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ from service.tracking.device import CameraSpec
 from service.tracking.markers import detect_markers
 from service.tracking.pose import angle_deg, fit_probe, pose_of, slerp
 from sim.camera import COLOURS, SKIN_RGB
+from tests.cli import run_sonoguide
 from tests.tracking_bench import NOVICE_SEED, PARKED_SEED, Recording, make_recording, parked_pose
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,11 +45,7 @@ def sources() -> Iterator[list[CameraSource]]:
         s.stop()
 
 
-def _sonoguide(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+_sonoguide = run_sonoguide
 
 
 def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
