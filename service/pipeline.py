@@ -162,26 +162,31 @@ class Pipeline:
         with self._lock:
             current = dict(self.settings)
             enabled = dict(self.auto_enabled)
-        frame_gain, frame_depth = work.params.get(GAIN), work.params.get(DEPTH)
-        # Act only on frames taken at the current setting: older frames show the image before our change.
-        if (
-            enabled["gain"]
-            and frame_gain is not None
-            and float(frame_gain) == current[GAIN]
-            and not self.override.paused(GAIN, now)
-            and out.contact >= 0.5
-        ):
-            change = self.auto_gain.update(out.gain_error_db, float(frame_gain), now)
+
+        def tunable_setting(auto_flag: str, param: str) -> float | None:
+            """The frame's setting of ``param`` when auto-tuning may act on this frame, else None.
+
+            Only frames taken at the current setting (older ones show the image before our change),
+            never while a manual change holds the parameter, never off the skin.
+            """
+            value = work.params.get(param)
+            if (
+                enabled[auto_flag]
+                and value is not None
+                and float(value) == current[param]
+                and not self.override.paused(param, now)
+                and out.contact >= 0.5
+            ):
+                return float(value)
+            return None
+
+        gain_now, depth_now = tunable_setting("gain", GAIN), tunable_setting("depth", DEPTH)
+        if gain_now is not None:
+            change = self.auto_gain.update(out.gain_error_db, gain_now, now)
             if change:
                 changes.append(change)
-        if (
-            enabled["depth"]
-            and frame_depth is not None
-            and float(frame_depth) == current[DEPTH]
-            and not self.override.paused(DEPTH, now)
-            and out.contact >= 0.5
-        ):
-            change = self.auto_depth.update(out.best_depth_mm, float(frame_depth), now)
+        if depth_now is not None:
+            change = self.auto_depth.update(out.best_depth_mm, depth_now, now)
             if change:
                 changes.append(change)
         applied = []
