@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -362,9 +363,15 @@ def write_recording(
         colour_sensor.open(colour_profile)
         depth_sensor.start(lambda f: None)
         colour_sensor.start(lambda f: None)
+        injected_at = -1.0
         for i in range(n_frames):
             colour, depth = render_camera(phantom, poses[i], cam, i, seed, occluders[i])
             ts = i * 1000.0 / FPS
+            # The recorder stamps each frame with the wall time it was handed over, and playback in
+            # real time replays those stamps: hand frames over no faster than the frame rate, or the
+            # recording plays faster than its own frame timestamps say (slower only if rendering is).
+            injected_at = max(injected_at + 1.0 / FPS, time.monotonic())
+            time.sleep(max(0.0, injected_at - time.monotonic()))
             for sensor, profile, pixels, bpp in (
                 (depth_sensor, depth_profile, depth, 2),
                 (colour_sensor, colour_profile, colour, 3),
