@@ -44,6 +44,9 @@ class Model(Protocol):
         ...
 
 
+RING_DOWN_MM = 8.0  # how deep a probe's lens ring-down reaches in air (sim.physics.ring_down)
+
+
 class HeuristicModel:
     """Placeholder model from image statistics, used until the ONNX model lands.
 
@@ -61,7 +64,9 @@ class HeuristicModel:
 
     def __init__(
         self,
-        target_level: float = 100.0,
+        # The median of the pixels above the noise floor at the best gain: the speckle's dark tail
+        # below the floor is left out, which puts it above sim.truth.TARGET_GREY (40).
+        target_level: float = 50.0,
         dynamic_range_db: float = 60.0,
         noise_floor: int = 12,
         fill_fraction: float = 0.85,
@@ -83,7 +88,10 @@ class HeuristicModel:
         echo = image > self.noise_floor
         # Contact: how much of the imaged near field carries echo. Pixels that are exactly 0 lie outside
         # the scan (a sector's corners, which grow with depth), not in it, so they do not count.
-        near = image[: max(1, rows // 4)]
+        # A probe in air still shows the lens ring-down in the first few mm, so the near field starts
+        # below it.
+        top = min(rows - 1, int(rows * RING_DOWN_MM / depth_mm))
+        near = image[top : top + max(1, rows // 4)]
         imaged = int(np.count_nonzero(near))
         share = (
             float(np.count_nonzero(near > self.noise_floor)) / imaged if imaged >= 0.02 * near.size else 0.0
@@ -98,7 +106,7 @@ class HeuristicModel:
         # Saturation hides how far too bright we are; a clipped image is at least this far off.
         if (image >= 250).mean() > 0.3:
             gain_error = max(gain_error, 10.0)
-        row_echo = echo.mean(axis=1) > 0.2
+        row_echo = echo.mean(axis=1) > 0.1
         deepest = int(np.nonzero(row_echo)[0].max()) + 1 if row_echo.any() else rows
         if deepest >= rows - max(1, rows // 20):
             best_depth = depth_mm * 1.3  # echo to the bottom edge: the structure goes on below

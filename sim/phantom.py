@@ -4,7 +4,13 @@ A phantom is a curved body surface with skin, fat and muscle layers under it, a 
 and solid structures (organs, vessels, fluid, bone, calcification) painted over the layers in order.
 One structure is the exam's **target**; ``Phantom.target_pose`` is the probe pose of its standard
 view: the image plane contains the target's long axis and the beam axis passes through its centre.
-Sizes, depths, positions and echogenicity vary with the seed.
+Sizes, depths, positions and echogenicity vary with the seed; the handedness of the anatomy does
+not, as in patients: in the standard view's probe frame, what lies off the image plane on +y (the
+elevation side the orientation marker convention fixes) is always the same kind of structure
+(abdomen: the renal hilum, renal veins and IVC; vascular: the thyroid; cardiac: the coronary sinus and
+right-heart inflow), and on −y another (vascular: the jugular vein; cardiac: the pulmonary outflow). This is the cue a
+sonographer uses to tell which side of the plane the probe has drifted to; with mirror-symmetric
+anatomy no single frame could tell it.
 """
 
 from __future__ import annotations
@@ -167,14 +173,45 @@ def _abdomen(p: ExamPreset, seed: int, rng: np.random.Generator) -> Phantom:
     structures.append((Ellipsoid(deep + r[:, 2] * 400, r, np.array([900.0, 900.0, 400.0])), LABEL["muscle"]))
     structures.append((Ellipsoid(centre, r, semi + 6.0), LABEL["fat"]))
     structures.append((kidney, LABEL["kidney"]))
-    sinus = Ellipsoid(centre + r[:, 2] * rng.uniform(-2, 2), r, semi * np.array([0.6, 0.45, 0.4]))
+    # The hilum opens toward +y (medial): the sinus sits off-centre toward it and breaks through the
+    # medial border, where the renal vein leaves for the IVC beside the kidney.
+    medial = r[:, 1]
+    sinus_c = centre + medial * (0.3 * semi[1]) + r[:, 2] * rng.uniform(-2, 2)
+    sinus = Ellipsoid(sinus_c, r, semi * np.array([0.6, 0.5, 0.4]))
     structures.append((sinus, LABEL["renal_sinus"]))
-    # Vessels running head-to-foot: aorta and IVC medial to the kidney.
-    side = float(rng.choice([-1.0, 1.0]))
-    for dx, radius, label in ((60.0, rng.uniform(8, 11), "blood"), (85.0, rng.uniform(9, 13), "blood")):
-        pos = centre + np.array([side * dx, 0.0, rng.uniform(-10, 15)])
-        structures.append((Cylinder(pos, np.array([0.0, 1.0, 0.0]), radius + 1.5), LABEL["vessel_wall"]))
-        structures.append((Cylinder(pos, np.array([0.0, 1.0, 0.0]), radius), LABEL[label]))
+    hilum = Ellipsoid(centre + medial * (0.8 * semi[1]), r, semi * np.array([0.25, 0.45, 0.3]))
+    structures.append((hilum, LABEL["renal_sinus"]))
+    # A segmental renal vein along the sinus, 2.5-4 mm medial of the plane: a turn of the probe brings
+    # it into the side of the image the turn swings medially.
+    seg_r = rng.uniform(2.0, 3.0)
+    seg = (
+        centre
+        + medial * (rng.uniform(2.5, 4.0) + seg_r)
+        + r[:, 2] * float(sinus_c @ r[:, 2] - centre @ r[:, 2])
+    )
+    structures.append((Cylinder(seg, r[:, 0], seg_r, 0.5 * semi[0]), LABEL["blood"]))
+    # IVC and aorta medial to the kidney, running beside its long axis (a few degrees oblique).
+    turn = np.radians(rng.uniform(-8, 8))
+    along = r[:, 0] * np.cos(turn) + medial * np.sin(turn)
+    ivc_r, ao_r = rng.uniform(9, 12), rng.uniform(8, 11)
+    ivc = centre + medial * (semi[1] + rng.uniform(10, 16) + ivc_r) + r[:, 2] * rng.uniform(-6, 6)
+    aorta = ivc + medial * (ivc_r + ao_r + rng.uniform(8, 14)) + r[:, 2] * rng.uniform(0, 10)
+    for pos, radius in ((ivc, ivc_r), (aorta, ao_r)):
+        structures.append((Cylinder(pos, along, radius + 1.5), LABEL["vessel_wall"]))
+        structures.append((Cylinder(pos, along, radius), LABEL["blood"]))
+    hilum_c = centre + medial * (0.7 * semi[1])
+    vein = ivc - hilum_c
+    structures.append(
+        (
+            Cylinder(
+                (hilum_c + ivc) / 2,
+                vein / np.linalg.norm(vein),
+                rng.uniform(3.5, 5.0),
+                np.linalg.norm(vein) / 2,
+            ),
+            LABEL["blood"],
+        )
+    )
     # Gallbladder or a cyst in the liver: fluid with posterior enhancement.
     gb = pose.position_mm + r @ np.array([rng.uniform(-35, 35), rng.uniform(-30, 30), rng.uniform(30, 45)])
     structures.append(
@@ -278,6 +315,16 @@ def _cardiac(p: ExamPreset, seed: int, rng: np.random.Generator) -> Phantom:
     structures.append((Ellipsoid(la, r, np.array([16.0, 15.0, 13.0])), LABEL["blood"]))
     ao = centre + r @ np.array([semi[0] * 0.45, 0.0, -semi[2] * 0.45])
     structures.append((Ellipsoid(ao, r, np.array([15.0, 10.0, 9.0])), LABEL["blood"]))
+    # Off the plane, one handedness, each running along the long axis and starting 2.5-4 mm from the
+    # plane, so a sweep, tilt or turn of a few mm or degrees brings it in (on the side of the image the
+    # turn swings toward it): on +y, deep in the posterior wall, the coronary sinus and right-heart
+    # inflow; on -y, shallow in the anterior wall, the right ventricular outflow to the pulmonary trunk.
+    inflow_semi = np.array([0.6 * semi[0], rng.uniform(7, 9), 5.0])
+    inflow = centre + r @ np.array([-0.1 * semi[0], rng.uniform(2.5, 4) + inflow_semi[1], 0.82 * semi[2]])
+    structures.append((Ellipsoid(inflow, r, inflow_semi), LABEL["blood"]))
+    outflow_r = rng.uniform(5, 7)
+    outflow = centre + r @ np.array([-0.1 * semi[0], -(rng.uniform(2.5, 4) + outflow_r), -0.72 * semi[2]])
+    structures.append((Cylinder(outflow, r[:, 0], outflow_r, 0.55 * semi[0]), LABEL["blood"]))
     # Descending aorta behind the atrium, seen in cross-section.
     dao = centre + r @ np.array([semi[0] * 0.6, 0.0, semi[2] + 14])
     structures.append((Cylinder(dao, r[:, 1], 10.0), LABEL["blood"]))

@@ -20,8 +20,15 @@ SPECULAR_GAIN = 40.0
 NOMINAL_ATTEN_DB_CM_MHZ = 0.5
 # The receiver's depth-gain range: compensation stops growing past this (deep fields go dark).
 MAX_DEPTH_GAIN_DB = 55.0
-# Display level (dB, after gain) that maps to grey 0.
-BLACK_LEVEL_DB = -10.0
+# Display level (dB, after gain) that maps to grey 0. Set so that the best gain (tissue at
+# sim.truth.TARGET_GREY) stays mid-range on the presets' 0-60 dB dials.
+BLACK_LEVEL_DB = 4.0
+# Probe in air: the lens face reflects nearly all of the pulse, which rings down inside the lens as
+# echoes parallel to the face, each RING_DECAY_DB weaker (the bands every probe shows in air). Spacing
+# in tissue-equivalent depth; the first echo as a specular echo off a reflection coefficient of 0.5.
+RING_AMP = 0.5 * 40.0
+RING_SPACING_MM = 1.0
+RING_DECAY_DB = 12.0
 # Coarse texture cell edge (mm): the grain of organ parenchyma above the speckle scale.
 TEXTURE_CELL_MM = 2.0
 
@@ -111,6 +118,21 @@ def depth_gain_db(
     )
     sliders = np.interp(np.asarray(z_mm) / depth_mm, [0.0, 0.5, 1.0], list(tgc_db))
     return (builtin + sliders).astype(np.float32)
+
+
+def ring_down(sample_mm: float, n_samples: int) -> np.ndarray:
+    """Envelope (n_samples,) of the lens ring-down on a beam with no tissue under it: echoes every
+    RING_SPACING_MM, fading by RING_DECAY_DB each, until they are below the receiver noise."""
+    out = np.zeros(n_samples, np.float32)
+    floor = 10.0 ** (NOISE_DB / 20.0)
+    k = 1
+    while True:
+        amp = RING_AMP * 10.0 ** (-RING_DECAY_DB * k / 20.0)
+        i = int(k * RING_SPACING_MM / sample_mm)
+        if amp < floor or i >= n_samples:
+            return out
+        out[i] += np.float32(amp)
+        k += 1
 
 
 def log_compress(envelope: np.ndarray, gain_db: np.ndarray | float, dynamic_range_db: float) -> np.ndarray:

@@ -61,8 +61,14 @@ class Scanner:
     """Renders frames of one phantom. Deterministic for (phantom seed, pose, settings, frame_index)."""
 
     def __init__(
-        self, phantom: Phantom, size: tuple[int, int] = (256, 256), n_samples: int | None = None
+        self,
+        phantom: Phantom,
+        size: tuple[int, int] = (256, 256),
+        n_samples: int | None = None,
+        noise_db: float = physics.NOISE_DB,
     ) -> None:
+        """``noise_db``: the receiver's noise floor (before any gain) relative to liver backscatter at
+        the face; scanners and probes differ in it."""
         if size[0] < 8 or size[1] < 8:
             raise ValueError(f"image size {size} too small (at least 8x8)")
         self.phantom = phantom
@@ -76,7 +82,7 @@ class Scanner:
         sig = phantom.texture[:, None]
         self._strength = (phantom.echo_amp[:, None] * np.exp(sig * g - sig * sig)).astype(np.float32).ravel()
         rng = np.random.default_rng([phantom.seed, 0x0015E])
-        self._noise_amp = np.float32(10.0 ** (physics.NOISE_DB / 20.0))
+        self._noise_amp = np.float32(10.0 ** (noise_db / 20.0))
         noise = rng.standard_normal((2, _NOISE_TABLE)) / np.sqrt(2.0) * float(self._noise_amp)
         self._noise = (noise[0] + 1j * noise[1]).astype(np.complex64)
         self._cache = lru_cache(maxsize=16)(self._build_cache)
@@ -223,6 +229,8 @@ class Scanner:
 
         atten = self._attenuation(labels, settings.freq_mhz, grid)
         field *= atten
+        if not contact.all():
+            field[:, ~contact] += physics.ring_down(grid.sample_mm, grid.n_samples)[:, None]
 
         # Point-spread function: axial pulse, then lateral beam width band by band (on the I/Q pairs).
         iq = field.view(np.float32).reshape(grid.n_samples, grid.n_beams, 2)

@@ -10,7 +10,7 @@ from sim.phantom import make_phantom, qa_phantom
 from sim.presets import PRESETS
 from sim.scanner import Scanner, Stages
 from sim.tissues import LABEL
-from sim.truth import ground_truth
+from sim.truth import TARGET_GREY, ground_truth
 from sim.types import ImagingSettings, Pose
 
 FACE = Pose(np.zeros(3))
@@ -56,7 +56,7 @@ def test_gain_shifts_display_by_g_times_255_over_dr_until_saturation(qa: Scanner
         assert ok.sum() > 5000
         assert np.median(up[ok] - base[ok]) == pytest.approx(g * 255 / dr, abs=0.6)
         assert np.all(np.abs(up[ok] - base[ok] - g * 255 / dr) <= 1.01)
-    # Too much gain saturates: at the top of the gain range most tissue pixels are white.
+    # Too much gain washes the image out: at the top of the gain range most tissue is near white.
     top = PRESETS["abdomen"].gain_range_db[1]
     tissue = (
         qa.to_display(
@@ -66,7 +66,7 @@ def test_gain_shifts_display_by_g_times_255_over_dr_until_saturation(qa: Scanner
         > 0.99
     )
     saturated = qa.render(FACE, ImagingSettings(top, 140, 3.5), 3)
-    assert np.mean(saturated[tissue] == 255) > 0.5
+    assert np.mean(saturated[tissue] >= 200) > 0.5
 
 
 def _grid_region(st: Stages, beams: slice, depth: tuple[float, float]) -> np.ndarray:
@@ -131,10 +131,10 @@ def test_too_little_gain_loses_the_deep_field_and_best_gain_shows_it() -> None:
     low = sc.render(ph.target_pose, settings.replace(gain_db=best - 25), 1)
     good = sc.render(ph.target_pose, settings.replace(gain_db=best), 1)
     assert np.mean(low[deep] == 0) > 0.8  # the deep field is below the displayed floor
-    assert np.mean(good[deep] == 0) < 0.2
-    # At the best gain the median tissue sits mid-range, not saturated.
+    assert np.mean(good[deep] == 0) < 0.5  # the speckle's dark tail still dips below black there
+    # At the best gain the median tissue sits at the reference grey, not saturated.
     tissue = sc.to_display(np.ones((sc.n_samples, ph.preset.probe.n_beams)), settings) > 0.5
-    assert 70 < np.median(good[tissue]) < 130
+    assert TARGET_GREY - 15 < np.median(good[tissue]) < TARGET_GREY + 25
 
 
 def test_higher_frequency_resolves_better_but_penetrates_less(qa: Scanner) -> None:
@@ -143,7 +143,8 @@ def test_higher_frequency_resolves_better_but_penetrates_less(qa: Scanner) -> No
         settings = ImagingSettings(30, 200, f)
         st = qa.render_stages(FACE, settings)
         at_focus = qa.render_stages(FACE, settings.replace(depth_mm=140))  # transmit focus at 70 mm
-        noise = qa.render_stages(FACE.apply_motion([0, 0, -20], [0, 0, 0]), settings).envelope
+        lifted = qa.render_stages(FACE.apply_motion([0, 0, -20], [0, 0, 0]), settings)
+        noise = lifted.envelope[lifted.sample_depth_mm > 20.0]  # below the lens ring-down
         noise_power = float((noise**2).mean())
         power = (_left(st) ** 2).mean(axis=1)
         below = np.flatnonzero(power < 4 * noise_power)  # echo within ~5 dB of the noise
