@@ -3,13 +3,13 @@ scanners, not only from this simulator.
 
 What the gain head may legitimately learn: on a log-compressed display a gain change of G dB moves
 every unsaturated grey level by ``G · 255 / DR``; the best gain puts the tissue's median grey at the
-display's mid-grey (``TARGET_GREY``). So
+display's reference grey (``sim.truth.TARGET_GREY``). So
 
 - a brightness offset *is* a gain change: :func:`shift_gain` shifts grey levels and moves the label
   by the same number of dB (it never changes brightness without telling the label);
 - grey maps, dynamic range, speckle, blur, noise, masks and burned-in overlays change the look but
-  keep mid-grey where it was (:func:`grey_map` and :func:`dynamic_range` are anchored there), so the
-  label stays: they teach the head to read *where the tissue sits relative to mid-grey* however the
+  keep the reference grey where it was (:func:`grey_map` and :func:`dynamic_range` are anchored there), so the
+  label stays: they teach the head to read *where the tissue sits relative to the reference grey* however the
   scanner draws it, not the simulator's exact grey statistics.
 
 Every function takes a float32 (H, W) image in grey levels 0..255 and a numpy Generator.
@@ -20,7 +20,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter, zoom
 
-MID_GREY = 100.0  # sim.truth.TARGET_GREY: the grey level the best gain puts tissue at
+from sim.truth import TARGET_GREY
+
+MID_GREY = TARGET_GREY  # the grey level the best gain puts tissue at
 SIM_DYNAMIC_RANGE_DB = 60.0
 
 

@@ -1,6 +1,6 @@
 """`make model`: simulator frames → training → ONNX FP32 → INT8 (QDQ) → evaluation → manifest + card.
 
-    python -m models.build [--out models/sonoguide-view/1.1.0] [--seed 1] [--quick]
+    python -m models.build [--out models/sonoguide-view/1.2.0] [--seed 1] [--quick]
 
 Deterministic for a seed (see models/train.py for the one caveat: thread count and CPU kind).
 """
@@ -24,7 +24,7 @@ from models.train import TORCH_THREADS, TrainParams, prepare_images, prepare_sca
 
 log = logging.getLogger("models.build")
 REPO = Path(__file__).resolve().parents[1]
-NAME, VERSION = "sonoguide-view", "1.1.0"
+NAME, VERSION = "sonoguide-view", "1.2.0"
 INT8_FILE, FP32_FILE, CARD_FILE = "model.int8.onnx", "reference.fp32.onnx", "MODEL_CARD.md"
 GOALS = {"gain_mae_db": 2.0, "depth_within_one_step": 0.95, "direction_correct": 0.90}
 
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "models" / NAME / VERSION)
     p.add_argument("--cache", type=Path, default=REPO / "build" / "model-data")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--train-phantoms", type=int, default=1500)
+    p.add_argument("--train-phantoms", type=int, default=2600)
     p.add_argument("--per-phantom", type=int, default=8)
     p.add_argument("--eval-phantoms", type=int, default=300)
     p.add_argument("--eval-per-phantom", type=int, default=4)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.phantom import make_phantom
+from sim.physics import NOISE_DB
 from sim.presets import PRESETS
 from sim.sampling import POSE_KINDS, sample_gain_offset, sample_pose, sample_settings
 from sim.scanner import Scanner
@@ -32,6 +33,8 @@ TRAIN_SEEDS = (0, 9999)
 EVAL_SEEDS = (100000, 199999)
 CLOSED_LOOP_SEED_MIN = 200000
 POSE_KIND_PROBS = {"near": 0.45, "far": 0.25, "light": 0.15, "air": 0.15}
+NOISY_SCANNER_P = 0.5  # share of phantoms imaged by a scanner with a raised noise floor
+NOISE_RAISE_DB = 22.0  # up to this much above sim.physics.NOISE_DB
 
 
 @dataclass
@@ -85,7 +88,10 @@ def phantom_frames(seed: int, per_phantom: int, size: int) -> Frames:
     preset = PRESETS[name]
     rng = np.random.default_rng([seed, 0xDA7A])
     ph = make_phantom(name, seed)
-    sc = Scanner(ph, size=(size, size))
+    # Scanners differ in their noise floor; on a noisy one the depth gain lifts receiver noise to
+    # tissue-like grey in the deep field, as a real probe held in the air shows.
+    extra_noise_db = float(rng.uniform(0.0, NOISE_RAISE_DB)) if rng.uniform() < NOISY_SCANNER_P else 0.0
+    sc = Scanner(ph, size=(size, size), noise_db=NOISE_DB + extra_noise_db)
     kinds = list(POSE_KIND_PROBS)
     probs = np.array([POSE_KIND_PROBS[k] for k in kinds])
     rows: list[dict[str, object]] = []
@@ -156,6 +162,14 @@ def generate(seeds: Iterable[int], per_phantom: int, size: int, workers: int = 1
     return Frames.concat(parts)
 
 
+def simulator_digest() -> str:
+    """sha256 of the simulator's source: a cache made by another revision of it is never reused."""
+    h = hashlib.sha256()
+    for path in sorted((Path(__file__).resolve().parents[1] / "sim").glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def cached_generate(cache_dir: Path, seeds: range, per_phantom: int, size: int, workers: int = 1) -> Frames:
     """``generate`` with an on-disk cache keyed on everything that decides the frames."""
     key = json.dumps(
@@ -164,6 +178,8 @@ def cached_generate(cache_dir: Path, seeds: range, per_phantom: int, size: int, 
             "per": per_phantom,
             "size": size,
             "kinds": POSE_KIND_PROBS,
+            "noise": [NOISY_SCANNER_P, NOISE_RAISE_DB],
+            "sim": simulator_digest(),
             "v": 1,
         },
         sort_keys=True,

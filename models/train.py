@@ -28,7 +28,7 @@ TORCH_THREADS = 2
 @dataclass(frozen=True)
 class TrainParams:
     seed: int = 1
-    epochs: int = 14
+    epochs: int = 18
     batch: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4

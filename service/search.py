@@ -1,9 +1,9 @@
 """Searching the view along directions the model cannot judge from one image. Pure logic, time passed in.
 
-A plane a little to one side of the target looks much like the plane on the other side, so a
-single-frame model is at chance on the *sign* of out-of-plane corrections (sweep dy, tilt rx) and,
-for this model, rotation rz (the manifest's ``direction_sign_by_axis``). Following such a component is
-following a coin. Instead, like a sonographer, we use the image over time: ask for a small move along
+A plane a little to one side of the target can look much like the plane on the other side, so a
+single-frame model may be unsure of the *sign* of out-of-plane corrections (sweep dy, tilt rx, turn
+rz): the manifest's ``direction_sign_by_axis`` says how often each axis is right on held-out
+phantoms. Following an axis that is right little more than half the time is following a coin. Instead, like a sonographer, we use the image over time: ask for a small move along
 one axis, watch whether the view gets better (target visibility and view quality, averaged), keep
 going while it does, and reverse with a smaller step when it gets worse (a gradient-following line
 search per axis, with hysteresis). Each move is shown for ``move_s`` so the words stay steady.

@@ -40,7 +40,7 @@ def test_manifest_describes_the_shipped_files() -> None:
     assert training["train_seeds"][1] <= TRAIN_SEEDS[1] < EVAL_SEEDS[0] <= training["eval_seeds"][0]
     assert "MODEL_CARD.md" in MANIFEST["files"]
     card = (MODEL_DIR / "MODEL_CARD.md").read_text()
-    assert "not a diagnostic device" in card and "No real scanner images" in card
+    assert "not a diagnostic device" in card and "Real scanner images: four" in card
 
 
 def test_int8_graph_is_quantized_and_static() -> None:
