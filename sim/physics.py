@@ -25,9 +25,10 @@ MAX_DEPTH_GAIN_DB = 55.0
 BLACK_LEVEL_DB = 4.0
 # Probe in air: the lens face reflects nearly all of the pulse, which rings down inside the lens as
 # echoes parallel to the face, each RING_DECAY_DB weaker (the bands every probe shows in air). Spacing
-# in tissue-equivalent depth; the first echo as a specular echo off a reflection coefficient of 0.5.
-RING_AMP = 0.5 * 40.0
-RING_SPACING_MM = 1.0
+# in tissue-equivalent depth (a real L12-5: 2.6 mm); the first echo as a specular echo off a total
+# reflector (reflection coefficient 1).
+RING_AMP = 1.0 * SPECULAR_GAIN
+RING_SPACING_MM = 2.0
 RING_DECAY_DB = 12.0
 # Coarse texture cell edge (mm): the grain of organ parenchyma above the speckle scale.
 TEXTURE_CELL_MM = 2.0

@@ -55,6 +55,7 @@ class _SettingsCache:
     axial_kernel: np.ndarray
     lateral_bands: tuple[tuple[int, int, np.ndarray], ...]  # (row start, row stop, kernel)
     depth_gain: np.ndarray
+    noise_scale: np.ndarray  # (n_samples,) keeps the receiver noise's power through the PSF
 
 
 class Scanner:
@@ -104,7 +105,11 @@ class Scanner:
         for a, b in itertools.pairwise(edges):
             bands.append((int(a), int(b), physics.gaussian_kernel(float(np.mean(sigma_beams[a:b])))))
         depth_gain = physics.depth_gain_db(s, depth_mm, freq_mhz, tgc_db)
-        return _SettingsCache(grid, conversion, axial, tuple(bands), depth_gain)
+        # White noise through the PSF keeps sum(kernel²) of its power: scale it up by the inverse first.
+        noise_scale = np.empty(grid.n_samples, np.float32)
+        for a, b, kernel in bands:
+            noise_scale[a:b] = 1.0 / np.sqrt(float(np.sum(axial**2)) * float(np.sum(kernel**2)))
+        return _SettingsCache(grid, conversion, axial, tuple(bands), depth_gain, noise_scale)
 
     def _settings_cache(self, settings: ImagingSettings) -> _SettingsCache:
         if not (settings.depth_mm > 0 and settings.freq_mhz > 0):
@@ -232,6 +237,18 @@ class Scanner:
         if not contact.all():
             field[:, ~contact] += physics.ring_down(grid.sample_mm, grid.n_samples)[:, None]
 
+        # Receiver noise (fixed level, different for every frame). It passes the same receive filter
+        # and beamformer as the echoes, so it has the speckle's grain, as on a real scanner; only its
+        # power, which rises with the depth gain and never shows anatomy, tells it from tissue.
+        n = grid.n_samples * grid.n_beams
+        start = int(
+            physics.cell_hash(np.array([[frame_index, ph.seed, 17]], dtype=np.float32), 1.0, 99, 30)[0]
+        )
+        start %= _NOISE_TABLE - n
+        field += (
+            self._noise[start : start + n].reshape(grid.n_samples, grid.n_beams) * cache.noise_scale[:, None]
+        )
+
         # Point-spread function: axial pulse, then lateral beam width band by band (on the I/Q pairs).
         iq = field.view(np.float32).reshape(grid.n_samples, grid.n_beams, 2)
         if len(cache.axial_kernel) > 1:
@@ -240,14 +257,6 @@ class Scanner:
             if len(kernel) > 1:
                 iq[a:b] = correlate1d(iq[a:b], kernel, axis=1, mode="constant")
         field = iq.reshape(grid.n_samples, 2 * grid.n_beams).view(np.complex64)
-
-        # Receiver noise (fixed level before gain), different for every frame.
-        n = grid.n_samples * grid.n_beams
-        start = int(
-            physics.cell_hash(np.array([[frame_index, ph.seed, 17]], dtype=np.float32), 1.0, 99, 30)[0]
-        )
-        start %= _NOISE_TABLE - n
-        field += self._noise[start : start + n].reshape(grid.n_samples, grid.n_beams)
         envelope = np.abs(field)
 
         gain = cache.depth_gain[:, None] + np.float32(settings.gain_db)

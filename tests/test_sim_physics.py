@@ -193,3 +193,26 @@ def test_speckle_moves_with_the_tissue_and_decorrelates_out_of_plane() -> None:
     far = sc.render_stages(FACE.apply_motion([0, 2.0, 0], [0, 0, 0]), settings).envelope
     assert corr(a[rows], near[rows]) > 0.7
     assert corr(a[rows], far[rows]) < 0.2
+
+
+def _lateral_correlation_length(env: np.ndarray) -> float:
+    """Sum of the normalised lateral autocovariance (in beams), row by row, averaged."""
+    x = env - env.mean(axis=1, keepdims=True)
+    c0 = float((x * x).mean())
+    return 1 + 2 * sum(float((x[:, k:] * x[:, :-k]).mean()) / c0 for k in range(1, 12))
+
+
+def test_receiver_noise_has_the_beam_width_grain_and_its_set_power() -> None:
+    """Noise passes the receive beamformer as echoes do: a real scanner's noise is blurred across
+    beams by the beam width like speckle is (not independent from beam to beam), and the filtering
+    leaves its power as set."""
+    noise_db = -40.0
+    sc = Scanner(qa_phantom(atten_db_cm_mhz=0.5, seed=11), noise_db=noise_db)
+    settings = ImagingSettings(30, 140, 3.5)
+    lifted = sc.render_stages(FACE.apply_motion([0, 0, -20], [0, 0, 0]), settings)
+    on = Scanner(qa_phantom(atten_db_cm_mhz=0.5, seed=11)).render_stages(FACE, settings)
+    noise = lifted.envelope[lifted.sample_depth_mm > 30.0][:, 20:-20]  # below the lens ring-down
+    speckle = _left(on)[(on.sample_depth_mm > 10) & (on.sample_depth_mm < 35)]
+    # Independent beams would give 1; speckle adds its scatterer cells to the beam width.
+    assert 1.5 < _lateral_correlation_length(noise) < _lateral_correlation_length(speckle)
+    assert 10 * np.log10(float((noise**2).mean())) == pytest.approx(noise_db, abs=1.0)
