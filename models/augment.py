@@ -7,7 +7,7 @@ display's reference grey (``sim.truth.TARGET_GREY``). So
 
 - a brightness offset *is* a gain change: :func:`shift_gain` shifts grey levels and moves the label
   by the same number of dB (it never changes brightness without telling the label);
-- grey maps, dynamic range, speckle, blur, noise, masks and burned-in overlays change the look but
+- grey maps, dynamic range, speckle, blur, noise, masks, screen margins and burned-in overlays change the look but
   keep the reference grey where it was (:func:`grey_map` and :func:`dynamic_range` are anchored there), so the
   label stays: they teach the head to read *where the tissue sits relative to the reference grey* however the
   scanner draws it, not the simulator's exact grey statistics.
@@ -91,6 +91,17 @@ def sector_mask(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.where(inside, img, 0.0).astype(np.float32)
 
 
+def screen_margins(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Black margins at the sides, as a screen grab shows a linear probe's rectangle inside a wider
+    screen (the margins then carry its text). Masked, not squeezed: the mm per pixel stay as labelled."""
+    w = img.shape[1]
+    left, right = (rng.uniform(0.03, 0.2, 2) * w).astype(int)
+    out = img.copy()
+    out[:, :left] = 0.0
+    out[:, w - right :] = 0.0
+    return out
+
+
 # 3×5 glyphs of digits and a few letters: burned-in annotations are short strings of these.
 _GLYPHS = np.array(
     [
@@ -156,6 +167,7 @@ PIPELINE = (
     (dynamic_range, 0.4),
     (noise, 0.3),
     (sector_mask, 0.2),
+    (screen_margins, 0.15),
     (burn_in, 0.35),
 )
 

@@ -1,6 +1,6 @@
 """`make model`: simulator frames → training → ONNX FP32 → INT8 (QDQ) → evaluation → manifest + card.
 
-    python -m models.build [--out models/sonoguide-view/1.2.0] [--seed 1] [--quick]
+    python -m models.build [--out models/sonoguide-view/1.3.0] [--seed 1] [--quick]
 
 Deterministic for a seed (see models/train.py for the one caveat: thread count and CPU kind).
 """
@@ -20,11 +20,12 @@ from models.evaluate import latency_ms, metrics, run_onnx
 from models.export import OPSET, export_fp32
 from models.manifest import MIN_SERVICE_VERSION, input_specs, model_card, output_specs, write_manifest
 from models.quantize import quantize_int8
-from models.train import TORCH_THREADS, TrainParams, prepare_images, prepare_scalars, train
+from models.real_images import real_image_checks
+from models.train import TORCH_THREADS, TrainParams, prepare_images, prepare_scalars, torch_version, train
 
 log = logging.getLogger("models.build")
 REPO = Path(__file__).resolve().parents[1]
-NAME, VERSION = "sonoguide-view", "1.2.0"
+NAME, VERSION = "sonoguide-view", "1.3.0"
 INT8_FILE, FP32_FILE, CARD_FILE = "model.int8.onnx", "reference.fp32.onnx", "MODEL_CARD.md"
 GOALS = {"gain_mae_db": 2.0, "depth_within_one_step": 0.95, "direction_correct": 0.90}
 
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("FP32 %s", result_fp32)
     log.info("INT8 %s", result_int8)
     log.info("latency %s", latency)
+    real = real_image_checks(out / INT8_FILE)
+    log.info("real scanner images %s", real)
 
     fields = {
         "name": NAME,
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             "fp32": result_fp32,
             "int8": result_int8,
             "latency": {**latency, "batch": 1, "intra_op_threads": 1, "provider": "CPUExecutionProvider"},
+            "real_images": real,
         },
         "training": {
             "description": (
@@ -142,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             "epochs": params.epochs,
             "batch": params.batch,
             "torch_threads": TORCH_THREADS,
+            "torch_version": torch_version(),
             "augmentations": [fn.__name__ for fn, _ in augment.PIPELINE]
             + ["shift_gain (label moved with it)"],
             "calibration": f"{args.calibration_frames} training frames (seed-chosen)",

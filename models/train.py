@@ -81,6 +81,11 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator, p: float) -> tup
     return out, delta
 
 
+def torch_version() -> str:
+    """Recorded in the manifest: the same seed gives the same weights only on the same torch."""
+    return str(torch.__version__)
+
+
 def set_deterministic(seed: int) -> None:
     torch.manual_seed(seed)
     torch.set_num_threads(TORCH_THREADS)

