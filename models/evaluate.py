@@ -31,6 +31,18 @@ AXES = ("dx", "dy", "dz", "rx", "ry", "rz")
 
 
 def run_onnx(path: Path, frames: Frames, threads: int = 1, batch: int = 64) -> dict[str, np.ndarray]:
+    return run_onnx_inputs(path, frames.images, frames.depth_mm, frames.freq_mhz, threads, batch)
+
+
+def run_onnx_inputs(
+    path: Path,
+    grey: np.ndarray,
+    depth_mm: np.ndarray,
+    freq_mhz: np.ndarray,
+    threads: int = 1,
+    batch: int = 64,
+) -> dict[str, np.ndarray]:
+    """Outputs by name for (N, H, W) grey frames at the model's input size and their settings."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -38,10 +50,10 @@ def run_onnx(path: Path, frames: Frames, threads: int = 1, batch: int = 64) -> d
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    images = prepare_images(frames.images)
-    scalars = prepare_scalars(frames.depth_mm, frames.freq_mhz)
+    images = prepare_images(grey)
+    scalars = prepare_scalars(depth_mm, freq_mhz)
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for i in range(0, len(frames), batch):
+    for i in range(0, len(images), batch):
         out = sess.run(names, {"image": images[i : i + batch], "scalars": scalars[i : i + batch]})
         for n, v in zip(names, out, strict=True):
             parts[n].append(v)

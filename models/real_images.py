@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 
 from models.augment import shift_gain
-from models.dataset import Frames
-from models.evaluate import run_onnx
+from models.evaluate import run_onnx_inputs
 from models.inputs import INPUT_SIZE
 from sim.presets import PRESETS
 
@@ -34,29 +33,13 @@ def gain_shifted(grey: np.ndarray, delta_db: float) -> np.ndarray:
     return np.rint(shift_gain(grey.astype(np.float32), delta_db)).astype(np.uint8)
 
 
-def _frames(grey: np.ndarray, preset: str, depth_mm: float, shifts: tuple[float, ...]) -> Frames:
+def _input_frames(grey: np.ndarray, shifts: tuple[float, ...]) -> np.ndarray:
+    """(len(shifts), INPUT_SIZE, INPUT_SIZE) uint8: the frame gain-shifted, then resized."""
     from service.imageprep import resize
 
-    n = len(shifts)
-    images = np.stack(
+    return np.stack(
         [np.clip(np.rint(resize(gain_shifted(grey, d), INPUT_SIZE, INPUT_SIZE)), 0, 255) for d in shifts]
     ).astype(np.uint8)
-    zeros = np.zeros(n, np.float32)
-    return Frames(
-        images=images,
-        gain_db=zeros,
-        depth_mm=np.full(n, depth_mm, np.float32),
-        freq_mhz=np.full(n, PRESETS[preset].default.freq_mhz, np.float32),
-        preset=np.zeros(n, np.int8),
-        seed=np.zeros(n, np.int64),
-        gain_error_db=zeros,
-        best_depth_mm=zeros,
-        target_visible=zeros,
-        quality=zeros,
-        contact=zeros,
-        correction_mm=np.zeros((n, 3), np.float32),
-        correction_deg=np.zeros((n, 3), np.float32),
-    )
 
 
 def real_image_checks(model_path: Path, data: Path = DATA) -> dict[str, Any]:
@@ -66,7 +49,13 @@ def real_image_checks(model_path: Path, data: Path = DATA) -> dict[str, Any]:
     out: dict[str, Any] = {"tissue": {}, "air": {}}
     for group, catalogue, shifts in (("tissue", TISSUE, TISSUE_SHIFTS_DB), ("air", AIR, AIR_SHIFTS_DB)):
         for name, (preset, depth) in catalogue.items():
-            pred = run_onnx(model_path, _frames(read_image(data / name), preset, depth, shifts))
+            n = len(shifts)
+            pred = run_onnx_inputs(
+                model_path,
+                _input_frames(read_image(data / name), shifts),
+                np.full(n, depth, np.float32),
+                np.full(n, PRESETS[preset].default.freq_mhz, np.float32),
+            )
             row: dict[str, Any] = {"preset": preset, "depth_mm": depth, "shifts_db": list(shifts)}
             row["contact_probability"] = [round(float(p), 3) for p in pred["contact"]]
             if group == "tissue":
