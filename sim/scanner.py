@@ -106,6 +106,7 @@ class Scanner:
             bands.append((int(a), int(b), physics.gaussian_kernel(float(np.mean(sigma_beams[a:b])))))
         depth_gain = physics.depth_gain_db(s, depth_mm, freq_mhz, tgc_db)
         # White noise through the PSF keeps sum(kernel²) of its power: scale it up by the inverse first.
+        # (gaussian_kernel has unit L2 norm, so this is 1 within float32 rounding today.)
         noise_scale = np.empty(grid.n_samples, np.float32)
         for a, b, kernel in bands:
             noise_scale[a:b] = 1.0 / np.sqrt(float(np.sum(axial**2)) * float(np.sum(kernel**2)))
@@ -238,8 +239,8 @@ class Scanner:
             field[:, ~contact] += physics.ring_down(grid.sample_mm, grid.n_samples)[:, None]
 
         # Receiver noise (fixed level, different for every frame). It passes the same receive filter
-        # and beamformer as the echoes, so it has the speckle's grain, as on a real scanner; only its
-        # power, which rises with the depth gain and never shows anatomy, tells it from tissue.
+        # and beamformer as the echoes, so it is blurred across beams by the beam width as a real
+        # scanner's noise is (the axial pulse is shorter than a grid sample at most depths).
         n = grid.n_samples * grid.n_beams
         start = int(
             physics.cell_hash(np.array([[frame_index, ph.seed, 17]], dtype=np.float32), 1.0, 99, 30)[0]

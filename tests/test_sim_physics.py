@@ -69,6 +69,13 @@ def test_gain_shifts_display_by_g_times_255_over_dr_until_saturation(qa: Scanner
     assert np.mean(saturated[tissue] >= 200) > 0.5
 
 
+def _lateral_correlation_length(env: np.ndarray, max_lag: int = 11) -> float:
+    """Lateral correlation length (in beams): the sum of the normalised autocovariance along each row."""
+    x = env - env.mean(axis=1, keepdims=True)
+    c0 = float((x * x).mean())
+    return 1 + 2 * sum(float((x[:, k:] * x[:, :-k]).mean()) / c0 for k in range(1, max_lag + 1))
+
+
 def _grid_region(st: Stages, beams: slice, depth: tuple[float, float]) -> np.ndarray:
     rows = (st.sample_depth_mm > depth[0]) & (st.sample_depth_mm < depth[1])
     return st.envelope[rows, beams]
@@ -150,10 +157,7 @@ def test_higher_frequency_resolves_better_but_penetrates_less(qa: Scanner) -> No
         below = np.flatnonzero(power < 4 * noise_power)  # echo within ~5 dB of the noise
         penetration[f] = st.sample_depth_mm[below[0]] if len(below) else np.inf
         band = _grid_region(at_focus, slice(0, 80), (55, 85))
-        band = band - band.mean(axis=1, keepdims=True)
-        c0 = float((band * band).mean())
-        # Lateral correlation length of the speckle (sum of the normalised autocovariance).
-        lengths[f] = 1 + 2 * sum(float((band[:, k:] * band[:, :-k]).mean()) / c0 for k in range(1, 8))
+        lengths[f] = _lateral_correlation_length(band, max_lag=7)
     assert lengths[5.0] < lengths[3.5] < lengths[2.5]
     assert penetration[5.0] < penetration[3.5] < 200 and penetration[2.5] >= penetration[3.5]
     assert penetration[5.0] < 170
@@ -193,13 +197,6 @@ def test_speckle_moves_with_the_tissue_and_decorrelates_out_of_plane() -> None:
     far = sc.render_stages(FACE.apply_motion([0, 2.0, 0], [0, 0, 0]), settings).envelope
     assert corr(a[rows], near[rows]) > 0.7
     assert corr(a[rows], far[rows]) < 0.2
-
-
-def _lateral_correlation_length(env: np.ndarray) -> float:
-    """Sum of the normalised lateral autocovariance (in beams), row by row, averaged."""
-    x = env - env.mean(axis=1, keepdims=True)
-    c0 = float((x * x).mean())
-    return 1 + 2 * sum(float((x[:, k:] * x[:, :-k]).mean()) / c0 for k in range(1, 12))
 
 
 def test_receiver_noise_has_the_beam_width_grain_and_its_set_power() -> None:
