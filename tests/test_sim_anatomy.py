@@ -32,7 +32,8 @@ def _count(ph: Phantom, sweep_mm: float, label: str, region: str = "all") -> int
 
 
 # (preset, sweep mm, label, region, side where that structure shows): renal hilum medial (+y); thyroid
-# medial and jugular vein lateral; right atrium (deep) on +y, pulmonary trunk (shallow) on −y.
+# medial and jugular vein lateral; coronary sinus / right-heart inflow (deep) on +y, right ventricular
+# outflow (shallow) on −y.
 SIDES = [
     ("abdomen", 8.0, "renal_sinus", "all", +1),
     ("vascular", 12.0, "thyroid", "all", +1),
