@@ -28,16 +28,17 @@ TORCH_THREADS = 2
 @dataclass(frozen=True)
 class TrainParams:
     seed: int = 1
-    epochs: int = 18
+    epochs: int = 15
     batch: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
     augment_p: float = 0.7  # share of training frames that get augmented
 
 
-def targets(frames: Frames, gain_delta: np.ndarray) -> dict[str, torch.Tensor]:
+def targets(frames: Frames, gain_delta: np.ndarray, geometry_kept: np.ndarray) -> dict[str, torch.Tensor]:
     gain = frames.gain_error_db + gain_delta * frames.contact  # no contact: gain error 0 by definition
     return {
+        "geometry": torch.from_numpy(geometry_kept.astype(np.float32)),
         "gain": torch.from_numpy((gain / netmod.GAIN_UNIT_DB).astype(np.float32)),
         "depth": torch.from_numpy(np.log(frames.best_depth_mm / frames.depth_mm).astype(np.float32)),
         "visible": torch.from_numpy(frames.target_visible.astype(np.float32)),
@@ -51,10 +52,11 @@ def targets(frames: Frames, gain_delta: np.ndarray) -> dict[str, torch.Tensor]:
 def loss_fn(raw: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     contact = t["contact"]
     # Pose labels matter most where the target shows; far-off frames still teach the rough direction.
-    pose_w = (0.3 + 0.7 * (t["visible"] > 0.05).float()) * contact
+    pose_w = (0.3 + 0.7 * (t["visible"] > 0.05).float()) * contact * t["geometry"]
+    depth_w = contact * t["geometry"]
     parts = {
         "gain": F.smooth_l1_loss(raw[:, netmod.RAW_GAIN], t["gain"], beta=0.2),
-        "depth": 4.0 * F.smooth_l1_loss(raw[:, netmod.RAW_DEPTH] * contact, t["depth"] * contact, beta=0.05),
+        "depth": 4.0 * F.smooth_l1_loss(raw[:, netmod.RAW_DEPTH] * depth_w, t["depth"] * depth_w, beta=0.05),
         "visible": F.binary_cross_entropy_with_logits(raw[:, netmod.RAW_VISIBLE], t["visible"]),
         "quality": F.binary_cross_entropy_with_logits(raw[:, netmod.RAW_QUALITY], t["quality"]),
         "contact": F.binary_cross_entropy_with_logits(raw[:, netmod.RAW_CONTACT], contact),
@@ -72,13 +74,17 @@ def loss_fn(raw: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
-def augment_batch(images: np.ndarray, rng: np.random.Generator, p: float) -> tuple[np.ndarray, np.ndarray]:
+def augment_batch(
+    images: np.ndarray, rng: np.random.Generator, p: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images, gain label shifts in dB, geometry kept) for one batch."""
     out = images.astype(np.float32)
     delta = np.zeros(len(images), np.float32)
+    geometry_kept = np.ones(len(images), bool)
     for i in range(len(images)):
         if rng.uniform() < p:
-            out[i], delta[i] = augment(images[i], rng)
-    return out, delta
+            out[i], delta[i], geometry_kept[i] = augment(images[i], rng)
+    return out, delta, geometry_kept
 
 
 def torch_version() -> str:
@@ -95,7 +101,8 @@ def set_deterministic(seed: int) -> None:
 def train(frames: Frames, params: TrainParams) -> netmod.SonoNet:
     set_deterministic(params.seed)
     rng = np.random.default_rng([params.seed, 0x7A1])
-    model = netmod.SonoNet()
+    # channels_last: oneDNN's convolutions run a few percent faster on CPU in this layout.
+    model = netmod.SonoNet().to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     steps_per_epoch = len(frames) // params.batch
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -110,10 +117,10 @@ def train(frames: Frames, params: TrainParams) -> netmod.SonoNet:
         for step in range(steps_per_epoch):
             idx = np.sort(order[step * params.batch : (step + 1) * params.batch])
             batch = frames.subset(idx)
-            imgs, delta = augment_batch(batch.images, rng, params.augment_p)
-            x = torch.from_numpy(prepare_images(imgs))
+            imgs, delta, geometry_kept = augment_batch(batch.images, rng, params.augment_p)
+            x = torch.from_numpy(prepare_images(imgs)).contiguous(memory_format=torch.channels_last)
             s = torch.from_numpy(scalars_all[idx])
-            loss, parts = loss_fn(model(x, s), targets(batch, delta))
+            loss, parts = loss_fn(model(x, s), targets(batch, delta, geometry_kept))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -123,4 +130,4 @@ def train(frames: Frames, params: TrainParams) -> netmod.SonoNet:
         summary = " ".join(f"{k}={v / steps_per_epoch:.3f}" for k, v in sums.items())
         log.info("epoch %d/%d %.0fs %s", epoch + 1, params.epochs, time.monotonic() - t0, summary)
     model.eval()
-    return model
+    return model.to(memory_format=torch.contiguous_format)

@@ -150,11 +150,12 @@ def read_image(path: Path | str) -> np.ndarray:
     raise ImageError(f"{p}: unsupported image format (give an 8-bit PNG or a .npy array)")
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=256)
 def _resample_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) weights: box (area) average when shrinking, linear interpolation when growing.
 
-    Cached: the daemon resizes every frame of one probe geometry, so the weights are built once.
+    Cached: the daemon resizes every frame of one probe geometry, so the weights are built once;
+    training augmentations resize to a few dozen sizes.
     """
     w = np.zeros((n_out, n_in))
     scale = n_in / n_out
