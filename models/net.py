@@ -44,13 +44,16 @@ def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 
 
 class SonoNet(nn.Module):
-    def __init__(self, widths: tuple[int, ...] = (16, 24, 32, 48, 64), hidden: int = 128) -> None:
+    def __init__(self, widths: tuple[int, ...] = (16, 24, 32, 64, 96), hidden: int = 128) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c = 1
         for i, w in enumerate(widths):
             layers.append(_block(c, w, 2))  # 128 → 64 → 32 → 16 → 8 → 4
-            if i >= 1:
+            # A second conv from 16×16 down only: at 32×32 it cost a third of the net's compute (and
+            # of `make model`'s training time); the width goes to the coarse stages instead, which
+            # cost little and carry the anatomy the out-of-plane signs are read from.
+            if i >= 2:
                 layers.append(_block(w, w, 1))
             c = w
         self.features = nn.Sequential(*layers)
