@@ -1,6 +1,6 @@
 """`make model`: simulator frames → training → ONNX FP32 → INT8 (QDQ) → evaluation → manifest + card.
 
-    python -m models.build [--out models/sonoguide-view/1.3.0] [--seed 1] [--quick]
+    python -m models.build [--out models/sonoguide-view/1.4.0] [--seed 1] [--quick]
 
 Deterministic for a seed (see models/train.py for the one caveat: thread count and CPU kind).
 """
@@ -25,7 +25,7 @@ from models.train import TORCH_THREADS, TrainParams, prepare_images, prepare_sca
 
 log = logging.getLogger("models.build")
 REPO = Path(__file__).resolve().parents[1]
-NAME, VERSION = "sonoguide-view", "1.3.0"
+NAME, VERSION = "sonoguide-view", "1.4.0"
 INT8_FILE, FP32_FILE, CARD_FILE = "model.int8.onnx", "reference.fp32.onnx", "MODEL_CARD.md"
 GOALS = {"gain_mae_db": 2.0, "depth_within_one_step": 0.95, "direction_correct": 0.90}
 

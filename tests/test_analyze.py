@@ -100,18 +100,13 @@ def test_brightened_views_get_less_gain(scenes) -> None:
         assert row["gain_change_db"] < 0, row
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect of sonoguide-view 1.3.0 (issue #5 open): the abdomen (curved probe) air frame, "
-    "black but for a small ring-down arc at the top, burned-in text and a caliper line, reads as contact "
-    "(p 0.89); the vascular (linear probe) one is right since 1.3.0 (p 0.10, was 0.93). The frames as the "
-    "simulator draws them are right (next test).",
-)
 def test_probe_in_air_reads_no_contact(scenes) -> None:
+    """In a look it never saw the model is less sure than on its own frames (next test): the advice
+    may be to press rather than to add gel, but it must be about contact and leave the gain alone."""
     for row in _run_case(scenes["air"], {}):
         assert row["contact"] is False, row
         assert row["gain_change_db"] == 0.0
-        assert row["instruction"].startswith("Add gel")
+        assert row["instruction_id"] in ("more_gel", "press"), row
 
 
 def test_several_images_json_lines_and_table(scenes, tmp_path: Path) -> None:

@@ -62,17 +62,7 @@ def test_real_frame_darkened_asks_for_more_gain(name: str, tissue_rows) -> None:
     assert float(rows["darker"]["gain_change_db"]) - float(rows["brighter"]["gain_change_db"]) >= 8.0
 
 
-BRIGHTER_DEFECT = pytest.mark.xfail(
-    strict=True,
-    reason="known defect of sonoguide-view 1.3.0 (issue #5 open): this hazy parasternal view reads only "
-    "+1.6-1.8 dB too bright when brightened by 10 dB (as acquired it reads -4.8 dB), inside the controller's "
-    "2 dB dead band, so no change is advised; 1.2.0 read +3.4 dB. See the model card.",
-)
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=BRIGHTER_DEFECT) if "epiq" in n else n for n in sorted(TISSUE)]
-)
+@pytest.mark.parametrize("name", sorted(TISSUE))
 def test_real_frame_brightened_asks_for_less_gain(name: str, tissue_rows) -> None:
     assert tissue_rows[name]["brighter"]["gain_change_db"] < 0, tissue_rows[name]["brighter"]
 
