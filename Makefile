@@ -29,8 +29,8 @@ lint: setup
 	$(VENV)/bin/ruff format --check firmware_bridge service sim models tests scripts
 	$(VENV)/bin/mypy firmware_bridge service sim models
 
-# Regenerates models/sonoguide-view/<version>/ from scratch on the CPU: 22-36 min on 2 idle cores
-# (frames ~6 min, 18 epochs of 55-100 s: the same machine kind has run both); longer when shared.
+# Regenerates models/sonoguide-view/<version>/ from scratch on the CPU: 27 min on 2 idle cores
+# (frames 6.5 min, 15 epochs of ~80 s); up to ~33 min when this machine kind runs slow or shared.
 model: setup
 	$(PY) -m pip install --quiet -e '.[dev,train]'
 	$(PY) -m models.build $(MODEL_ARGS)
