@@ -14,6 +14,7 @@ import numpy as np
 from models.augment import shift_gain
 from models.evaluate import run_onnx_inputs
 from models.inputs import INPUT_SIZE
+from service.imageprep import read_image, resize
 from sim.presets import PRESETS
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "real_us"
@@ -35,8 +36,6 @@ def gain_shifted(grey: np.ndarray, delta_db: float) -> np.ndarray:
 
 def _input_frames(grey: np.ndarray, shifts: tuple[float, ...]) -> np.ndarray:
     """(len(shifts), INPUT_SIZE, INPUT_SIZE) uint8: the frame gain-shifted, then resized."""
-    from service.imageprep import resize
-
     return np.stack(
         [np.clip(np.rint(resize(gain_shifted(grey, d), INPUT_SIZE, INPUT_SIZE)), 0, 255) for d in shifts]
     ).astype(np.uint8)
@@ -44,8 +43,6 @@ def _input_frames(grey: np.ndarray, shifts: tuple[float, ...]) -> np.ndarray:
 
 def real_image_checks(model_path: Path, data: Path = DATA) -> dict[str, Any]:
     """Per image and display gain shift (dB): contact probability and, on tissue, the gain error."""
-    from service.imageprep import read_image
-
     out: dict[str, Any] = {"tissue": {}, "air": {}}
     for group, catalogue, shifts in (("tissue", TISSUE, TISSUE_SHIFTS_DB), ("air", AIR, AIR_SHIFTS_DB)):
         for name, (preset, depth) in catalogue.items():

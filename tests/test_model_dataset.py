@@ -5,14 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from models.dataset import simulator_digest
-
-SIM = Path(__file__).resolve().parents[1] / "sim"
+from models.dataset import SIM_DIR, simulator_digest
 
 
 def test_simulator_digest_follows_the_code_not_the_comments(tmp_path: Path) -> None:
     copy = tmp_path / "sim"
-    shutil.copytree(SIM, copy)
+    shutil.copytree(SIM_DIR, copy)
     assert simulator_digest(copy) == simulator_digest()
     physics = copy / "physics.py"
     source = physics.read_text()
