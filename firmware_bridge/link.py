@@ -20,11 +20,11 @@ import serial
 
 from firmware_bridge import messages as m
 from firmware_bridge.assembly import FrameAssembler, ProbeFrame
+from firmware_bridge.devicelog import device_logger
 from firmware_bridge.errors import ProbeError, ProbeIncompatible, ProbeNack, ProbeTimeout
 from firmware_bridge.linkparts import DeviceInfo, Pending, TrafficRing, param_id, param_reply
 from firmware_bridge.protocol import MAX_PAYLOAD, PROTOCOL_MAJOR, PROTOCOL_MINOR, FrameDecoder
 from firmware_bridge.timesync import SyncSample, TimeSync
-from service.logsetup import device_logger
 
 __all__ = [
     "DeviceInfo",

@@ -23,7 +23,7 @@ import functools
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from service.imageprep import resize
+from models.imageprep import resize
 from sim.truth import TARGET_GREY
 
 MID_GREY = TARGET_GREY  # the grey level the best gain puts tissue at

@@ -13,8 +13,8 @@ import numpy as np
 
 from models.augment import shift_gain
 from models.evaluate import run_onnx_inputs
+from models.imageprep import read_image, resize
 from models.inputs import INPUT_SIZE
-from service.imageprep import read_image, resize
 from sim.presets import PRESETS
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "real_us"

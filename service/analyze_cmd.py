@@ -75,7 +75,7 @@ def decide(out: Any, gain_db: float, depth_mm: float, preset: Any) -> dict[str, 
 def analyze_one(
     model: Any, path: Path, gain_db: float, depth_mm: float, freq_mhz: float, preset: Any
 ) -> dict[str, Any]:
-    from service.imageprep import read_image
+    from models.imageprep import read_image
 
     image = read_image(path)
     out = model.predict(image, gain_db, depth_mm, freq_mhz)
@@ -123,7 +123,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.imageprep import ImageError
+    from models.imageprep import ImageError
     from service.onnxmodel import ModelLoadError, load_model
     from sim.presets import get_preset
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from firmware_bridge.devicelog import device_logger
 from service import __version__
 from service.clock import Clock, MonotonicClock
 from service.commands import Calibrator, CommandHandler, ModelLoader
@@ -16,7 +17,6 @@ from service.config import Config
 from service.guidance import GuidanceParams
 from service.health import HealthMonitor, SdNotifier
 from service.inference import Model
-from service.logsetup import device_logger
 from service.mqtt.client import MqttApi
 from service.pipeline import Pipeline, PoseSource
 from service.probe import ProbeLinkLike, describe_info

@@ -2,7 +2,8 @@
 
 On a terminal: short human-readable lines. Under systemd (stderr connected to journald, which sets
 JOURNAL_STREAM): one line of key=value pairs per record, which journald stores and `journalctl -o
-cat` shows greppable. A per-device prefix comes from :func:`device_logger`.
+cat` shows greppable. A per-device prefix comes from
+:func:`firmware_bridge.devicelog.device_logger` (the ``device`` field these formatters show).
 """
 
 from __future__ import annotations
@@ -10,23 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import MutableMapping
-from typing import Any, TextIO
-
-
-class DeviceAdapter(logging.LoggerAdapter):
-    """Adds a ``device`` field (e.g. ``probe:ttyACM0``) to every record of one device's logger."""
-
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
-        extra = dict(kwargs.get("extra") or {})
-        extra.setdefault("device", self.extra["device"] if self.extra else "")
-        kwargs["extra"] = extra
-        return msg, kwargs
-
-
-def device_logger(name: str, device: str) -> DeviceAdapter:
-    """The logger for module ``name`` speaking about one device, e.g. ``device_logger(__name__, "probe:ACM0")``."""
-    return DeviceAdapter(logging.getLogger(name), {"device": device})
+from typing import TextIO
 
 
 def _quote(value: str) -> str:

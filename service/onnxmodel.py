@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from service.imageprep import resize
+from firmware_bridge.devicelog import device_logger
+from models.imageprep import resize
 from service.inference import ModelOutput
-from service.logsetup import device_logger
 
 log = logging.getLogger(__name__)
 

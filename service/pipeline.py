@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from firmware_bridge.devicelog import device_logger
 from service.clock import Clock
 from service.config import AutoConfig
 from service.control import AutoDepth, AutoGain, Change, ManualChangeDetector, ManualOverride, ProbeLimits
@@ -26,7 +27,6 @@ from service.guidance import Correction, GuidanceEngine, GuidanceParams, model_c
 from service.handoff import LatestSlot
 from service.inference import Model, ModelOutput
 from service.linkevents import handle_link_event
-from service.logsetup import device_logger
 from service.probe import DEPTH, FREQUENCY, GAIN, TUNABLE, ProbeLinkLike, limits_from_info
 from service.search import unreliable_axes
 

@@ -16,33 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
+from firmware_bridge.kit import (
+    CALIBRATION_STICKERS,
+    COLOURS,
+    MARKER_RADIUS_MM,
+    PROBE_MARKERS,
+    STICKER_RADIUS_MM,
+    Intrinsics,
+)
 from sim.phantom import Phantom, make_phantom
 from sim.types import Pose, look_rotation, rotvec_to_matrix
 
 log = logging.getLogger(__name__)
 
-# Probe markers: sphere centres in the probe frame (mm); negative z = on the handle above the face.
-PROBE_MARKERS: dict[str, tuple[float, float, float]] = {
-    "red": (30.0, 0.0, -70.0),
-    "green": (-30.0, 0.0, -70.0),
-    "blue": (0.0, 20.0, -100.0),
-}
-MARKER_RADIUS_MM = 7.0
-# Calibration stickers: flat discs on the skin at patient (x, y) (mm).
-CALIBRATION_STICKERS: dict[str, tuple[float, float]] = {
-    "yellow": (0.0, 0.0),
-    "cyan": (120.0, 0.0),
-    "magenta": (0.0, 120.0),
-}
-STICKER_RADIUS_MM = 10.0
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30),
-    "green": (30, 200, 40),
-    "blue": (30, 60, 230),
-    "yellow": (240, 220, 30),
-    "cyan": (30, 220, 230),
-    "magenta": (230, 40, 210),
-}
 SKIN_RGB = (214, 170, 140)
 TABLE_RGB = (70, 80, 95)
 PROBE_RGB = (70, 72, 80)
@@ -57,30 +43,26 @@ DEPTH_UNIT_M = 0.001
 
 @dataclass(frozen=True)
 class CameraModel:
-    width: int
-    height: int
-    fx: float
-    fy: float
-    ppx: float
-    ppy: float
+    """The simulated camera: the kit's pinhole model (no distortion) placed over the patient."""
+
+    intrinsics: Intrinsics
     pose: Pose  # camera frame in patient coordinates
 
+    @property
+    def width(self) -> int:
+        return self.intrinsics.width
+
+    @property
+    def height(self) -> int:
+        return self.intrinsics.height
+
     def intrinsics_dict(self) -> dict[str, float | int]:
-        return {
-            "width": self.width,
-            "height": self.height,
-            "fx": self.fx,
-            "fy": self.fy,
-            "ppx": self.ppx,
-            "ppy": self.ppy,
-        }
+        i = self.intrinsics
+        return {"width": i.width, "height": i.height, "fx": i.fx, "fy": i.fy, "ppx": i.ppx, "ppy": i.ppy}
 
     def project(self, points_patient: np.ndarray) -> np.ndarray:
         """Pixel (u, v) and camera depth z (mm) of patient points (N, 3) -> (N, 3)."""
-        cam = self.pose.inverse().to_points(points_patient)
-        u = self.fx * cam[:, 0] / cam[:, 2] + self.ppx
-        v = self.fy * cam[:, 1] / cam[:, 2] + self.ppy
-        return np.column_stack([u, v, cam[:, 2]])
+        return self.intrinsics.project(self.pose.inverse().to_points(points_patient))
 
 
 def default_camera(seed: int) -> CameraModel:
@@ -92,15 +74,15 @@ def default_camera(seed: int) -> CameraModel:
     height = rng.uniform(560, 640)
     position = centre - down * height
     rot = look_rotation(down, [1.0, 0.0, 0.0])  # camera x ~ patient x, y ~ patient y, z = optical axis
-    return CameraModel(
+    intrinsics = Intrinsics(
         width=640,
         height=480,
         fx=float(rng.uniform(605, 620)),
         fy=float(rng.uniform(605, 620)),
         ppx=float(320 + rng.uniform(-4, 4)),
         ppy=float(240 + rng.uniform(-4, 4)),
-        pose=Pose.from_matrix(position, rot),
     )
+    return CameraModel(intrinsics, pose=Pose.from_matrix(position, rot))
 
 
 @dataclass(frozen=True)
@@ -115,9 +97,14 @@ def _rays(cam: CameraModel) -> np.ndarray:
     """Patient-frame ray directions (H*W, 3) float32, scaled so that camera z = 1: the ray parameter
     of a hit is its depth."""
     u, v = np.meshgrid(np.arange(cam.width, dtype=np.float32), np.arange(cam.height, dtype=np.float32))
-    d_cam = np.stack([(u - cam.ppx) / cam.fx, (v - cam.ppy) / cam.fy, np.ones_like(u)], axis=-1).reshape(
-        -1, 3
-    )
+    d_cam = np.stack(
+        [
+            (u - cam.intrinsics.ppx) / cam.intrinsics.fx,
+            (v - cam.intrinsics.ppy) / cam.intrinsics.fy,
+            np.ones_like(u),
+        ],
+        axis=-1,
+    ).reshape(-1, 3)
     return d_cam @ cam.pose.rotation_matrix().T.astype(np.float32)
 
 
@@ -203,7 +190,7 @@ def _roi(cam: CameraModel, centre: np.ndarray, radius: float) -> np.ndarray | No
     uvz = cam.project(centre[None, :])[0]
     if uvz[2] <= radius:
         return np.arange(cam.width * cam.height)
-    half = radius * max(cam.fx, cam.fy) / (uvz[2] - radius) + 2
+    half = radius * max(cam.intrinsics.fx, cam.intrinsics.fy) / (uvz[2] - radius) + 2
     u0, u1 = int(max(0, uvz[0] - half)), int(min(cam.width, uvz[0] + half + 1))
     v0, v1 = int(max(0, uvz[1] - half)), int(min(cam.height, uvz[1] + half + 1))
     if u0 >= u1 or v0 >= v1:
@@ -337,7 +324,8 @@ def write_recording(
     colour_sensor = dev.add_sensor("RGB Camera")
     intr = rs.intrinsics()
     intr.width, intr.height = cam.width, cam.height
-    intr.fx, intr.fy, intr.ppx, intr.ppy = cam.fx, cam.fy, cam.ppx, cam.ppy
+    k = cam.intrinsics
+    intr.fx, intr.fy, intr.ppx, intr.ppy = k.fx, k.fy, k.ppx, k.ppy
     intr.model = rs.distortion.brown_conrady
     intr.coeffs = [0.0, 0.0, 0.0, 0.0, 0.0]
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from scipy.ndimage import uniform_filter
 
-from service.imageprep import ImageError, read_image, resize
+from models.imageprep import ImageError, read_image, resize
 from sim.phantom import make_phantom
 from sim.sampling import seat_on_skin
 from sim.scanner import Scanner

@@ -12,9 +12,10 @@ import threading
 import paho.mqtt.client as mqtt
 import serial
 
+from firmware_bridge.devicelog import device_logger
 from firmware_bridge.ptyport import PtyPair
 from service.localbroker import LocalBroker
-from service.logsetup import device_logger, setup_logging
+from service.logsetup import setup_logging
 
 
 def _connected_client(broker: LocalBroker, client_id: str) -> mqtt.Client:

@@ -11,15 +11,9 @@ import numpy as np
 import pyrealsense2 as rs
 from PIL import Image
 
+from firmware_bridge.kit import CALIBRATION_STICKERS, COLOURS, MARKER_RADIUS_MM, PROBE_MARKERS
 from sim.bench import frames_per_second
-from sim.camera import (
-    CALIBRATION_STICKERS,
-    COLOURS,
-    MARKER_RADIUS_MM,
-    PROBE_MARKERS,
-    default_camera,
-    render_camera,
-)
+from sim.camera import default_camera, render_camera
 from sim.phantom import make_phantom
 from sim.types import Pose
 from tests.cli import run_sonoguide

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from firmware_bridge.kit import COLOURS
 from service.config import CameraConfig
 from service.tracking import calibration as cal
 from service.tracking.camera import CameraSource, camera_from_config
 from service.tracking.device import CameraSpec
 from service.tracking.markers import detect_markers
 from service.tracking.pose import angle_deg, fit_probe, pose_of, slerp
-from sim.camera import COLOURS, SKIN_RGB
+from sim.camera import SKIN_RGB
 from tests.cli import run_sonoguide
 from tests.tracking_bench import NOVICE_SEED, PARKED_SEED, Recording, make_recording, parked_pose
 

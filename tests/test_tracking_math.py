@@ -10,12 +10,12 @@ import numpy as np
 import pyrealsense2 as rs
 import pytest
 
+from firmware_bridge.kit import PROBE_MARKERS, Intrinsics, matrix_to_quat
 from service.tracking import calibration as cal
-from service.tracking.markers import Intrinsics, deproject
+from service.tracking.markers import deproject
 from service.tracking.pose import angle_deg, fit_probe, kabsch, pose_of, transform
 from service.tracking.track import PoseSample, PoseTrack, TimestampMapper, interpolate
-from sim.camera import PROBE_MARKERS
-from sim.types import Pose, matrix_to_quat, rotvec_to_matrix
+from sim.types import Pose, rotvec_to_matrix
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from firmware_bridge.kit import Intrinsics
 from service.tracking import calibration as cal
 from service.tracking.device import CameraFrame, CameraSpec, read_frames
-from service.tracking.markers import Intrinsics
 from sim.camera import write_recording
 from sim.phantom import make_phantom
 from sim.types import Pose

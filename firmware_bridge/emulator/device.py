@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firmware_bridge import messages as m
+from firmware_bridge.devicelog import device_logger
 from firmware_bridge.emulator.endpoints import FdEndpoint, PathEndpoint, PtyEndpoint
 from firmware_bridge.emulator.images import ImageSource, PatternImageSource
 from firmware_bridge.emulator.poses import PoseSource, ScriptedPath
 from firmware_bridge.emulator.state import Capabilities, apply_param, default_params, read_param
 from firmware_bridge.protocol import CHUNK_DATA_MAX, PROTOCOL_MAJOR, FrameDecoder
-from service.logsetup import device_logger
 
 HEARTBEAT_INTERVAL_S = 0.2
 OVER_TEMPERATURE_C = 43.0

@@ -26,8 +26,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from firmware_bridge.devicelog import device_logger
 from service.config import MqttConfig
-from service.logsetup import device_logger
 from service.mqtt.topics import BY_NAME, COMMANDS, topic_path
 from service.mqtt.validate import validate
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from service.tracking.markers import Intrinsics, deproject, detect_stickers
+from firmware_bridge.kit import CALIBRATION_STICKERS, Intrinsics
+from service.tracking.markers import deproject, detect_stickers
 from service.tracking.pose import invert, pose_of, transform, transform_of
-from sim.camera import CALIBRATION_STICKERS
 
 FORMAT_VERSION = 1
 SKIN_RING_MM = (14.0, 70.0)  # skin samples around the origin sticker used for its normal

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firmware_bridge.devicelog import device_logger
 from service.clock import Clock, MonotonicClock
 from service.config import CameraConfig
-from service.logsetup import device_logger
 from service.tracking import calibration as cal
 from service.tracking.device import CameraFrame, CameraSpec, CameraUnavailableError, OpenCamera
 from service.tracking.markers import Intrinsics, detect_markers

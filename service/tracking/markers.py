@@ -8,51 +8,18 @@ camera z in millimetres (the caller applies the device's depth scale), 0 = no da
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from sim.camera import COLOURS, MARKER_RADIUS_MM, PROBE_MARKERS, STICKER_RADIUS_MM
-
-SUPPORTED_MODELS = ("none", "brown_conrady", "inverse_brown_conrady")
-
-
-@dataclass(frozen=True)
-class Intrinsics:
-    """Pinhole + distortion as librealsense reports it (``rs.intrinsics``)."""
-
-    width: int
-    height: int
-    fx: float
-    fy: float
-    ppx: float
-    ppy: float
-    model: str = "none"
-    coeffs: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0)
-
-    def __post_init__(self) -> None:
-        if self.model not in SUPPORTED_MODELS:
-            raise ValueError(
-                f"distortion model {self.model!r} is not supported (supported: {', '.join(SUPPORTED_MODELS)})"
-            )
-        if self.fx <= 0 or self.fy <= 0 or self.width <= 0 or self.height <= 0:
-            raise ValueError(f"invalid intrinsics: {self}")
-
-    @staticmethod
-    def from_rs(intr: Any) -> Intrinsics:
-        model = str(intr.model).rsplit(".", 1)[-1]
-        c = [float(v) for v in intr.coeffs]
-        return Intrinsics(
-            int(intr.width), int(intr.height), float(intr.fx), float(intr.fy), float(intr.ppx),
-            float(intr.ppy), model, (c[0], c[1], c[2], c[3], c[4]),
-        )  # fmt: skip
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "width": self.width, "height": self.height, "fx": self.fx, "fy": self.fy,
-            "ppx": self.ppx, "ppy": self.ppy, "model": self.model, "coeffs": list(self.coeffs),
-        }  # fmt: skip
+from firmware_bridge.kit import (
+    CALIBRATION_STICKERS,
+    COLOURS,
+    MARKER_RADIUS_MM,
+    PROBE_MARKERS,
+    STICKER_RADIUS_MM,
+    Intrinsics,
+)
 
 
 def deproject(intr: Intrinsics, uv: np.ndarray, depth_mm: np.ndarray) -> np.ndarray:
@@ -262,8 +229,6 @@ class StickerObservation:
 def detect_stickers(rgb: np.ndarray, depth_mm: np.ndarray, intr: Intrinsics) -> dict[str, StickerObservation]:
     """Each calibration sticker found: the mean of its deprojected pixels is the disc's centre (the
     pixels sample the flat disc almost uniformly at these distances)."""
-    from sim.camera import CALIBRATION_STICKERS
-
     _check_frame(rgb, depth_mm, intr)
     found: dict[str, StickerObservation] = {}
     for name, mask in classify_colours(rgb, tuple(CALIBRATION_STICKERS)).items():

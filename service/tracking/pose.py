@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.camera import PROBE_MARKERS
-from sim.types import matrix_to_quat, quat_to_matrix
+from firmware_bridge.kit import PROBE_MARKERS, matrix_to_quat, quat_to_matrix
 
 MAX_FIT_RMS_MM = 2.5  # true fits are ~0.2 mm; a blob of the wrong thing gives several mm
 MIN_MARKERS = 3  # three non-collinear points fix all six degrees of freedom

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from firmware_bridge.kit import quat_to_matrix
 from service.pipeline import TrackedPose
 from service.tracking.pose import slerp
-from sim.types import quat_to_matrix
 
 MAX_EXTRAPOLATION_S = 0.1  # beyond the newest (or before the oldest) pose: no answer
 MAX_GAP_S = 0.25  # never interpolate across a longer hole (an occlusion happened in it)
