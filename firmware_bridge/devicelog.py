@@ -1,6 +1,6 @@
 """Per-device log prefixes: ``device_logger(__name__, "probe:ttyACM0")``.
 
-The adapter adds a ``device`` field to every record; ``service.logsetup``'s formatters show it (a
+The adapter adds a ``device`` field to every record; ``service.daemon.logsetup``'s formatters show it (a
 ``[probe:ttyACM0]`` prefix on a terminal, ``device=`` under journald). It lives here, below the
 service, because the link and the emulator log through it too; it imports nothing of the project.
 """

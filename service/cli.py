@@ -14,34 +14,43 @@ import sys
 from collections.abc import Sequence
 
 from service import __version__
-from service.logsetup import setup_logging
+from service.daemon.logsetup import setup_logging
 
 # name -> (module, one-line help). The only place a subcommand is registered.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("service.cmd_run", "run the guidance daemon (as systemd does)"),
-    "demo": ("service.demo", "everything on the virtual bench with a live view: emulator, broker, daemon"),
-    "watch": ("service.watch", "live view of a device's guidance, quality and auto-tuning on any broker"),
-    "doctor": ("service.doctor", "check the probe, camera, model, broker and credentials; say what to fix"),
+    "run": ("service.commands.run", "run the guidance daemon (as systemd does)"),
+    "demo": (
+        "service.commands.demo",
+        "everything on the virtual bench with a live view: emulator, broker, daemon",
+    ),
+    "watch": (
+        "service.commands.watch",
+        "live view of a device's guidance, quality and auto-tuning on any broker",
+    ),
+    "doctor": (
+        "service.commands.doctor",
+        "check the probe, camera, model, broker and credentials; say what to fix",
+    ),
     "calibrate-camera": (
-        "service.cmd_calibrate",
+        "service.commands.calibrate_camera",
         "find the skin stickers and write the camera-to-patient calibration",
     ),
-    "sim": ("sim.cli", "virtual bench: simulated B-mode frames and RealSense recordings"),
+    "sim": ("service.commands.sim", "virtual bench: simulated B-mode frames and RealSense recordings"),
     "probe": (
         "firmware_bridge.cli",
         "talk to a probe: info, get, set, stream, record, replay, conformance, bench",
     ),
     "eval": (
-        "service.cmd_eval",
+        "service.commands.eval",
         "closed-loop evaluation with the simulated novice (guided, unguided, oracle)",
     ),
-    "bench": ("service.cmd_bench", "latency, throughput, CPU, memory and model-speed benchmarks"),
+    "bench": ("service.commands.bench", "latency, throughput, CPU, memory and model-speed benchmarks"),
     "probe-emulator": (
         "firmware_bridge.emulator_cli",
         "the reference probe emulator on a pty or serial device",
     ),
     "analyze": (
-        "service.analyze_cmd",
+        "service.commands.analyze",
         "run the model and the auto gain/depth/guidance decisions on still images",
     ),
 }

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from firmware_bridge.ptyport import PtyPair
-from service.localbroker import DEFAULT_CONFIG, LocalBroker
+from service.tools.local_broker import DEFAULT_CONFIG, LocalBroker
 
 # Brokers started for the running test, so their logs can be attached when it fails.
 _brokers_in_test: list[LocalBroker] = []

@@ -31,7 +31,7 @@ from firmware_bridge.emulator import CallablePoseSource, Pose, ProbeEmulator, Si
 from firmware_bridge.emulator.state import Capabilities, apply_param, default_params
 from firmware_bridge.link import ProbeLink
 from firmware_bridge.ptyport import PtyPair
-from service.evaluate.simdevice import SimFrame
+from service.tools.evaluate.simdevice import SimFrame
 from sim.truth import GroundTruth, ground_truth
 from sim.types import ImagingSettings
 

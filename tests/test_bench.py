@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from service.benchmark import stats
-from service.benchmark.suite import goals_report
+from service.tools.benchmark import stats
+from service.tools.benchmark.suite import goals_report
 
 
 def _msg(link: float, step_ms: float) -> dict:
@@ -93,7 +93,7 @@ def test_goals_cover_every_issue_figure() -> None:
 
 
 def test_a_real_rate_has_a_verdict_a_breakdown_and_the_mqtt_floor(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from service.benchmark.suite import measure_rate
+    from service.tools.benchmark.suite import measure_rate
 
     r = measure_rate(broker.port, tmp_path, 30.0, 1.5, warmup_s=0.3, auto=False)
     assert r["verdict"] in ("sustained", "input_short", "lossy", "backlog") and r["auto"] is False

@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from service.localbroker import LocalBroker, free_port
+from service.tools.local_broker import LocalBroker, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "systemd" / "mosquitto"

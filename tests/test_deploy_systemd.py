@@ -102,7 +102,7 @@ def test_install_into_a_root_creates_user_dirs_venv_unit_rules_and_config(instal
 def test_the_default_config_is_the_contract_and_doctor_reads_it(installed: Path) -> None:
     import dataclasses
 
-    from service.config import load_config
+    from service.daemon.config import load_config
 
     installed_config = installed / "etc/sonoguide/config.toml"
     # Every value the installed file sets is the daemon's own default (doctor reads it the same way).

@@ -13,7 +13,7 @@ from pathlib import Path
 import serial
 
 from firmware_bridge.ptyport import PtyPair
-from service.doctor_checks import (
+from service.tools.doctor_checks import (
     check_broker,
     check_camera,
     check_credentials,
@@ -21,7 +21,7 @@ from service.doctor_checks import (
     check_model_runtime,
     check_probe_port,
 )
-from service.localbroker import LocalBroker, free_port
+from service.tools.local_broker import LocalBroker, free_port
 from tests.cli import run_sonoguide
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,7 +162,7 @@ def test_camera_check_on_recordings(tmp_path: Path) -> None:
 
 def _model_folder(root: Path) -> Path:
     """A copy of the shipped model version under ``root/<name>/<version>``."""
-    from service.onnxmodel import shipped_model_dir
+    from service.daemon.onnx_model import shipped_model_dir
 
     shipped = shipped_model_dir()
     folder = root / shipped.parent.name / shipped.name

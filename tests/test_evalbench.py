@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.benchmark import stats
-from service.evaluate import metrics
-from service.evaluate.episode import EpisodeSpec, Reader, instruction_from_message, run_episode
-from service.evaluate.simdevice import OracleModel, ParameterRefusedError, SimProbe
-from service.guidance import GuidanceEngine, instruction_to_motion, model_correction
-from service.inference import HeuristicModel
+from service.daemon.inference import HeuristicModel
+from service.policy.guidance import GuidanceEngine, instruction_to_motion, model_correction
+from service.tools.benchmark import stats
+from service.tools.evaluate import metrics
+from service.tools.evaluate.episode import EpisodeSpec, Reader, instruction_from_message, run_episode
+from service.tools.evaluate.simdevice import OracleModel, ParameterRefusedError, SimProbe
 from sim.phantom import make_phantom
 from sim.presets import PRESETS
 from sim.truth import ground_truth, pose_error
@@ -169,7 +169,7 @@ def test_proc_parsing_and_latency_arithmetic() -> None:
 
 
 def test_bench_measures_the_real_processes(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from service.benchmark.suite import measure_rate
+    from service.tools.benchmark.suite import measure_rate
 
     r = measure_rate(broker.port, tmp_path, 30.0, 1.5, warmup_s=0.3)
     assert r["sustained"], r

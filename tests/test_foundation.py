@@ -14,8 +14,8 @@ import serial
 
 from firmware_bridge.devicelog import device_logger
 from firmware_bridge.ptyport import PtyPair
-from service.localbroker import LocalBroker
-from service.logsetup import setup_logging
+from service.daemon.logsetup import setup_logging
+from service.tools.local_broker import LocalBroker
 
 
 def _connected_client(broker: LocalBroker, client_id: str) -> mqtt.Client:

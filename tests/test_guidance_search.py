@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.guidance import (
+from service.policy.guidance import (
     Correction,
     GuidanceEngine,
     GuidanceParams,
@@ -10,7 +10,7 @@ from service.guidance import (
     mask_axes,
     search_axes,
 )
-from service.search import AxisSearch, SearchParams, bounded_step, unreliable_axes
+from service.policy.search import AxisSearch, SearchParams, bounded_step, unreliable_axes
 
 MANIFEST = {
     "precision": "int8",

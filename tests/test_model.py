@@ -1,4 +1,4 @@
-"""The shipped model: manifest integrity, a real ONNX Runtime session through service.onnxmodel, a fresh
+"""The shipped model: manifest integrity, a real ONNX Runtime session through service.daemon.onnx_model, a fresh
 held-out evaluation against the manifest's numbers, INT8 vs FP32, and tampering."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from models.dataset import EVAL_SEEDS, TRAIN_SEEDS, generate
 from models.evaluate import metrics, run_onnx
 from models.real_images import real_image_checks
-from service.inference import ModelOutput
-from service.onnxmodel import ModelLoadError, OnnxModel, load_model, sha256_file, shipped_model_dir
+from service.daemon.inference import ModelOutput
+from service.daemon.onnx_model import ModelLoadError, OnnxModel, load_model, sha256_file, shipped_model_dir
 from sim.phantom import make_phantom
 from sim.scanner import Scanner
 from sim.truth import ground_truth
@@ -188,9 +188,9 @@ def test_cuda_provider_is_used_when_a_gpu_exists(tmp_path: Path) -> None:
 
 
 def test_daemon_load_path_and_bench_numbers(tmp_path: Path) -> None:
-    from service.cmd_run import load_model as daemon_load
-    from service.config import Config, ModelConfig
-    from service.onnxmodel import bench_precisions
+    from service.commands.run import load_model as daemon_load
+    from service.daemon.config import Config, ModelConfig
+    from service.daemon.onnx_model import bench_precisions
 
     cfg = Config(model=ModelConfig(dir="", providers=("cuda", "cpu"), engine_cache=str(tmp_path / "trt")))
     m = daemon_load(cfg)

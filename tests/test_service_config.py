@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Config, ConfigError, load_config
+from service.daemon.config import Config, ConfigError, load_config
 
 ARCH = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from service.control import (
+from service.policy.autotune import (
     AutoDepth,
     AutoGain,
     DepthParams,

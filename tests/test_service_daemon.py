@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from service.config import Config, parse_config
-from service.daemon import Daemon
-from service.inference import HeuristicModel
-from service.localbroker import LocalBroker
+from service.daemon.app import Daemon
+from service.daemon.config import Config, parse_config
+from service.daemon.inference import HeuristicModel
+from service.tools.local_broker import LocalBroker
 from tests.service_bench import EmulatedProbe, Recorder
 
 

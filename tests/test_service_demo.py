@@ -17,13 +17,13 @@ from typing import IO
 
 import pytest
 
-from service.config import parse_config
-from service.daemon import Daemon
-from service.guidance import VOCABULARY
-from service.inference import HeuristicModel
-from service.localbroker import LocalBroker, free_port, wait_for_port
-from service.view import ViewState, render_line, render_view
-from service.watch import parse_broker
+from service.commands.watch import parse_broker
+from service.daemon.app import Daemon
+from service.daemon.config import parse_config
+from service.daemon.inference import HeuristicModel
+from service.policy.guidance import VOCABULARY
+from service.tools.local_broker import LocalBroker, free_port, wait_for_port
+from service.tools.view import ViewState, render_line, render_view
 from tests.service_bench import EmulatedProbe
 
 ROOT = Path(__file__).resolve().parents[1]

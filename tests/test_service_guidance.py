@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from service.guidance import (
+from service.policy.guidance import (
     BASIS_CAMERA,
     BASIS_DEFAULT,
     VOCABULARY,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.handoff import LatestSlot
-from service.health import HealthMonitor, SdNotifier
+from service.daemon.handoff import LatestSlot
+from service.daemon.health import HealthMonitor, SdNotifier
 
 
 def test_slot_latest_wins_and_counts_drops() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.inference import HeuristicModel
+from service.daemon.inference import HeuristicModel
 from sim.novice import on_skin
 from sim.phantom import make_phantom
 from sim.scanner import Scanner

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.clock import SimClock
-from service.config import AutoConfig
-from service.inference import HeuristicModel
-from service.localbroker import LocalBroker
-from service.pipeline import Pipeline
+from service.daemon.clock import SimClock
+from service.daemon.config import AutoConfig
+from service.daemon.inference import HeuristicModel
+from service.daemon.pipeline import Pipeline
+from service.tools.local_broker import LocalBroker
 from sim.truth import ground_truth
 from sim.types import ImagingSettings
 from tests.cli import run_sonoguide
@@ -84,7 +84,7 @@ def test_run_rejects_a_bad_config_naming_key_and_file(tmp_path: Path) -> None:
 def test_run_refuses_a_tampered_model_and_a_missing_probe_in_plain_words(tmp_path: Path) -> None:
     import shutil
 
-    from service.onnxmodel import shipped_model_dir
+    from service.daemon.onnx_model import shipped_model_dir
 
     tampered = tmp_path / "model"
     shutil.copytree(shipped_model_dir(), tampered)
@@ -108,7 +108,7 @@ def test_last_will_offline_when_the_daemon_vanishes(broker: LocalBroker) -> None
     device = f"will-{os.getpid()}"
     script = textwrap.dedent(f"""
         import time
-        from service.config import parse_config
+        from service.daemon.config import parse_config
         from service.mqtt.client import MqttApi
         cfg = parse_config({{"mqtt": {{"port": {broker.port}}}}}, env={{}})
         api = MqttApi("{device}", cfg.mqtt).start()
@@ -136,7 +136,7 @@ def test_last_will_offline_when_the_daemon_vanishes(broker: LocalBroker) -> None
 def test_username_and_password_from_the_environment(start_broker, tmp_path: Path) -> None:
     import shutil
 
-    from service.config import parse_config
+    from service.daemon.config import parse_config
     from service.mqtt.client import MqttApi
 
     passwd = tmp_path / "passwd"
@@ -165,7 +165,7 @@ def test_username_and_password_from_the_environment(start_broker, tmp_path: Path
 
 
 def test_tls_with_a_private_ca(start_broker, tmp_path: Path) -> None:
-    from service.config import parse_config
+    from service.daemon.config import parse_config
     from service.mqtt.client import MqttApi
 
     def openssl(*args: str) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from firmware_bridge.kit import COLOURS
-from service.config import CameraConfig
+from service.daemon.config import CameraConfig
 from service.tracking import calibration as cal
 from service.tracking.camera import CameraSource, camera_from_config
 from service.tracking.device import CameraSpec
@@ -199,9 +199,9 @@ def test_uncalibrated_camera_calibrates_on_request(parked: Recording, tmp_path: 
 def test_daemon_reports_camera_state_and_calibrates_over_mqtt(
     parked: Recording, broker, tmp_path: Path, sources
 ) -> None:
-    from service.config import parse_config
-    from service.daemon import Daemon
-    from service.inference import HeuristicModel
+    from service.daemon.app import Daemon
+    from service.daemon.config import parse_config
+    from service.daemon.inference import HeuristicModel
     from tests.service_bench import EmulatedProbe, Recorder
 
     calibration = tmp_path / "camera-calibration.json"

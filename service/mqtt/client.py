@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from firmware_bridge.devicelog import device_logger
-from service.config import MqttConfig
+from service.daemon.config import MqttConfig
 from service.mqtt.topics import BY_NAME, COMMANDS, topic_path
 from service.mqtt.validate import validate
 

@@ -1,4 +1,4 @@
-"""``CameraSource``: the daemon's :class:`~service.pipeline.PoseSource`. A thread reads the camera
+"""``CameraSource``: the daemon's :class:`~service.daemon.pipeline.PoseSource`. A thread reads the camera
 (live or recording, the same code), finds the markers, fits the probe, maps it into the patient frame
 with the calibration and keeps a ring of host-timestamped poses that ``pose_at`` interpolates.
 
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from firmware_bridge.devicelog import device_logger
-from service.clock import Clock, MonotonicClock
-from service.config import CameraConfig
+from service.daemon.clock import Clock, MonotonicClock
+from service.daemon.config import CameraConfig
 from service.tracking import calibration as cal
 from service.tracking.device import CameraFrame, CameraSpec, CameraUnavailableError, OpenCamera
 from service.tracking.markers import Intrinsics, detect_markers

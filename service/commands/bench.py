@@ -15,6 +15,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.benchmark.suite import main
+    from service.tools.benchmark.suite import main
 
     return main(quick=args.quick, json_path=args.json)

@@ -9,7 +9,7 @@ novice carry it out for one frame time. Arms:
 - ``unguided``: the same pipeline (auto gain/depth still work) but the novice searches on its own;
 - ``oracle``: the model replaced by ground truth (:class:`OracleModel`); the novice follows.
 
-The episode ends at success (see :mod:`service.evaluate.metrics`) or after ``limit_s``. The guided and
+The episode ends at success (see :mod:`service.tools.evaluate.metrics`) or after ``limit_s``. The guided and
 oracle arms then hold still for ``hold_s`` to count instruction flicker.
 """
 
@@ -23,9 +23,17 @@ from typing import Any
 
 import numpy as np
 
-from service.clock import SimClock
-from service.config import AutoConfig
-from service.evaluate.metrics import (
+from service.daemon.clock import SimClock
+from service.daemon.config import AutoConfig
+from service.daemon.inference import Model
+from service.daemon.pipeline import Pipeline
+from service.policy.guidance import (
+    BASIS_DEFAULT,
+    DEFAULT_PATIENT_FROM_PROBE,
+    Instruction,
+    instruction_to_motion,
+)
+from service.tools.evaluate.metrics import (
     GAIN_FRAMES,
     LIMIT_S,
     EpisodeResult,
@@ -35,10 +43,7 @@ from service.evaluate.metrics import (
     first_converged,
     gain_ok,
 )
-from service.evaluate.simdevice import EventLog, OracleModel, SimFrame, SimProbe
-from service.guidance import BASIS_DEFAULT, DEFAULT_PATIENT_FROM_PROBE, Instruction, instruction_to_motion
-from service.inference import Model
-from service.pipeline import Pipeline
+from service.tools.evaluate.simdevice import EventLog, OracleModel, SimFrame, SimProbe
 from sim.novice import NoviceUser, UnguidedNovice, random_start_pose
 from sim.phantom import Phantom, make_phantom
 from sim.scanner import Scanner

@@ -44,7 +44,7 @@ def parse_broker(url: str) -> tuple[str, int, bool]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.view import LiveView
+    from service.tools.view import LiveView
 
     try:
         host, port, tls = parse_broker(args.broker)

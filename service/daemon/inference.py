@@ -1,6 +1,6 @@
 """The model seam: what the pipeline asks of a model, and a heuristic placeholder.
 
-The real model (INT8 ONNX, ``service/onnxmodel.py``) implements :class:`Model`; until it lands the
+The real model (INT8 ONNX, ``service/daemon/onnx_model.py``) implements :class:`Model`; until it lands the
 pipeline runs :class:`HeuristicModel`, which judges gain and contact from image statistics only and
 claims no knowledge of the probe pose (zero correction, zero confidence).
 """

@@ -224,7 +224,7 @@ def _check_recording(recording: str) -> CheckResult:
 
 def find_shipped_model(models_root: Path) -> Path | None:
     """The newest ``<name>/<version>/`` folder with a manifest.json under ``models_root``, if any."""
-    from service.onnxmodel import ModelLoadError, shipped_model_dir  # numpy: only when checking
+    from service.daemon.onnx_model import ModelLoadError, shipped_model_dir  # numpy: only when checking
 
     try:
         return shipped_model_dir(models_root)
@@ -234,7 +234,7 @@ def find_shipped_model(models_root: Path) -> Path | None:
 
 def check_model_files(model_dir: str, models_root: Path) -> CheckResult:
     """The model folder passes the daemon's own manifest check: keys, units, every file's sha256."""
-    from service.onnxmodel import ModelLoadError, read_manifest
+    from service.daemon.onnx_model import ModelLoadError, read_manifest
 
     name = "model"
     folder = Path(model_dir) if model_dir else find_shipped_model(models_root)

@@ -20,9 +20,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from service.benchmark.stats import cpu_seconds_from_stat, rss_mb_from_status
+from service.tools.benchmark.stats import cpu_seconds_from_stat, rss_mb_from_status
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 DEVICE_ID = "bench"
 PROBE_TOPIC = "sonoguide-bench/probe"
 

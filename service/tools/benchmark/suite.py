@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.benchmark.procs import (
+from service.tools.benchmark.procs import (
     BrokerProbe,
     DaemonProcess,
     Subscriber,
@@ -23,7 +23,7 @@ from service.benchmark.procs import (
     stop_process,
     write_config,
 )
-from service.benchmark.stats import (
+from service.tools.benchmark.stats import (
     backlog_growth_ms,
     frame_loss,
     latencies_ms,
@@ -108,9 +108,9 @@ def measure_rate(
 
 def model_speed(runs: int) -> dict[str, Any]:
     """INT8 model vs its FP32 reference: median ms of one inference, batch 1, one intra-op thread, CPU
-    (``service.onnxmodel.bench_precisions``: measured alternately in blocks, so load hits both alike)."""
+    (``service.daemon.onnx_model.bench_precisions``: measured alternately in blocks, so load hits both alike)."""
     try:
-        from service.onnxmodel import ModelLoadError, bench_precisions, shipped_model_dir
+        from service.daemon.onnx_model import ModelLoadError, bench_precisions, shipped_model_dir
 
         folder = shipped_model_dir()
         got = bench_precisions(folder, runs=runs, threads=1)
@@ -145,7 +145,7 @@ def machine() -> dict[str, Any]:
 
 def run_suite(quick: bool) -> dict[str, Any]:
     from firmware_bridge.bench import link_throughput
-    from service.localbroker import LocalBroker
+    from service.tools.local_broker import LocalBroker
     from sim.bench import frames_per_second
 
     window = 4.0 if quick else 20.0
@@ -213,7 +213,7 @@ def goals_report(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(quick: bool = False, json_path: Path | None = None) -> int:
-    from service.cmd_eval import write_json
+    from service.commands.eval import write_json
 
     t0 = time.monotonic()
     try:

@@ -2,13 +2,13 @@
 
 What runs (everything real, nothing mocked):
 
-- a mosquitto broker on a free (or the given) loopback port (:class:`~service.localbroker.LocalBroker`);
+- a mosquitto broker on a free (or the given) loopback port (:class:`~service.tools.local_broker.LocalBroker`);
 - the reference probe emulator on a pseudo-terminal, rendering the simulator's abdomen phantom; its
   probe pose is held by a simulated novice (``sim.novice.NoviceUser``) who follows the published
-  guidance (``service.guidance.instruction_to_motion``), knowing, as a person does, where the
+  guidance (``service.policy.guidance.instruction_to_motion``), knowing, as a person does, where the
   patient's head is;
 - the daemon as systemd runs it: ``python -m service run --config <generated config>``;
-- the live view of the device's topics (:mod:`service.view`), plus the simulator's ground truth.
+- the live view of the device's topics (:mod:`service.tools.view`), plus the simulator's ground truth.
 
 It starts with the gain ~15 dB too low and the shallowest depth, so auto-tuning shows. Ctrl-C,
 SIGTERM or ``--duration`` end it cleanly: the daemon publishes ``stopped``, then the broker stops, the
@@ -78,7 +78,7 @@ class SimulatedNovice:
         return self.source.emulator_pose(self.pose)
 
     def motion(self, message: dict[str, Any] | None) -> tuple[Any, Any] | None:
-        from service.guidance import Instruction, instruction_to_motion
+        from service.policy.guidance import Instruction, instruction_to_motion
 
         if message is None:
             return None
@@ -138,9 +138,9 @@ def _tail(path: Path, lines: int = 15) -> str:
 def run(args: argparse.Namespace) -> int:
     from firmware_bridge.emulator import CallablePoseSource, ProbeEmulator, PtyEndpoint, SimImageSource
     from firmware_bridge.emulator.state import Capabilities
-    from service.localbroker import BrokerError, LocalBroker
-    from service.logsetup import setup_logging
-    from service.view import LiveView
+    from service.daemon.logsetup import setup_logging
+    from service.tools.local_broker import BrokerError, LocalBroker
+    from service.tools.view import LiveView
     from sim.novice import random_start_pose
 
     if args.duration < 0 or not 0.0 <= args.noise <= 1.0:
@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
             view.state.extra.append("camera: none (camera tracking is not in this build)")
         config = work / "config.toml"
         config.write_text(demo_config(endpoint.path, broker.port, recording))
-        repo = str(Path(__file__).resolve().parents[1])
+        repo = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
         daemon_log = work / "daemon.log"
         with daemon_log.open("wb") as out:

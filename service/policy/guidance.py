@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from service.inference import ZERO3, Vec3
-from service.search import AXES, AxisSearch, SearchParams
+from service.daemon.inference import ZERO3, Vec3
+from service.policy.search import AXES, AxisSearch, SearchParams
 
 BASIS_CAMERA = "camera"
 BASIS_DEFAULT = "assumed_marker_toward_head"
@@ -140,7 +140,7 @@ class GuidanceParams:
     tolerance_deg: float = 4.0
     switch_s: float = 0.3  # a new instruction must persist this long before it is shown
     stickiness: float = 1.3  # the shown axis wins ties by this factor (hysteresis on the choice)
-    # Axes whose sign the model cannot tell from one image (service.search.unreliable_axes): their
+    # Axes whose sign the model cannot tell from one image (service.policy.search.unreliable_axes): their
     # components are not followed; a search on the view's score over time moves along them instead.
     unreliable_axes: frozenset[str] = frozenset()
     search_visible: float = 0.3  # below this target visibility the model's whole correction is a guess

@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def decide(out: Any, gain_db: float, depth_mm: float, preset: Any) -> dict[str, Any]:
     """The controllers' and the guidance's decisions on one model output (pure)."""
-    from service.control import AutoDepth, AutoGain, GainParams, ProbeLimits
-    from service.guidance import GuidanceParams, choose_instruction, model_correction
+    from service.policy.autotune import AutoDepth, AutoGain, GainParams, ProbeLimits
+    from service.policy.guidance import GuidanceParams, choose_instruction, model_correction
 
     limits = ProbeLimits(
         gain_min_db=preset.gain_range_db[0],
@@ -124,7 +124,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from models.imageprep import ImageError
-    from service.onnxmodel import ModelLoadError, load_model
+    from service.daemon.onnx_model import ModelLoadError, load_model
     from sim.presets import get_preset
 
     preset = get_preset(args.preset)

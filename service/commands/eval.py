@@ -51,7 +51,7 @@ def write_json(path: Path, body: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker: parallel over episodes
-    from service.evaluate.runner import check_seeds, load_model, report, run_all
+    from service.tools.evaluate.runner import check_seeds, load_model, report, run_all
     from sim.presets import PRESETS
 
     preset = None if args.preset == "all" else args.preset
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         "limit_s": args.limit_s,
     }
     body = report(results, choice, settings, time.monotonic() - t0)
-    from service.evaluate.plots import write_plots
+    from service.tools.evaluate.plots import write_plots
 
     try:
         body["plots"] = write_plots(results, args.plots, args.limit_s)

@@ -1,4 +1,4 @@
-"""The shipped ONNX model behind the :class:`service.inference.Model` seam.
+"""The shipped ONNX model behind the :class:`service.daemon.inference.Model` seam.
 
 Loading goes by the model folder's ``manifest.json``: every listed file's sha256 is checked before
 anything is loaded (a changed file is an error naming it), inputs are prepared the way the manifest
@@ -23,11 +23,11 @@ import numpy as np
 
 from firmware_bridge.devicelog import device_logger
 from models.imageprep import resize
-from service.inference import ModelOutput
+from service.daemon.inference import ModelOutput
 
 log = logging.getLogger(__name__)
 
-MODELS_ROOT = Path(__file__).resolve().parents[1] / "models"
+MODELS_ROOT = Path(__file__).resolve().parents[2] / "models"
 PROVIDER_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -158,7 +158,7 @@ def choose_providers(wanted: Sequence[str], engine_cache: str | Path | None) -> 
 
 
 class OnnxModel:
-    """An ONNX Runtime session over one model version folder (implements ``service.inference.Model``)."""
+    """An ONNX Runtime session over one model version folder (implements ``service.daemon.inference.Model``)."""
 
     def __init__(
         self,

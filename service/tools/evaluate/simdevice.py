@@ -6,7 +6,7 @@ step and must lie in range, depth and frequency must be one of the listed values
 value back, as ``firmware_bridge.link.ProbeLink.set_param`` does. The pipeline drives it; the
 renderer reads its settings for the next frame.
 
-``OracleModel`` implements the :class:`service.inference.Model` seam with the simulator's ground
+``OracleModel`` implements the :class:`service.daemon.inference.Model` seam with the simulator's ground
 truth for the pose being imaged: perfect perception, so the oracle arm measures the guidance logic,
 the controllers and the novice alone.
 """
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from service.inference import ModelOutput
-from service.probe import DEPTH, FREQUENCY, GAIN
+from service.daemon.inference import ModelOutput
+from service.daemon.probe import DEPTH, FREQUENCY, GAIN
 from sim.presets import ExamPreset
 from sim.types import ImagingSettings, Pose
 
@@ -33,7 +33,7 @@ class ParameterRefusedError(ValueError):
 
 @dataclass
 class SimFrame:
-    """One frame as the link delivers it (``service.probe.ProbeFrameLike``)."""
+    """One frame as the link delivers it (``service.daemon.probe.ProbeFrameLike``)."""
 
     frame_id: int
     device_ts_us: int

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from service import __version__
-from service.inference import Model
+from service.daemon.inference import Model
+from service.daemon.pipeline import AUTO_PARAM, Pipeline
+from service.daemon.probe import DEPTH, FREQUENCY, GAIN
 from service.mqtt.client import CommandError
-from service.pipeline import AUTO_PARAM, Pipeline
-from service.probe import DEPTH, FREQUENCY, GAIN
 
 log = logging.getLogger(__name__)
 

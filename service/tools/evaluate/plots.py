@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.evaluate.metrics import LIMIT_S, PLANE_DEG, PLANE_MM, EpisodeResult, success_curve
+from service.tools.evaluate.metrics import LIMIT_S, PLANE_DEG, PLANE_MM, EpisodeResult, success_curve
 
 COLOURS = {"guided": (31, 119, 180), "unguided": (214, 39, 40), "oracle": (44, 160, 44)}
 GREY = (150, 150, 150)

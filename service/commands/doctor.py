@@ -1,7 +1,7 @@
 """``sonoguide doctor [--json]``: is everything the daemon needs here? One line per check, with what to
 do when one fails; exit status 1 when any fails.
 
-The config is read and validated by the daemon's own loader (service/config.py), so doctor and the
+The config is read and validated by the daemon's own loader (service/daemon/config.py), so doctor and the
 daemon never disagree about a file.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from service.doctor_checks import (
+from service.tools.doctor_checks import (
     CheckResult,
     check_broker,
     check_camera,
@@ -30,7 +30,7 @@ from service.doctor_checks import (
 DEFAULT_CONFIG_PATH = Path("/etc/sonoguide/config.toml")
 # Where systemd's LoadCredential= takes the secrets from (the service sees $CREDENTIALS_DIRECTORY).
 DEFAULT_CREDSTORE = Path("/etc/credstore")
-MODELS_ROOT = Path(__file__).resolve().parents[1] / "models"
+MODELS_ROOT = Path(__file__).resolve().parents[2] / "models"
 
 
 def config_sections(config: Any) -> dict[str, dict[str, Any]]:
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     config_path: Path = args.config or DEFAULT_CONFIG_PATH
     results: list[CheckResult] = []
     # Imported here: command modules stay light at parser build (tomli on 3.10 is only needed to run).
-    from service.config import ConfigError, load_config
+    from service.daemon.config import ConfigError, load_config
 
     defaults = config_sections(load_config(None, env={}))
     if config_path.is_file():

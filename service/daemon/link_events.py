@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from service.probe import TUNABLE
+from service.daemon.probe import TUNABLE
 
 if TYPE_CHECKING:
-    from service.pipeline import Pipeline
+    from service.daemon.pipeline import Pipeline
 
 
 def handle_link_event(pipe: Pipeline, event: dict[str, Any]) -> None:

@@ -20,14 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model(config: Any, folder: str = "") -> Any:
     """The configured model (``folder`` or ``[model] dir``; empty = the shipped one), hashes verified."""
-    from service.onnxmodel import load_model as load_onnx_model
+    from service.daemon.onnx_model import load_model as load_onnx_model
 
     return load_onnx_model(folder or config.model.dir, config.model)
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-    from service.daemon import Daemon
+    from service.daemon.app import Daemon
+    from service.daemon.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 
     try:
         config = load_config(args.config or DEFAULT_CONFIG_PATH)
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from firmware_bridge.errors import ProbeError
     from firmware_bridge.link import ProbeLink
-    from service.onnxmodel import ModelLoadError
+    from service.daemon.onnx_model import ModelLoadError
     from service.tracking.camera import camera_from_config
 
     # The model first: a missing or tampered bundle fails fast with its reason, before any device opens.

@@ -7,7 +7,7 @@ Stages, each owning a thread, joined by latest-value-wins slots (a slow stage dr
 
 Control runs beside guidance rather than in front of it, so a slow serial read-back never delays an
 instruction. The same stage functions run synchronously in :meth:`Pipeline.step` for simulated-time
-evaluation (no threads). Time comes from an injected :class:`~service.clock.Clock`.
+evaluation (no threads). Time comes from an injected :class:`~service.daemon.clock.Clock`.
 """
 
 from __future__ import annotations
@@ -20,15 +20,22 @@ from typing import Any, Protocol
 import numpy as np
 
 from firmware_bridge.devicelog import device_logger
-from service.clock import Clock
-from service.config import AutoConfig
-from service.control import AutoDepth, AutoGain, Change, ManualChangeDetector, ManualOverride, ProbeLimits
-from service.guidance import Correction, GuidanceEngine, GuidanceParams, model_correction
-from service.handoff import LatestSlot
-from service.inference import Model, ModelOutput
-from service.linkevents import handle_link_event
-from service.probe import DEPTH, FREQUENCY, GAIN, TUNABLE, ProbeLinkLike, limits_from_info
-from service.search import unreliable_axes
+from service.daemon.clock import Clock
+from service.daemon.config import AutoConfig
+from service.daemon.handoff import LatestSlot
+from service.daemon.inference import Model, ModelOutput
+from service.daemon.link_events import handle_link_event
+from service.daemon.probe import DEPTH, FREQUENCY, GAIN, TUNABLE, ProbeLinkLike, limits_from_info
+from service.policy.autotune import (
+    AutoDepth,
+    AutoGain,
+    Change,
+    ManualChangeDetector,
+    ManualOverride,
+    ProbeLimits,
+)
+from service.policy.guidance import Correction, GuidanceEngine, GuidanceParams, model_correction
+from service.policy.search import unreliable_axes
 
 AUTO_PARAM = {"gain": GAIN, "depth": DEPTH}  # auto flag -> probe parameter
 
@@ -86,7 +93,7 @@ class Pipeline:
         self.override = ManualOverride(auto.manual_pause_s)
         self.detector = ManualChangeDetector()
         if guidance is None:
-            # The axes the model's manifest marks sign-unreliable (service.search) are searched, not
+            # The axes the model's manifest marks sign-unreliable (service.policy.search) are searched, not
             # followed, while the model sees the target; far from it the model is followed on every
             # axis (GuidanceParams.near_visible, docs/evaluation.md). No manifest: followed everywhere.
             guidance = GuidanceParams(unreliable_axes=unreliable_axes(getattr(model, "manifest", None)))
@@ -345,7 +352,7 @@ class Pipeline:
         )
 
     def on_link_event(self, event: dict[str, Any]) -> None:
-        """A probe-link event, on the link's reader thread (see :mod:`service.linkevents`)."""
+        """A probe-link event, on the link's reader thread (see :mod:`service.daemon.link_events`)."""
         handle_link_event(self, event)
 
     def set_frozen(self, frozen: bool, source: str = "command") -> bool:

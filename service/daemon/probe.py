@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.control import ProbeLimits
+from service.policy.autotune import ProbeLimits
 
 # Parameter names as the link spells them (firmware_bridge.messages.PARAM_NAMES); the MQTT API uses
 # the same names.

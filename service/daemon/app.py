@@ -11,15 +11,15 @@ from typing import Any
 
 from firmware_bridge.devicelog import device_logger
 from service import __version__
-from service.clock import Clock, MonotonicClock
-from service.commands import Calibrator, CommandHandler, ModelLoader
-from service.config import Config
-from service.guidance import GuidanceParams
-from service.health import HealthMonitor, SdNotifier
-from service.inference import Model
+from service.daemon.clock import Clock, MonotonicClock
+from service.daemon.config import Config
+from service.daemon.health import HealthMonitor, SdNotifier
+from service.daemon.inference import Model
+from service.daemon.mqtt_commands import Calibrator, CommandHandler, ModelLoader
+from service.daemon.pipeline import Pipeline, PoseSource
+from service.daemon.probe import ProbeLinkLike, describe_info
 from service.mqtt.client import MqttApi
-from service.pipeline import Pipeline, PoseSource
-from service.probe import ProbeLinkLike, describe_info
+from service.policy.guidance import GuidanceParams
 
 
 class Daemon:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from service.evaluate.episode import EpisodeSpec, run_episode
-from service.evaluate.metrics import ARMS, LIMIT_S, EpisodeResult, aggregate
-from service.inference import HeuristicModel, Model
+from service.daemon.inference import HeuristicModel, Model
+from service.tools.evaluate.episode import EpisodeSpec, run_episode
+from service.tools.evaluate.metrics import ARMS, LIMIT_S, EpisodeResult, aggregate
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,9 @@ class ModelChoice:
 def load_model() -> tuple[Model, ModelChoice]:
     """The shipped ONNX model on one CPU thread when this build has it, else the heuristic placeholder."""
     try:
-        from service import onnxmodel  # type: ignore[attr-defined,unused-ignore]
+        from service.daemon import onnx_model as onnxmodel
     except ImportError as e:
-        return _heuristic(f"service.onnxmodel is not in this build ({e})")
+        return _heuristic(f"service.daemon.onnx_model is not in this build ({e})")
     config = SimpleNamespace(providers=("cpu",), engine_cache=None)
     try:
         model = onnxmodel.load_model("", config, threads=1)

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+    from service.daemon.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
     from service.tracking import calibration as cal
     from service.tracking.device import CameraSpec, CameraUnavailableError, read_frames
 
