@@ -13,8 +13,8 @@ import pytest
 from models.dataset import EVAL_SEEDS, TRAIN_SEEDS, generate
 from models.evaluate import metrics, run_onnx
 from models.real_images import real_image_checks
-from service.daemon.inference import ModelOutput
 from service.daemon.onnx_model import ModelLoadError, OnnxModel, load_model, sha256_file, shipped_model_dir
+from service.seams import ModelOutput
 from sim.phantom import make_phantom
 from sim.scanner import Scanner
 from sim.truth import ground_truth

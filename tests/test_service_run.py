@@ -9,12 +9,12 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 from service.daemon.clock import SimClock
 from service.daemon.config import AutoConfig
 from service.daemon.inference import HeuristicModel
 from service.daemon.pipeline import Pipeline
+from service.seams import MemoryPublisher
 from service.tools.local_broker import LocalBroker
 from sim.truth import ground_truth
 from sim.types import ImagingSettings
@@ -25,32 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
-class ListPublisher:
-    """Collects what the pipeline publishes (the MQTT side is tested against a real broker elsewhere)."""
-
-    def __init__(self) -> None:
-        self.guidance: list[dict[str, Any]] = []
-        self.events: list[dict[str, Any]] = []
-        self.retained: dict[str, dict[str, Any]] = {}
-
-    def publish_guidance(self, message: dict[str, Any]) -> bool:
-        self.guidance.append(message)
-        return True
-
-    def publish_event(self, message: dict[str, Any]) -> bool:
-        self.events.append(message)
-        return True
-
-    def publish_retained(self, name: str, message: dict[str, Any]) -> None:
-        self.retained[name] = message
-
-
 def test_step_on_simulated_clock_converges_gain_without_threads() -> None:
     probe = SimTimeProbe(seed=2, initial={"depth_mm": 120.0})  # the simulator, no link, no threads
     best = probe_truth_best_gain(probe)
     probe.set_param("gain_db", round(best - 15))
     clock = SimClock()
-    pub = ListPublisher()
+    pub = MemoryPublisher()
     pipe = Pipeline(probe, HeuristicModel(), pub, clock, AutoConfig(depth=False))
     assert pipe.limits.gain_step_db == 1.0 and pipe.limits.depth_steps_mm[0] == 60.0  # from capabilities
     for _ in range(150):  # 5 simulated seconds at 30 fps, in a few real seconds

@@ -14,12 +14,12 @@ from service import __version__
 from service.daemon.clock import Clock, MonotonicClock
 from service.daemon.config import Config
 from service.daemon.health import HealthMonitor, SdNotifier
-from service.daemon.inference import Model
 from service.daemon.mqtt_commands import Calibrator, CommandHandler, ModelLoader
-from service.daemon.pipeline import Pipeline, PoseSource
-from service.daemon.probe import ProbeLinkLike, describe_info
+from service.daemon.pipeline import Pipeline
+from service.daemon.probe import describe_info
 from service.mqtt.client import MqttApi
 from service.policy.guidance import GuidanceParams
+from service.seams import Model, PoseSource, ProbeLinkLike
 
 
 class Daemon:

@@ -1,4 +1,4 @@
-"""The model seam: what the pipeline asks of a model, and a heuristic placeholder.
+"""The heuristic placeholder model (the model seam itself, :class:`Model`, is in :mod:`service.seams`).
 
 The real model (INT8 ONNX, ``service/daemon/onnx_model.py``) implements :class:`Model`; until it lands the
 pipeline runs :class:`HeuristicModel`, which judges gain and contact from image statistics only and
@@ -7,42 +7,9 @@ claims no knowledge of the probe pose (zero correction, zero confidence).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
-
 import numpy as np
 
-Vec3 = tuple[float, float, float]
-ZERO3: Vec3 = (0.0, 0.0, 0.0)
-
-
-@dataclass(frozen=True)
-class ModelOutput:
-    """One frame's judgement (units from docs/architecture.md, "Model API")."""
-
-    gain_error_db: float  # current - best gain; positive = too bright
-    best_depth_mm: float
-    target_visible: float  # 0-1
-    quality: float  # 0-1, view quality
-    contact: float  # 0-1, acoustic coupling
-    correction_mm: Vec3 = ZERO3  # motion to apply, current probe frame
-    correction_deg: Vec3 = ZERO3  # rotation vector, current probe frame
-    confidence: float = 0.0  # 0-1: how much to trust the pose correction
-
-
-class Model(Protocol):
-    name: str
-    version: str
-    provider: str  # execution provider actually used, e.g. "CPUExecutionProvider"
-
-    def warmup(self) -> None:
-        """Run once on a dummy input so the first real frame is not slow."""
-        ...
-
-    def predict(self, image: np.ndarray, gain_db: float, depth_mm: float, freq_mhz: float) -> ModelOutput:
-        """``image``: uint8 (H, W) B-mode, rows = depth."""
-        ...
-
+from service.seams import ModelOutput
 
 # How deep a probe's lens ring-down shows in air at usual gains (sim.physics.ring_down: bands every
 # 2 mm, 12 dB weaker each; the first three or four stay above black).

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from service import __version__
-from service.daemon.inference import Model
 from service.daemon.pipeline import AUTO_PARAM, Pipeline
 from service.daemon.probe import DEPTH, FREQUENCY, GAIN
 from service.mqtt.client import CommandError
+from service.seams import Model
 
 log = logging.getLogger(__name__)
 

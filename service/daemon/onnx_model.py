@@ -23,7 +23,7 @@ import numpy as np
 
 from firmware_bridge.devicelog import device_logger
 from models.imageprep import resize
-from service.daemon.inference import ModelOutput
+from service.seams import ModelOutput
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -23,9 +23,8 @@ from firmware_bridge.devicelog import device_logger
 from service.daemon.clock import Clock
 from service.daemon.config import AutoConfig
 from service.daemon.handoff import LatestSlot
-from service.daemon.inference import Model, ModelOutput
 from service.daemon.link_events import handle_link_event
-from service.daemon.probe import DEPTH, FREQUENCY, GAIN, TUNABLE, ProbeLinkLike, limits_from_info
+from service.daemon.probe import DEPTH, FREQUENCY, GAIN, TUNABLE, limits_from_info
 from service.policy.autotune import (
     AutoDepth,
     AutoGain,
@@ -34,30 +33,11 @@ from service.policy.autotune import (
     ManualOverride,
     ProbeLimits,
 )
-from service.policy.guidance import Correction, GuidanceEngine, GuidanceParams, model_correction
+from service.policy.guidance import GuidanceEngine, GuidanceParams, model_correction
 from service.policy.search import unreliable_axes
+from service.seams import Model, ModelOutput, PoseSource, ProbeLinkLike, Publisher
 
 AUTO_PARAM = {"gain": GAIN, "depth": DEPTH}  # auto flag -> probe parameter
-
-
-class Publisher(Protocol):
-    def publish_guidance(self, message: dict[str, Any]) -> bool: ...
-    def publish_event(self, message: dict[str, Any]) -> bool: ...
-    def publish_retained(self, name: str, message: dict[str, Any]) -> None: ...
-
-
-@dataclass(frozen=True)
-class TrackedPose:
-    """What camera tracking gives guidance for one frame (wired when service.tracking lands)."""
-
-    patient_from_probe: np.ndarray  # 3×3, columns = probe axes in patient coordinates
-    correction: Correction | None = None  # camera-derived motion toward the target, probe frame
-
-
-class PoseSource(Protocol):
-    state: str  # "tracking" | "searching" | "lost" | "uncalibrated" | "absent" (service.tracking.camera)
-
-    def pose_at(self, host_time: float) -> TrackedPose | None: ...
 
 
 @dataclass

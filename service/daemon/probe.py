@@ -1,6 +1,6 @@
 """What the service needs from the probe link (firmware_bridge.link.ProbeLink, docs/architecture.md).
 
-Kept as a Protocol so the pipeline runs against the real link (to real firmware or the reference
+The seam itself, :class:`service.seams.ProbeLinkLike`, is a Protocol so the pipeline runs against the real link (to real firmware or the reference
 emulator on a pty) or a simulated-time stand-in; :func:`limits_from_info` reads the probe's
 capabilities as the link reports them in ``link.info.capabilities`` (firmware_bridge/linkparts.py).
 """
@@ -8,9 +8,7 @@ capabilities as the link reports them in ``link.info.capabilities`` (firmware_br
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from service.policy.autotune import ProbeLimits
 
@@ -18,28 +16,6 @@ from service.policy.autotune import ProbeLimits
 # the same names.
 GAIN, DEPTH, FREQUENCY = "gain_db", "depth_mm", "freq_mhz"
 TUNABLE = (GAIN, DEPTH, FREQUENCY)
-
-
-class ProbeFrameLike(Protocol):
-    frame_id: int
-    device_ts_us: int
-    host_time: float
-    image: np.ndarray  # uint8 (H, W)
-    params: dict[str, Any]  # gain_db, depth_mm, freq_mhz, tgc_db, frozen, contact
-
-
-class ProbeLinkLike(Protocol):
-    info: Any
-
-    def latest_frame(self, timeout: float = ...) -> Any:
-        """The newest :class:`ProbeFrameLike`, or None after ``timeout`` seconds."""
-        ...
-
-    def set_param(self, name: str, value: Any) -> Any:
-        """Set a parameter; returns the value read back from the device."""
-        ...
-
-    def get_param(self, name: str) -> Any: ...
 
 
 def capabilities_of(info: Any) -> Mapping[str, Any]:

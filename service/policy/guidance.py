@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from service.daemon.inference import ZERO3, Vec3
 from service.policy.search import AXES, AxisSearch, SearchParams
+from service.seams import ZERO3, Correction, Vec3
 
 BASIS_CAMERA = "camera"
 BASIS_DEFAULT = "assumed_marker_toward_head"
@@ -55,20 +55,6 @@ VOCABULARY: dict[str, str] = {
     "good_view": "Good view - hold still",
 }
 _DIRECTIONS = {"head": (0.0, 1.0), "feet": (0.0, -1.0), "left": (1.0, 0.0), "right": (-1.0, 0.0)}
-
-
-@dataclass(frozen=True)
-class Correction:
-    """A suggested motion in the current probe frame, with its uncertainty (1-sigma, per axis)."""
-
-    translation_mm: Vec3 = ZERO3
-    rotation_deg: Vec3 = ZERO3
-    sigma_mm: float = math.inf
-    sigma_deg: float = math.inf
-
-    @property
-    def known(self) -> bool:
-        return math.isfinite(self.sigma_mm) or math.isfinite(self.sigma_deg)
 
 
 def model_correction(correction_mm: Vec3, correction_deg: Vec3, confidence: float) -> Correction:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from firmware_bridge.kit import quat_to_matrix
-from service.daemon.pipeline import TrackedPose
+from service.seams import TrackedPose
 from service.tracking.pose import slerp
 
 MAX_EXTRAPOLATION_S = 0.1  # beyond the newest (or before the oldest) pose: no answer

@@ -25,7 +25,6 @@ import numpy as np
 
 from service.daemon.clock import SimClock
 from service.daemon.config import AutoConfig
-from service.daemon.inference import Model
 from service.daemon.pipeline import Pipeline
 from service.policy.guidance import (
     BASIS_DEFAULT,
@@ -33,6 +32,7 @@ from service.policy.guidance import (
     Instruction,
     instruction_to_motion,
 )
+from service.seams import MemoryPublisher, Model
 from service.tools.evaluate.metrics import (
     GAIN_FRAMES,
     LIMIT_S,
@@ -43,7 +43,7 @@ from service.tools.evaluate.metrics import (
     first_converged,
     gain_ok,
 )
-from service.tools.evaluate.simdevice import EventLog, OracleModel, SimFrame, SimProbe
+from service.tools.evaluate.simdevice import OracleModel, SimFrame, SimProbe
 from sim.novice import NoviceUser, UnguidedNovice, random_start_pose
 from sim.phantom import Phantom, make_phantom
 from sim.scanner import Scanner
@@ -152,7 +152,7 @@ def run_episode(
     oracle = OracleModel(ph) if arm == "oracle" else None
     model: Model = oracle if oracle is not None else model_factory()
     clock = SimClock()
-    display = EventLog()
+    display = MemoryPublisher(keep_guidance=1)
     pipeline = Pipeline(probe, model, display, clock, AutoConfig(), name=f"eval-{arm}-{spec.seed}")
     novice = NoviceUser(noise, spec.seed, ph)
     searcher = UnguidedNovice(spec.seed) if arm == "unguided" else None

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from service.daemon.inference import HeuristicModel, Model
+from service.daemon.inference import HeuristicModel
+from service.seams import Model
 from service.tools.evaluate.episode import EpisodeSpec, run_episode
 from service.tools.evaluate.metrics import ARMS, LIMIT_S, EpisodeResult, aggregate
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from service.daemon.inference import ModelOutput
 from service.daemon.probe import DEPTH, FREQUENCY, GAIN
+from service.seams import ModelOutput
 from sim.presets import ExamPreset
 from sim.types import ImagingSettings, Pose
 
@@ -131,23 +131,3 @@ class OracleModel:
             correction_deg=(next(r), next(r), next(r)),
             confidence=1.0 if gt.contact else 0.0,
         )
-
-
-class EventLog:
-    """The pipeline's publisher during an episode: keeps what a display would receive."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.guidance: dict[str, Any] | None = None
-        self.retained: dict[str, dict[str, Any]] = {}
-
-    def publish_guidance(self, message: dict[str, Any]) -> bool:
-        self.guidance = message
-        return True
-
-    def publish_event(self, message: dict[str, Any]) -> bool:
-        self.events.append(message)
-        return True
-
-    def publish_retained(self, name: str, message: dict[str, Any]) -> None:
-        self.retained[name] = message
