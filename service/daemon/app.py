@@ -61,7 +61,7 @@ class Daemon:
         self.model.warmup()
         self.model_warm = True
         self.mqtt.start()
-        self.pipeline.publish_settings()
+        self.pipeline.state.publish_settings()
         self.publish_status()
         self.pipeline.start()
         self._health_thread = threading.Thread(target=self._health_loop, name="health", daemon=True)
@@ -139,7 +139,7 @@ class Daemon:
                 if message is not None:
                     last_status = now
                     self.mqtt.publish_retained("status", message)
-                    self.pipeline.publish_settings()  # the pause countdown moves
+                    self.pipeline.state.publish_settings()  # the pause countdown moves
                 summary = message["summary"] if message else self.health._last_status
                 sent = self.health.tick(now, self.model_warm, self.pipeline.last_frame_time, summary)
                 if "READY=1" in sent:

@@ -2,7 +2,7 @@
 
 Each handler returns the ``result`` object of the response or raises :class:`CommandError` with a
 message for the requester. Nothing here touches pipeline threads directly: settings go through the
-pipeline's locked methods and the probe link, which reads every value back.
+probe state's methods (``pipeline.state``) and the probe link, which reads every value back.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from service import __version__
-from service.daemon.pipeline import AUTO_PARAM, Pipeline
+from service.daemon.pipeline import Pipeline
 from service.daemon.probe import DEPTH, FREQUENCY, GAIN
+from service.daemon.probe_state import AUTO_PARAM
 from service.mqtt.client import CommandError
 from service.seams import Model
 
@@ -60,7 +61,7 @@ class CommandHandler:
         }
 
     def cmd_set_auto(self, request: dict[str, Any]) -> dict[str, Any]:
-        self.pipeline.set_auto(request["param"], bool(request["enabled"]))
+        self.pipeline.state.set_auto(request["param"], bool(request["enabled"]))
         return {"param": request["param"], "enabled": bool(request["enabled"])}
 
     def cmd_set_param(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +83,7 @@ class CommandHandler:
             readback = self.pipeline.set_manual(param, value)
         except Exception as e:
             raise CommandError(str(e)) from None
-        paused = self.pipeline.override.pause_s if param in AUTO_PARAM.values() else 0.0
+        paused = self.pipeline.state.pause_s if param in AUTO_PARAM.values() else 0.0
         return {"param": param, "value": readback, "auto_paused_s": paused}
 
     def cmd_preset(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +116,7 @@ class CommandHandler:
 
     def cmd_capture(self, request: dict[str, Any]) -> dict[str, Any]:
         frame_id = self.pipeline.last_frame_id
-        self.pipeline.event(
+        self.pipeline.state.event(
             "capture",
             f"capture of frame {frame_id} on request",
             source="command",
@@ -142,7 +143,7 @@ class CommandHandler:
                 f"could not load the model from {folder or 'the configured folder'}: {e}; the old model keeps running"
             ) from None
         self.pipeline.swap_model(model)
-        self.pipeline.event(
+        self.pipeline.state.event(
             "info", f"model {model.name} {model.version} loaded ({model.provider})", source="command"
         )
         return {"name": model.name, "version": model.version, "provider": model.provider}

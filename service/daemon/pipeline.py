@@ -8,6 +8,10 @@ Stages, each owning a thread, joined by latest-value-wins slots (a slow stage dr
 Control runs beside guidance rather than in front of it, so a slow serial read-back never delays an
 instruction. The same stage functions run synchronously in :meth:`Pipeline.step` for simulated-time
 evaluation (no threads). Time comes from an injected :class:`~service.daemon.clock.Clock`.
+
+The pipeline owns the stages and their threads; the probe's settings state (settings, manual
+override, auto flags, frozen, the change detector, events) is ``self.state``, a
+:class:`~service.daemon.probe_state.ProbeState`.
 """
 
 from __future__ import annotations
@@ -24,20 +28,12 @@ from service.daemon.clock import Clock
 from service.daemon.config import AutoConfig
 from service.daemon.handoff import LatestSlot
 from service.daemon.link_events import handle_link_event
-from service.daemon.probe import DEPTH, FREQUENCY, GAIN, TUNABLE, limits_from_info
-from service.policy.autotune import (
-    AutoDepth,
-    AutoGain,
-    Change,
-    ManualChangeDetector,
-    ManualOverride,
-    ProbeLimits,
-)
+from service.daemon.probe import DEPTH, FREQUENCY, GAIN, limits_from_info
+from service.daemon.probe_state import ProbeState
+from service.policy.autotune import AutoDepth, AutoGain, Change, ProbeLimits
 from service.policy.guidance import GuidanceEngine, GuidanceParams, model_correction
 from service.policy.search import unreliable_axes
 from service.seams import Model, ModelOutput, PoseSource, ProbeLinkLike, Publisher
-
-AUTO_PARAM = {"gain": GAIN, "depth": DEPTH}  # auto flag -> probe parameter
 
 
 @dataclass
@@ -70,18 +66,15 @@ class Pipeline:
         self.limits = limits or limits_from_info(getattr(link, "info", None))
         self.auto_gain = AutoGain(self.limits)
         self.auto_depth = AutoDepth(self.limits)
-        self.override = ManualOverride(auto.manual_pause_s)
-        self.detector = ManualChangeDetector()
+        # settings, manual override, auto flags, frozen, the change detector, events
+        self.state = ProbeState(publisher, clock, auto, self.log)
         if guidance is None:
             # The axes the model's manifest marks sign-unreliable (service.policy.search) are searched, not
             # followed, while the model sees the target; far from it the model is followed on every
             # axis (GuidanceParams.near_visible, docs/evaluation.md). No manifest: followed everywhere.
             guidance = GuidanceParams(unreliable_axes=unreliable_axes(getattr(model, "manifest", None)))
         self.guidance = GuidanceEngine(guidance)
-        self.auto_enabled = {"gain": auto.gain, "depth": auto.depth}
-        self.frozen = False
-        self.settings: dict[str, float | None] = dict.fromkeys(TUNABLE)
-        self._lock = threading.RLock()  # settings, detector, auto flags: touched by several stages
+        self._seq_lock = threading.Lock()
         self._model_lock = threading.Lock()
         self.slots = {n: LatestSlot[Work](n) for n in ("preprocess", "infer", "guide", "control")}
         self._threads: list[threading.Thread] = []
@@ -104,14 +97,7 @@ class Pipeline:
     def receive(self, frame: Any) -> Work:
         now = self.clock.now()
         params = dict(getattr(frame, "params", {}) or {})
-        with self._lock:
-            for p in TUNABLE:
-                if p not in params:
-                    continue
-                value = float(params[p])
-                if self.detector.observe(p, value, now):
-                    self._manual_change(p, self.settings.get(p), value, "probe", now)
-                self.settings[p] = value
+        self.state.observe_frame(params, now)
         self.frames_in += 1
         times = {"received": now}
         link_time = getattr(frame, "host_time", None)  # when the link finished reassembling it
@@ -143,12 +129,10 @@ class Pipeline:
     def control(self, work: Work) -> list[Change]:
         """Auto gain and depth for this frame; applied through the link, published and logged."""
         out, now = work.output, self.clock.now()
-        if out is None or self.frozen:
+        if out is None or self.state.frozen:
             return []
         changes = []
-        with self._lock:
-            current = dict(self.settings)
-            enabled = dict(self.auto_enabled)
+        current, enabled = self.state.snapshot()
 
         def tunable_setting(auto_flag: str, param: str) -> float | None:
             """The frame's setting of ``param`` when auto-tuning may act on this frame, else None.
@@ -161,7 +145,7 @@ class Pipeline:
                 enabled[auto_flag]
                 and value is not None
                 and float(value) == current[param]
-                and not self.override.paused(param, now)
+                and not self.state.paused(param, now)
                 and out.contact >= 0.5
             ):
                 return float(value)
@@ -196,7 +180,7 @@ class Pipeline:
             visible=out.target_visible,
         )
         work.times["guided"] = now
-        with self._lock:
+        with self._seq_lock:
             self._seq += 1
             seq = self._seq
         times = {"device_us": int(work.frame.device_ts_us), **{k: round(v, 6) for k, v in work.times.items()}}
@@ -212,11 +196,11 @@ class Pipeline:
             "target_visible": round(_unit(out.target_visible), 3),
             "contact": round(_unit(out.contact), 3),
             "basis": shown.basis,
-            "frozen": self.frozen,
+            "frozen": self.state.frozen,
             "t": times,
         }
         if capture:
-            self.event(
+            self.state.event(
                 "capture",
                 f"automatic capture of frame {work.frame.frame_id}: good view held",
                 frame_id=int(work.frame.frame_id),
@@ -243,33 +227,29 @@ class Pipeline:
         changes = self.control(work)
         message = self.guide(work)
         self.publish(message)
-        self.publish_settings()
+        self.state.publish_settings()
         return message, changes
 
-    # --- settings, manual changes, events -----------------------------------------------------------
+    # --- changes through the link (the probe's settings state is self.state) ------------------------
 
     def _apply(self, change: Change, source: str, frame_id: int | None = None) -> bool:
         """Set a parameter through the link (read back) and tell everyone why."""
         now = self.clock.now()
         slack = self.limits.gain_step_db if change.param == GAIN else 0.0
-        with self._lock:  # frames at the new value may arrive before the read-back does
-            self.detector.announce(change.param, change.new, slack)
+        self.state.announce(change.param, change.new, slack)  # frames may beat the read-back
         try:
             readback = float(self.link.set_param(change.param, change.new))
         except Exception as e:
-            with self._lock:
-                self.detector.cancel(change.param)
+            self.state.cancel(change.param)
             self.log.warning("could not set %s to %s: %s", change.param, change.new, e)
-            self.event(
+            self.state.event(
                 "warning",
                 f"could not set {change.param} to {change.new}: {e}",
                 param=change.param,
                 source=source,
             )
             return False
-        with self._lock:
-            self.detector.expect(change.param, readback, now)
-            self.settings[change.param] = readback
+        self.state.confirm(change.param, readback, now)
         if change.param == GAIN:
             self.auto_gain.reset(now)
         elif change.param == DEPTH:
@@ -279,7 +259,7 @@ class Pipeline:
         self.log.info(
             "%s %s %s -> %s (%s)", kind.replace("_", " "), change.param, change.old, readback, change.reason
         )
-        self.event(
+        self.state.event(
             kind,
             f"{change.param} {change.old:g} -> {readback:g}: {change.reason}",
             param=change.param,
@@ -290,87 +270,37 @@ class Pipeline:
             **({"frame_id": frame_id} if frame_id is not None else {}),
         )
         if abs(readback - change.new) > 1e-6:
-            self.event(
+            self.state.event(
                 "warning",
                 f"{change.param}: asked for {change.new:g}, probe reports {readback:g}",
                 param=change.param,
                 source=source,
             )
-        self.publish_settings()
+        self.state.publish_settings()
         return True
 
     def set_manual(self, param: str, value: float, source: str = "command") -> float:
         """A manual setting (display command): applied, and auto-tuning of it pauses."""
         now = self.clock.now()
-        old = self.settings.get(param)
+        old = self.state.setting(param)
         change = Change(
             param, float(old) if old is not None else float("nan"), float(value), "manual setting"
         )
         if not self._apply(change, source):
             raise RuntimeError(f"the probe did not accept {param} = {value}")
-        self.override.note_manual(param, now)
-        return float(self.settings[param] or 0.0)
-
-    def _manual_change(self, param: str, old: float | None, new: float, source: str, now: float) -> None:
-        self.override.note_manual(param, now)
-        self.log.info(
-            "manual change of %s on the %s: %s -> %s; auto paused %.0f s",
-            param,
-            source,
-            old,
-            new,
-            self.override.pause_s,
-        )
-        self.event(
-            "manual_change",
-            f"{param} changed on the {source}; auto-tuning paused {self.override.pause_s:g} s",
-            param=param,
-            old=old,
-            new=new,
-            source=source,
-            reason="manual change wins",
-        )
+        self.state.note_manual(param, now)
+        return float(self.state.setting(param) or 0.0)
 
     def on_link_event(self, event: dict[str, Any]) -> None:
         """A probe-link event, on the link's reader thread (see :mod:`service.daemon.link_events`)."""
-        handle_link_event(self, event)
+        handle_link_event(self.state, event, lambda: self.last_frame_id)
 
     def set_frozen(self, frozen: bool, source: str = "command") -> bool:
         """Freeze or unfreeze the probe (``link.freeze``, read back); returns the probe's state."""
         freeze = getattr(self.link, "freeze", None)
         state = bool(freeze(frozen) if freeze is not None else self.link.set_param("frozen", frozen))
-        self.frozen = state
-        self.event("info", "image frozen" if state else "image live", source=source)
-        self.publish_settings()
+        self.state.set_frozen(state, source, "image frozen" if state else "image live")
         return state
-
-    def set_auto(self, which: str, enabled: bool) -> None:
-        with self._lock:
-            self.auto_enabled[which] = enabled
-        self.log.info("auto %s %s", which, "on" if enabled else "off")
-        self.event("info", f"auto {which} {'on' if enabled else 'off'}", source="command")
-        self.publish_settings()
-
-    def event(self, kind: str, message: str, **fields: Any) -> None:
-        with self._lock:
-            self._event_seq += 1
-            seq = self._event_seq
-        body = {"seq": seq, "time": round(self.clock.now(), 6), "kind": kind, "message": message}
-        body.update({k: v for k, v in fields.items() if v is not None})
-        self.publisher.publish_event(body)
-
-    def settings_message(self) -> dict[str, Any]:
-        now = self.clock.now()
-        with self._lock:
-            return {
-                **{k: self.settings.get(k) for k in TUNABLE},
-                "auto": dict(self.auto_enabled),
-                "paused_s": {w: float(round(self.override.remaining(p, now))) for w, p in AUTO_PARAM.items()},
-                "frozen": self.frozen,
-            }
-
-    def publish_settings(self) -> None:
-        self.publisher.publish_retained("settings", self.settings_message())
 
     def swap_model(self, model: Model) -> None:
         with self._model_lock:
