@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from models import inputs as netmod
+from models.goals import goals_report
 
 MIN_SERVICE_VERSION = "0.1.0"
 
@@ -130,14 +131,22 @@ def _metric_rows(ev: dict[str, Any]) -> str:
 def unmet_goals(ev: dict[str, Any]) -> list[str]:
     """The acceptance goals the INT8 model misses on the held-out set, in words."""
     q, goals = ev["int8"], ev["goals"]
+    report = goals_report(
+        q,
+        {
+            "gain_mae_db": ("<=", goals["gain_mae_db"]),
+            "depth_within_one_step": (">=", goals["depth_within_one_step"]),
+            "direction_correct": (">=", goals["direction_correct"]),
+        },
+    )
     out = []
-    if q["gain_mae_db"] > goals["gain_mae_db"]:
+    if report["gain_mae_db"]["met"] is False:
         out.append(f"gain error MAE {q['gain_mae_db']} dB (goal ≤ {goals['gain_mae_db']})")
     for key, label in (
         ("depth_within_one_step", "depth within one step"),
         ("direction_correct", "pose direction right"),
     ):
-        if q[key] < goals[key]:
+        if report[key]["met"] is False:
             out.append(f"{label} {q[key]:.1%} (goal ≥ {goals[key]:.0%})")
     return out
 

@@ -21,8 +21,11 @@ from service.seams import Model
 
 log = logging.getLogger(__name__)
 
-# Exam presets: starting settings a clinician picks on the display (depth snaps to the probe's steps).
-PRESETS: dict[str, dict[str, float]] = {
+# The display's `cmd/preset` table: the starting settings a clinician picks for an exam (depth, gain
+# and frequency snap to the probe's own steps). Not the simulator's exam presets (sim.presets.PRESETS:
+# phantom, probe geometry, physics), which the daemon must not import; a test checks that every
+# simulated exam has a row here whose values its simulated probe offers.
+PRESET_SETTINGS: dict[str, dict[str, float]] = {
     "abdomen": {GAIN: 50.0, DEPTH: 160.0, FREQUENCY: 3.5},
     "cardiac": {GAIN: 55.0, DEPTH: 150.0, FREQUENCY: 2.5},
     "lung": {GAIN: 45.0, DEPTH: 120.0, FREQUENCY: 3.5},
@@ -88,10 +91,10 @@ class CommandHandler:
 
     def cmd_preset(self, request: dict[str, Any]) -> dict[str, Any]:
         name = request["name"]
-        if name not in PRESETS:
-            raise CommandError(f"unknown preset '{name}'; known: {', '.join(sorted(PRESETS))}")
+        if name not in PRESET_SETTINGS:
+            raise CommandError(f"unknown preset '{name}'; known: {', '.join(sorted(PRESET_SETTINGS))}")
         applied: dict[str, float] = {}
-        for param, value in PRESETS[name].items():
+        for param, value in PRESET_SETTINGS[name].items():
             # Presets name typical values; the probe at hand offers its own steps.
             if param == DEPTH:
                 value = self.pipeline.limits.nearest_depth(value)

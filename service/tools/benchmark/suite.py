@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from models.goals import goals_report as check_goals
 from service.tools.benchmark.procs import (
     BrokerProbe,
     DaemonProcess,
@@ -200,11 +201,7 @@ def goals_report(body: dict[str, Any]) -> dict[str, Any]:
         "sim_fps": body.get("sim_fps"),
         "link_cpu_at_120fps": body.get("link_cpu_at_120fps"),
     }
-    out: dict[str, Any] = {}
-    for key, (op, target) in GOALS.items():
-        v = values[key]
-        met = None if v is None else {">=": v >= target, "<=": v <= target, "<": v < target}[op]
-        out[key] = {"value": v, "goal": f"{op} {target:g}", "met": met}
+    out: dict[str, Any] = check_goals(values, GOALS)
     i8, f32 = body.get("int8_ms"), body.get("fp32_ms")
     out["int8_not_slower"] = {
         "value": [i8, f32], "goal": "int8_ms <= fp32_ms", "met": None if i8 is None or f32 is None else i8 <= f32,

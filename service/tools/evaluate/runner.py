@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+from models.goals import goals_report
 from service.daemon.inference import HeuristicModel
 from service.seams import Model
 from service.tools.evaluate.episode import EpisodeSpec, run_episode
@@ -133,16 +134,6 @@ def run_all(
     return results
 
 
-def goals_report(figures: dict[str, Any]) -> dict[str, Any]:
-    """Each goal: the figure, the target and whether it is met (None when there is no figure)."""
-    out = {}
-    for key, (op, target) in GOALS.items():
-        value = figures.get(key)
-        met = None if value is None else (value >= target if op == ">=" else value <= target)
-        out[key] = {"value": value, "goal": f"{op} {target:g}", "met": met}
-    return out
-
-
 def report(
     results: Sequence[EpisodeResult], choice: ModelChoice, args: dict[str, Any], wall_s: float
 ) -> dict[str, Any]:
@@ -154,7 +145,7 @@ def report(
         **({"model_note": choice.reason} if choice.reason else {}),
         **args,
         **figures,
-        "goals": goals_report(figures),
+        "goals": goals_report(figures, GOALS),
         "n_episodes": len({r.seed for r in results}),
         "wall_s": round(wall_s, 1),
         "episodes": [r.summary() for r in results],
