@@ -10,6 +10,7 @@ systemd credential ``mqtt-password``; the TLS client key from the credential ``m
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -37,70 +38,7 @@ class ConfigError(ValueError):
     """A config problem; the message names the file and the key."""
 
 
-@dataclass(frozen=True)
-class DeviceConfig:
-    id: str = "sonoguide-01"
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    port: str = "/dev/sonoguide-probe"
-
-
-@dataclass(frozen=True)
-class CameraConfig:
-    source: str = "none"
-    serial: str = ""
-    recording: str = ""
-    calibration: str = "/var/lib/sonoguide/camera-calibration.json"
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    dir: str = ""
-    providers: tuple[str, ...] = PROVIDERS
-    engine_cache: str = "/var/lib/sonoguide/trt-cache"
-
-
-@dataclass(frozen=True)
-class MqttConfig:
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str = ""
-    tls: bool = False
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    # From the environment or systemd credentials only; repr=False keeps it out of logs and tracebacks.
-    password: str = field(default="", repr=False)
-
-
-@dataclass(frozen=True)
-class AutoConfig:
-    gain: bool = True
-    depth: bool = True
-    manual_pause_s: float = 10.0
-
-
-@dataclass(frozen=True)
-class GuidanceConfig:
-    good_quality: float = 0.8
-    capture_after_s: float = 1.0
-
-
-@dataclass(frozen=True)
-class Config:
-    device: DeviceConfig = DeviceConfig()
-    probe: ProbeConfig = ProbeConfig()
-    camera: CameraConfig = CameraConfig()
-    model: ModelConfig = ModelConfig()
-    mqtt: MqttConfig = MqttConfig()
-    auto: AutoConfig = AutoConfig()
-    guidance: GuidanceConfig = GuidanceConfig()
-    source: str = "<defaults>"  # the file it came from, for messages
-
-
-# --- the schema: section -> key -> (kind, check) ------------------------------------------------------
+# --- checks: a field's ``metadata={"check": ...}`` (the schema is derived from the dataclasses) -------
 
 Check = Callable[[Any], str | None]  # returns a problem description or None
 
@@ -130,48 +68,88 @@ def _not_empty(v: str) -> str | None:
     return None if v.strip() else "must not be empty"
 
 
-_SCHEMA: dict[str, dict[str, tuple[str, Check | None]]] = {
-    "device": {"id": ("str", _device_id)},
-    "probe": {"port": ("str", _not_empty)},
-    "camera": {
-        "source": ("str", _one_of(CAMERA_SOURCES)),
-        "serial": ("str", None),
-        "recording": ("str", None),
-        "calibration": ("str", None),
-    },
-    "model": {
-        "dir": ("str", None),
-        "providers": ("list[str]", _providers),
-        "engine_cache": ("str", None),
-    },
-    "mqtt": {
-        "host": ("str", _not_empty),
-        "port": ("int", _range(1, 65535)),
-        "username": ("str", None),
-        "tls": ("bool", None),
-        "ca_file": ("str", None),
-        "cert_file": ("str", None),
-        "key_file": ("str", None),
-    },
-    "auto": {
-        "gain": ("bool", None),
-        "depth": ("bool", None),
-        "manual_pause_s": ("float", _range(0.0, 3600.0)),
-    },
-    "guidance": {
-        "good_quality": ("float", _range(0.0, 1.0)),
-        "capture_after_s": ("float", _range(0.0, 60.0)),
-    },
-}
+def _key(default: Any, check: Check | None = None) -> Any:
+    """A config key: its default and the check its value must pass."""
+    return field(default=default, metadata={"check": check})
 
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    id: str = _key("sonoguide-01", _device_id)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    port: str = _key("/dev/sonoguide-probe", _not_empty)
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    source: str = _key("none", _one_of(CAMERA_SOURCES))
+    serial: str = ""
+    recording: str = ""
+    calibration: str = "/var/lib/sonoguide/camera-calibration.json"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    dir: str = ""
+    providers: tuple[str, ...] = _key(PROVIDERS, _providers)
+    engine_cache: str = "/var/lib/sonoguide/trt-cache"
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = _key("127.0.0.1", _not_empty)
+    port: int = _key(1883, _range(1, 65535))
+    username: str = ""
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    # From the environment or systemd credentials only, never the file (not in the schema);
+    # repr=False keeps it out of logs and tracebacks.
+    password: str = field(default="", repr=False, metadata={"secret": True})
+
+
+@dataclass(frozen=True)
+class AutoConfig:
+    gain: bool = True
+    depth: bool = True
+    manual_pause_s: float = _key(10.0, _range(0.0, 3600.0))
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    good_quality: float = _key(0.8, _range(0.0, 1.0))
+    capture_after_s: float = _key(1.0, _range(0.0, 60.0))
+
+
+@dataclass(frozen=True)
+class Config:
+    device: DeviceConfig = DeviceConfig()
+    probe: ProbeConfig = ProbeConfig()
+    camera: CameraConfig = CameraConfig()
+    model: ModelConfig = ModelConfig()
+    mqtt: MqttConfig = MqttConfig()
+    auto: AutoConfig = AutoConfig()
+    guidance: GuidanceConfig = GuidanceConfig()
+    source: str = "<defaults>"  # the file it came from, for messages
+
+
+# --- the schema: section -> key -> (kind, check), from the dataclasses' fields ------------------------
+
+_KINDS = {"str": "str", "int": "int", "bool": "bool", "float": "float", "tuple[str, ...]": "list[str]"}
 _SECTION_TYPES: dict[str, type] = {
-    "device": DeviceConfig,
-    "probe": ProbeConfig,
-    "camera": CameraConfig,
-    "model": ModelConfig,
-    "mqtt": MqttConfig,
-    "auto": AutoConfig,
-    "guidance": GuidanceConfig,
+    f.name: type(f.default) for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.default)
+}
+_SCHEMA: dict[str, dict[str, tuple[str, Check | None]]] = {
+    section: {
+        f.name: (_KINDS[str(f.type)], f.metadata.get("check"))
+        for f in dataclasses.fields(cls)
+        if not f.metadata.get("secret")
+    }
+    for section, cls in _SECTION_TYPES.items()
 }
 
 
