@@ -184,7 +184,7 @@ def _real_images_text(real: dict[str, Any] | None) -> str:
         f"  that made this model (INT8, `models/real_images.py`). Gain error read at {listed(shifts, ' dB')}:\n"
         f"  {tissue}; contact probability ≥ {math.floor(lowest * 100) / 100:.2f} on all of them. The reference grey (tissue at\n"
         "  40/255) was set from those three images, so they show the response to a gain change, not the\n"
-        f"  zero point. Probe in the air: {'; '.join(air)}. `tests/test_analyze_real.py` holds\n"
+        f"  zero point. Probe in the air: {'; '.join(air)}. `tests/tools/test_analyze_real.py` holds\n"
         "  `sonoguide analyze` to darker → more gain, brighter → less, air → no contact. Nothing beyond\n"
         "  that is measured on patients: target visibility, quality and the pose correction are scored on\n"
         "  the simulator's anatomy only."

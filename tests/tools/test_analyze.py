@@ -1,6 +1,6 @@
 """`sonoguide analyze` on still images in a scanner style the model never saw, and the image reader.
 
-Besides the four real scanner images (tests/test_analyze_real.py), an "unseen style" set: simulator
+Besides the four real scanner images (tests/tools/test_analyze_real.py), an "unseen style" set: simulator
 frames from held-out phantoms re-drawn in a look no augmentation makes: another display curve, coarser
 speckle, another image size, burned-in text. The same view darkened by a lower gain must get a gain increase, brightened a
 decrease, and a probe in the air must read as no contact.

@@ -13,7 +13,7 @@ import pytest
 
 from tests.cli import run_sonoguide
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
 
 

@@ -17,7 +17,7 @@ from firmware_bridge import messages as m
 from firmware_bridge.protocol import MAX_FRAME_BYTES, MAX_PAYLOAD, FrameDecoder, crc8, crc32, encode_frame
 from firmware_bridge.vectors import build_vectors, load_vectors
 
-C_DIR = Path(__file__).resolve().parent.parent / "firmware_bridge" / "c"
+C_DIR = Path(__file__).resolve().parents[2] / "firmware_bridge" / "c"
 VECTORS = load_vectors()
 
 
@@ -186,7 +186,7 @@ def test_arbitrary_bytes_are_counted_not_trusted(junk: bytes) -> None:
 
 
 def test_protocol_doc_carries_every_vector_and_the_crc_check_value() -> None:
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
     assert "0xCBF43926" in doc and "CRC-32/ISO-HDLC" in doc and "`0xF4`" in doc and "CRC-8/SMBUS" in doc
     for v in VECTORS["messages"]:
         assert v["hex"] in doc, f"docs/protocol.md lacks the {v['name']} vector"

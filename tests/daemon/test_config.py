@@ -9,7 +9,7 @@ import pytest
 
 from service.daemon.config import Config, ConfigError, load_config
 
-ARCH = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+ARCH = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
 
 
 def _documented_example() -> str:

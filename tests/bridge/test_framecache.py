@@ -16,7 +16,7 @@ from firmware_bridge.emulator import FrameCache, SimImageSource
 from firmware_bridge.emulator.framecache import MAX_SETTINGS, settings_key
 from firmware_bridge.link import ProbeLink
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PARAMS = {"gain_db": 30.0, "depth_mm": 120.0, "freq_mhz": 3.5, "tgc_db": [0.0, 0.0, 0.0]}
 
 

@@ -24,7 +24,7 @@ from service.tools.doctor_checks import (
 from service.tools.local_broker import LocalBroker, free_port
 from tests.cli import run_sonoguide
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

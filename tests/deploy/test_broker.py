@@ -17,7 +17,7 @@ from paho.mqtt.properties import Properties
 
 from service.tools.local_broker import LocalBroker, free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO / "systemd" / "mosquitto"
 DEVICE = "sonoguide-01"
 ROOT = f"sonoguide/{DEVICE}"

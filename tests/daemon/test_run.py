@@ -21,7 +21,7 @@ from sim.types import ImagingSettings
 from tests.cli import run_sonoguide
 from tests.service_bench import Recorder, SimTimeProbe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 

@@ -23,9 +23,9 @@ from service.tracking.markers import detect_markers
 from service.tracking.pose import angle_deg, fit_probe, pose_of, slerp
 from sim.camera import SKIN_RGB
 from tests.cli import run_sonoguide
-from tests.tracking_bench import NOVICE_SEED, PARKED_SEED, Recording, make_recording, parked_pose
+from tests.tracking.tracking_bench import NOVICE_SEED, PARKED_SEED, Recording, make_recording, parked_pose
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")

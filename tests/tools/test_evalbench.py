@@ -22,7 +22,7 @@ from sim.presets import PRESETS
 from sim.truth import ground_truth, pose_error
 from tests.cli import run_sonoguide
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SEED = 200005  # vascular (seed % 3 == 2): the cheapest preset to render
 
 

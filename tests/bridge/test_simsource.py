@@ -21,7 +21,7 @@ from sim.presets import PRESETS
 from sim.scanner import Scanner
 from sim.types import ImagingSettings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
 
 

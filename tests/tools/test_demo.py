@@ -26,7 +26,7 @@ from service.tools.local_broker import LocalBroker, free_port, wait_for_port
 from service.tools.view import ViewState, render_line, render_view
 from tests.service_bench import EmulatedProbe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 GUIDANCE = {

@@ -16,7 +16,7 @@ from service.mqtt.docs import DEFAULT_OUT, generate
 from service.mqtt.topics import COMMANDS, TOPICS
 from service.mqtt.validate import unsupported_keywords, validate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_committed_docs_equal_the_table() -> None:

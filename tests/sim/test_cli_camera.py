@@ -18,7 +18,7 @@ from sim.phantom import make_phantom
 from sim.types import Pose
 from tests.cli import run_sonoguide
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _sonoguide(*args: str) -> subprocess.CompletedProcess[str]:
