@@ -105,6 +105,7 @@ class TrackedPose:
 
     patient_from_probe: np.ndarray  # 3×3, columns = probe axes in patient coordinates
     correction: Correction | None = None  # camera-derived motion toward the target, probe frame
+    position_mm: np.ndarray | None = None  # probe face centre in the patient frame (None: not known)
 
 
 class PoseSource(Protocol):

@@ -1,4 +1,4 @@
-"""The eval's tracker model (service.evaluate.tracker_model): its statistics recomputed from samples
+"""The eval's tracker model (service.tools.evaluate.tracker_model): its statistics recomputed from samples
 match its figures, zero figures give the truth, it is seeded and reads nothing but the pose given,
 and the real chain on a short rendered sequence stays within a few sigma of MEASURED."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.evaluate import tracker_model as tm
-from service.evaluate.tracker_model import MEASURED, ZERO, TrackerModel, compare, error_stats, model_stats
+from service.tools.evaluate import tracker_model as tm
+from service.tools.evaluate.tracker_model import MEASURED, ZERO, TrackerModel, compare, error_stats, model_stats
 from sim.types import Pose, matrix_to_rotvec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,7 +131,7 @@ def test_reads_nothing_but_the_pose_given() -> None:
 
 
 def test_real_chain_on_a_short_sequence_is_within_a_few_sigma_of_measured() -> None:
-    from service.evaluate.tracking_errors import pose_at_replay, run_seed
+    from service.tools.evaluate.tracking_errors import pose_at_replay, run_seed
 
     run = run_seed(3, 1.0)
     assert sum(o is not None for o in run.observed) >= 15

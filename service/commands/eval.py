@@ -26,6 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-s", type=float, default=60.0, help="simulated seconds per episode (default 60)")
     p.add_argument("--workers", type=int, default=0, help="processes (default: one per CPU core)")
     p.add_argument(
+        "--arms", default="all",
+        help="comma-separated arms to run: guided, camera, unguided, oracle (default all)",
+    )  # fmt: skip
+    p.add_argument(
         "--json", type=Path, metavar="FILE", default=Path("build/eval/eval.json"),
         help="figures and per-episode records (default build/eval/eval.json)",
     )  # fmt: skip
@@ -51,6 +55,7 @@ def write_json(path: Path, body: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker: parallel over episodes
+    from service.tools.evaluate.metrics import ARMS
     from service.tools.evaluate.runner import check_seeds, load_model, report, run_all
     from sim.presets import PRESETS
 
@@ -60,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
         problems.append(f"--preset {args.preset!r}: choose all or one of {', '.join(sorted(PRESETS))}")
     if not 0.0 <= args.novice_noise <= 1.0:
         problems.append(f"--novice-noise {args.novice_noise}: must be within [0, 1]")
+    arms = ARMS if args.arms == "all" else tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or not arms:
+        problems.append(f"--arms {args.arms!r}: choose all or some of {', '.join(ARMS)}")
     if args.fps <= 0 or args.limit_s <= 0:
         problems.append("--fps and --limit-s must be positive")
     try:
@@ -85,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     results = run_all(
         args.episodes, args.seed_base, args.novice_noise, preset, args.fps, args.limit_s,
-        args.workers or None, progress,
+        args.workers or None, progress, arms,
     )  # fmt: skip
     settings = {
         "preset": args.preset,
@@ -93,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         "seed_base": args.seed_base,
         "fps": args.fps,
         "limit_s": args.limit_s,
+        "arms": list(arms),
     }
     body = report(results, choice, settings, time.monotonic() - t0)
     from service.tools.evaluate.plots import write_plots

@@ -31,9 +31,11 @@ from service.daemon.link_events import handle_link_event
 from service.daemon.probe import DEPTH, FREQUENCY, GAIN, limits_from_info
 from service.daemon.probe_state import ProbeState
 from service.policy.autotune import AutoDepth, AutoGain, Change, ProbeLimits
-from service.policy.guidance import GuidanceEngine, GuidanceParams, model_correction
+from service.policy.belief import BeliefCalibration
+from service.policy.camera_guidance import BeliefGuide
+from service.policy.guidance import Correction, GuidanceEngine, GuidanceParams, model_correction
 from service.policy.search import unreliable_axes
-from service.seams import Model, ModelOutput, PoseSource, ProbeLinkLike, Publisher
+from service.seams import Model, ModelOutput, PoseSource, ProbeLinkLike, Publisher, TrackedPose
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Pipeline:
         limits: ProbeLimits | None = None,
         camera: PoseSource | None = None,
         name: str = "probe",
+        preset: str | None = None,
     ) -> None:
         auto = auto or AutoConfig()
         self.link, self.model, self.publisher, self.clock, self.camera = link, model, publisher, clock, camera
@@ -75,6 +78,12 @@ class Pipeline:
             guidance = GuidanceParams(unreliable_axes=unreliable_axes(getattr(model, "manifest", None)))
         self.guidance = GuidanceEngine(guidance)
         self._seq_lock = threading.Lock()
+        # The target belief needs a tracked probe and a model whose manifest calibrates it.
+        calibration = BeliefCalibration.from_manifest(getattr(model, "manifest", None))
+        self.belief = BeliefGuide(calibration) if camera is not None and calibration is not None else None
+        if self.belief is not None:
+            self.belief.reset(preset)
+        self.guidance_source = "model"  # "belief" while the tracked belief guides
         self._model_lock = threading.Lock()
         self.slots = {n: LatestSlot[Work](n) for n in ("preprocess", "infer", "guide", "control")}
         self._threads: list[threading.Thread] = []
@@ -157,7 +166,9 @@ class Pipeline:
             if change:
                 changes.append(change)
         if depth_now is not None:
-            change = self.auto_depth.update(out.best_depth_mm, depth_now, now)
+            target_depth = self.belief.target_depth_mm() if self.belief is not None else None
+            best_depth = target_depth if target_depth is not None else out.best_depth_mm
+            change = self.auto_depth.update(best_depth, depth_now, now)
             if change:
                 changes.append(change)
         applied = []
@@ -170,6 +181,7 @@ class Pipeline:
         out, now = work.output, self.clock.now()
         assert out is not None
         pose = self.camera.pose_at(work.frame.host_time) if self.camera is not None else None
+        belief = self._belief_correction(pose, out, now)
         shown, capture = self.guidance.update(
             model_correction(out.correction_mm, out.correction_deg, out.confidence),
             out.quality,
@@ -178,6 +190,8 @@ class Pipeline:
             camera=pose.correction if pose else None,
             patient_from_probe=pose.patient_from_probe if pose else None,
             visible=out.target_visible,
+            belief=belief,
+            belief_good_quality=self.belief.agreeing_quality() if self.belief is not None else None,
         )
         work.times["guided"] = now
         with self._seq_lock:
@@ -208,6 +222,42 @@ class Pipeline:
                 reason=f"quality >= {self.guidance.params.good_quality} for {self.guidance.params.capture_after_s} s",
             )
         return message
+
+    def _belief_correction(self, pose: TrackedPose | None, out: ModelOutput, now: float) -> Correction | None:
+        """The tracked belief's correction for this frame, or None (no camera pose: the image alone)."""
+        if self.belief is None:
+            return None
+        position = pose.position_mm if pose is not None else None
+        rotation = pose.patient_from_probe if pose is not None and position is not None else None
+        step = self.belief.step(
+            now,
+            position,
+            rotation,
+            np.array([*out.correction_mm, *out.correction_deg], float),
+            out.target_visible,
+            out.quality,
+            out.contact,
+            out.gain_error_db,
+            out.best_depth_mm,
+        )
+        if step.reset_reason is not None:
+            self.log.warning("target belief restarted: %s", step.reset_reason)
+            self.state.event("warning", f"guidance restarted: {step.reset_reason}", reason=step.reset_reason)
+        self.guidance_source = "model" if step.estimate is None else "belief"
+        self.belief_step = step
+        if step.estimate is None or step.correction is None:
+            return None
+        c = step.correction
+        sigma = 5.0 / max(step.confidence, 0.05)
+        return Correction(
+            (float(c[0]), float(c[1]), float(c[2])), (float(c[3]), float(c[4]), float(c[5])), sigma, sigma
+        )
+
+    def set_preset(self, preset: str | None) -> None:
+        """A new exam preset: the belief starts over from that preset's prior."""
+        if self.belief is not None:
+            self.belief.reset(preset)
+            self.state.event("info", f"guidance restarted for preset {preset}", reason="preset changed")
 
     def publish(self, message: dict[str, Any]) -> None:
         message["t"]["published"] = round(self.clock.now(), 6)

@@ -27,6 +27,9 @@ from service.seams import ZERO3, Correction, Vec3
 
 BASIS_CAMERA = "camera"
 BASIS_DEFAULT = "assumed_marker_toward_head"
+# The correction came from the target belief (service.policy.belief): model outputs fused over the
+# tracked poses they were taken at; directions are named from the tracked pose too.
+BASIS_BELIEF = "belief"
 
 # Default hold: probe x (marker) = patient +y (head), probe z (beam) = patient +z (into the body),
 # so probe y = z × x = patient -x (patient's right). Columns are the probe axes in patient coordinates.
@@ -325,10 +328,29 @@ class GuidanceEngine:
         camera: Correction | None = None,
         patient_from_probe: np.ndarray | None = None,
         visible: float | None = None,
+        belief: Correction | None = None,
+        belief_good_quality: float | None = None,
     ) -> tuple[Instruction, bool]:
-        """The instruction to show now, and whether to capture this frame."""
+        """The instruction to show now, and whether to capture this frame.
+
+        With a ``belief`` correction (camera tracking), it replaces the image's: the belief already
+        holds every frame's model output. "Hold still" and the capture then need the image (quality)
+        *and* the belief (correction within tolerance) to agree; ``belief_good_quality`` is the image
+        quality that counts as good then (the model's own score at the view, from its manifest).
+        """
         p = self.params
         seen = quality if visible is None else visible
+        if belief is not None:
+            good = p.good_quality if belief_good_quality is None else min(p.good_quality, belief_good_quality)
+            agree = _within_tolerance(belief, p) and quality >= good
+            judged = max(quality, p.good_quality) if agree else min(quality, p.good_quality - 1e-6)
+            fused = self.filter.update(belief, now)
+            current = self.stabilizer.shown.id if self.stabilizer.shown else None
+            raw = replace(
+                choose_instruction(fused, judged, contact, p, patient_from_probe, current), basis=BASIS_BELIEF
+            )
+            self.search.reset()
+            return self._show(raw, judged, contact, now)
         unreliable = gated_unreliable(p.unreliable_axes, seen, p.near_visible)
         fused = self.filter.update(fuse_corrections(mask_axes(model, unreliable), camera), now)
         current = self.stabilizer.shown.id if self.stabilizer.shown else None
@@ -344,12 +366,22 @@ class GuidanceEngine:
                 )
         elif raw.id != "hold_still":
             self.search.reset()  # a followed correction (or contact) comes first; search afresh after
+        return self._show(raw, quality, contact, now)
+
+    def _show(self, raw: Instruction, quality: float, contact: float, now: float) -> tuple[Instruction, bool]:
+        p = self.params
         shown = self.stabilizer.update(raw, now)
         capture = self.capture.update(quality, now) if contact >= p.contact_min else False
         if shown.id == "hold_still" and self.capture.captured:
             shown = replace(shown, id="good_view")
             self.stabilizer.shown = replace(shown, id="hold_still")  # keep the hysteresis state on one id
         return shown, capture
+
+
+def _within_tolerance(c: Correction, p: GuidanceParams) -> bool:
+    t = max(abs(v) for v in c.translation_mm)
+    r = max(abs(v) for v in c.rotation_deg)
+    return t <= p.tolerance_mm and r <= p.tolerance_deg
 
 
 @dataclass(frozen=True)

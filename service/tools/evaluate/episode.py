@@ -43,7 +43,7 @@ from service.tools.evaluate.metrics import (
     first_converged,
     gain_ok,
 )
-from service.tools.evaluate.simdevice import OracleModel, SimFrame, SimProbe
+from service.tools.evaluate.simdevice import OracleModel, SimFrame, SimProbe, SimTracker
 from sim.novice import NoviceUser, UnguidedNovice, random_start_pose
 from sim.phantom import Phantom, make_phantom
 from sim.scanner import Scanner
@@ -87,21 +87,32 @@ class EpisodeSpec:
         return EpisodeSpec(seed, name, start, probe_settings.replace(gain_db=gain))
 
 
-def instruction_from_message(message: dict[str, Any]) -> Instruction:
+def instruction_from_message(
+    message: dict[str, Any], patient_from_probe: np.ndarray | None = None
+) -> Instruction:
     """The instruction a display shows, back from the published guidance message.
 
-    The evaluation runs without a camera, so the words are named in the default hold (``basis``
-    ``assumed_marker_toward_head``); a camera basis would need the orientation the message lacks.
+    Words in the default hold (``basis`` ``assumed_marker_toward_head``) are turned into motion in
+    that hold, as the novice was told to hold the probe. Words named from the tracked pose (``camera``,
+    ``belief``) name the patient's directions: the novice, who sees the probe, turns them into a motion
+    with the probe's real orientation (``patient_from_probe``).
     """
-    if message.get("basis", BASIS_DEFAULT) != BASIS_DEFAULT:
-        raise ValueError(f"guidance basis {message.get('basis')!r}: the evaluation has no camera pose")
-    rot = tuple((float(r[0]), float(r[1]), float(r[2])) for r in DEFAULT_PATIENT_FROM_PROBE)
+    basis = str(message.get("basis", BASIS_DEFAULT))
+    if basis == BASIS_DEFAULT:
+        rot_m = DEFAULT_PATIENT_FROM_PROBE
+    elif patient_from_probe is None:
+        raise ValueError(
+            f"guidance basis {basis!r} names patient directions: the probe's orientation is needed"
+        )
+    else:
+        rot_m = np.asarray(patient_from_probe, float)
+    rot = tuple((float(r[0]), float(r[1]), float(r[2])) for r in rot_m)
     return Instruction(
         str(message["instruction"]),
         float(message.get("magnitude", 0.0)),
         str(message.get("unit", "")),
         float(message.get("confidence", 0.0)),
-        BASIS_DEFAULT,
+        basis,
         rot,
     )
 
@@ -120,10 +131,12 @@ class Reader:
         self._read_at = -math.inf
         self.request: tuple[Any, Any] | None = None
 
-    def read(self, message: dict[str, Any], now: float) -> tuple[Any, Any] | None:
+    def read(
+        self, message: dict[str, Any], now: float, patient_from_probe: np.ndarray | None = None
+    ) -> tuple[Any, Any] | None:
         if message["instruction"] != self._id or now - self._read_at >= self.reread_s:
             self._id, self._read_at = message["instruction"], now
-            motion = instruction_to_motion(instruction_from_message(message))
+            motion = instruction_to_motion(instruction_from_message(message, patient_from_probe))
             self.request = None if motion is None else (motion.translation_mm, motion.rotation_deg)
         return self.request
 
@@ -140,7 +153,7 @@ def run_episode(
     scanner: Scanner | None = None,
     image_size: tuple[int, int] = (256, 256),
 ) -> EpisodeResult:
-    if arm not in ("guided", "unguided", "oracle"):
+    if arm not in ("guided", "camera", "unguided", "oracle"):
         raise ValueError(f"unknown arm {arm!r}")
     if fps <= 0 or limit_s <= 0:
         raise ValueError(f"fps and limit_s must be positive, got {fps}, {limit_s}")
@@ -153,7 +166,11 @@ def run_episode(
     model: Model = oracle if oracle is not None else model_factory()
     clock = SimClock()
     display = MemoryPublisher(keep_guidance=1)
-    pipeline = Pipeline(probe, model, display, clock, AutoConfig(), name=f"eval-{arm}-{spec.seed}")
+    tracker = SimTracker(spec.seed) if arm == "camera" else None
+    pipeline = Pipeline(
+        probe, model, display, clock, AutoConfig(), name=f"eval-{arm}-{spec.seed}", camera=tracker,
+        preset=spec.preset,
+    )  # fmt: skip
     novice = NoviceUser(noise, spec.seed, ph)
     searcher = UnguidedNovice(spec.seed) if arm == "unguided" else None
     reader = Reader()
@@ -172,6 +189,8 @@ def run_episode(
         if oracle is not None:
             oracle.pose = pose
         t = clock.now()
+        if tracker is not None:
+            tracker.observe(pose, t)
         image = sc.render(pose, settings, frame)
         message, _ = pipeline.step(SimFrame(frame, round(t * 1e6), t, image, probe.params()))
         frame += 1
@@ -197,7 +216,7 @@ def run_episode(
         if searcher is not None:
             pose = searcher.step(pose, dt, ph)
         else:
-            pose = novice.follow(pose, reader.read(message, t), dt)
+            pose = novice.follow(pose, reader.read(message, t, pose.rotation_matrix()), dt)
         clock.advance(dt)
 
     hold_ids: list[str] = []

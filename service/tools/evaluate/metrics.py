@@ -29,7 +29,7 @@ GAIN_OK_DB = 3.0
 FILL_RANGE = (0.6, 0.9)
 LIMIT_S = 60.0
 GAIN_FRAMES = 10
-ARMS = ("guided", "unguided", "oracle")
+ARMS = ("guided", "camera", "unguided", "oracle")
 SAME_INSTRUCTION = {"good_view": "hold_still"}
 
 

@@ -14,7 +14,12 @@ from typing import Any
 
 from service.tools.evaluate.metrics import LIMIT_S, PLANE_DEG, PLANE_MM, EpisodeResult, success_curve
 
-COLOURS = {"guided": (31, 119, 180), "unguided": (214, 39, 40), "oracle": (44, 160, 44)}
+COLOURS = {
+    "guided": (31, 119, 180),
+    "camera": (148, 103, 189),
+    "unguided": (214, 39, 40),
+    "oracle": (44, 160, 44),
+}
 GREY = (150, 150, 150)
 
 
@@ -131,7 +136,7 @@ def plot_trajectories(results: Sequence[EpisodeResult], path: Path, n: int = 3,
 
 def plot_gain(results: Sequence[EpisodeResult], path: Path) -> Path:
     """Gain error (current − best, dB) over the first frames of every guided and oracle episode."""
-    curves = [r for r in results if r.arm in ("guided", "oracle") and r.gain_curve]
+    curves = [r for r in results if r.arm in ("guided", "camera", "oracle") and r.gain_curve]
     frames = max((len(r.gain_curve) for r in curves), default=10)
     top = max((abs(e) for r in curves for e in r.gain_curve), default=20.0)
     lim = max(5.0, top * 1.05)

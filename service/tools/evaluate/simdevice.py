@@ -100,6 +100,33 @@ def _one_of(value: float, allowed: tuple[float, ...], name: str) -> float:
     raise ParameterRefusedError(f"{name} {value:g} is not one of {', '.join(f'{a:g}' for a in allowed)}")
 
 
+class SimTracker:
+    """The camera arm's pose source: the novice's true pose through the tracker model
+    (:class:`service.evaluate.tracker_model.TrackerModel`: the measured noise, calibration bias and
+    dropouts of the project's own tracking chain). ``observe`` is called with the true pose before
+    each frame; ``pose_at`` then answers like ``service.tracking.CameraSource`` does."""
+
+    def __init__(self, seed: int) -> None:
+        from service.evaluate.tracker_model import TrackerModel
+
+        self.model = TrackerModel(seed)
+        self._pose: Pose | None = None
+        self.state = "searching"
+
+    def observe(self, true_pose: Pose, host_time: float) -> None:
+        self._pose = self.model.observe(true_pose, host_time)
+        self.state = "tracking" if self._pose is not None else "lost"
+
+    def pose_at(self, host_time: float) -> Any:
+        from service.pipeline import TrackedPose
+
+        if self._pose is None:
+            return None
+        return TrackedPose(
+            patient_from_probe=self._pose.rotation_matrix(), position_mm=self._pose.position_mm
+        )
+
+
 class OracleModel:
     """Ground truth for the pose being imaged (set ``pose`` before each frame)."""
 

@@ -8,7 +8,7 @@ that centroid, patient frame), or ``None`` while an occlusion lasts (episodes st
 rate per tracked second and last a measured duration). It is given the true pose and nothing else.
 
 The figures are those of what the pipeline receives, ``CameraSource.pose_at`` at a probe frame's host
-time (``pose_at_level`` in :mod:`service.evaluate.tracking_errors`): its extrapolation across the pose
+time (``pose_at_level`` in :mod:`service.tools.evaluate.tracking_errors`): its extrapolation across the pose
 age and its bridging of short gaps are in them. ``error_stats`` computes the same figures from any
 (truth, observed) sequences, so the model and the chain are compared with one function (``compare``).
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.camera import PROBE_MARKERS  # the probe's geometry (the daemon uses it too), not ground truth
+from firmware_bridge.kit import PROBE_MARKERS  # the probe kit's geometry, not ground truth
 from sim.types import Pose, matrix_to_rotvec, rotvec_to_matrix
 
 MARKER_CENTROID = np.mean(np.array(list(PROBE_MARKERS.values()), dtype=float), axis=0)
@@ -49,7 +49,7 @@ class TrackerFigures:
 class MeasuredFigures(TrackerFigures):
     """The chain's figures, measured on 2026-12-01 (host: 2 shared CPU cores, 18 s wall) with
 
-    ``PYTHONPATH=. python -m service.evaluate.tracking_errors --seeds 0 1 2 3 4 5 --seconds 4``
+    ``PYTHONPATH=. python -m service.tools.evaluate.tracking_errors --seeds 0 1 2 3 4 5 --seconds 4``
 
     6 seeds (abdomen, vascular, cardiac, twice), 4 s each of an unguided novice at 30 fps with a hand
     crossing the line of sight, each after a 10-frame sticker calibration with the probe parked. These

@@ -9,7 +9,7 @@ Every frame goes through ``detect_markers`` → ``fit_probe`` → the calibratio
 the true pose. The daemon's timing is replayed on the measured processing times through the real
 ``service.tracking.track.interpolate`` (what ``CameraSource.pose_at`` answers).
 
-Error model (the one :mod:`service.evaluate.tracker_model` draws from)::
+Error model (the one :mod:`service.tools.evaluate.tracker_model` draws from)::
 
     observed = B ∘ truth ∘ δ
 
@@ -22,7 +22,7 @@ independent in that parametrisation, and the face-centre error follows from them
 
 ``tracker_model.error_stats`` is shared: the same figures are computed from the model's output for ``compare``.
 
-Run: ``python -m service.evaluate.tracking_errors [--seeds 0 1 2] [--seconds 4] [--json PATH]``.
+Run: ``python -m service.tools.evaluate.tracking_errors [--seeds 0 1 2] [--seconds 4] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from service.evaluate.tracker_model import error_stats
+from service.tools.evaluate.tracker_model import error_stats
 from service.tracking import calibration as cal
-from service.tracking.markers import Intrinsics, detect_markers
+from service.tracking.markers import detect_markers
 from service.tracking.pose import fit_probe, invert, pose_of
 from service.tracking.track import PoseSample, interpolate
 from sim.camera import FPS, _occluder_track, default_camera, default_poses, render_camera
@@ -79,7 +79,7 @@ def run_seed(seed: int, seconds: float, occlusion: bool = True) -> SeedRun:
     preset = PRESETS[seed % len(PRESETS)]
     phantom = make_phantom(preset, seed)
     cam = default_camera(seed)
-    intr = Intrinsics(cam.width, cam.height, cam.fx, cam.fy, cam.ppx, cam.ppy)
+    intr = cam.intrinsics
     parked = parked_pose(preset, seed)
     frames = (render_camera(phantom, parked, cam, CAL_FRAME_OFFSET + k, seed) for k in range(CAL_FRAMES))
     calibration = cal.calibrate_frames(frames, intr, camera=f"sim seed {seed}")
@@ -242,7 +242,7 @@ def _jsonable(x: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m service.evaluate.tracking_errors", description=__doc__.split("\n")[0]
+        prog="python -m service.tools.evaluate.tracking_errors", description=__doc__.split("\n")[0]
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
     ap.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="per seed (default %(default)s)")

@@ -1,0 +1,179 @@
+"""Guidance from the target belief while the camera tracks the probe. Pure logic, time passed in.
+
+:class:`BeliefGuide` owns one :class:`~service.policy.belief.TargetBelief` and decides, frame by frame,
+whether it may be trusted:
+
+- a frame with a tracked pose and skin contact is folded into the belief; the correction shown is the
+  belief's target pose relative to the tracked pose now, its confidence from the belief's spread;
+- a tracked pose that jumps (faster than a hand moves a probe) restarts the belief: the patient moved
+  or the camera was bumped, and the old evidence would send the novice away;
+- without a tracked pose (camera lost, hidden, uncalibrated) guidance falls back to the image alone;
+  the belief is kept for ``lost_reset_s`` and restarted after that (the patient may have moved);
+- the depth that frames the target is the quality-weighted median of the model's best depth over
+  the frames that saw the view well, once there are enough of them (auto depth reads it).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.policy.belief import (
+    AXES,
+    BeliefCalibration,
+    BeliefParams,
+    Estimate,
+    Observation,
+    TargetBelief,
+    confidence_of,
+    corrections_to,
+    pose_jump,
+    rotvecs_to_matrices,
+)
+
+# The axes the model's image says least about, probed by a deliberate move; the in-plane ones (slide,
+# rock) and the turn it reads well enough to follow, and press (dz) is contact.
+PROBE_AXES = ("dy", "rx")
+
+
+def _within(c: np.ndarray, tol_mm: float, tol_deg: float) -> bool:
+    return bool(np.max(np.abs(c[:3])) <= tol_mm and np.max(np.abs(c[3:])) <= tol_deg)
+
+
+@dataclass(frozen=True)
+class BeliefStep:
+    """What the belief says for one frame."""
+
+    estimate: Estimate | None  # None: no tracked pose now, guide from the image alone
+    confidence: float
+    reset_reason: str | None = None  # the belief was restarted on this frame, and why
+    correction: np.ndarray | None = None  # (6,) the motion to show: to the belief's target, or a probe
+    probing: str | None = None  # the axis of a deliberate probing move, while one is shown
+
+
+@dataclass(frozen=True)
+class BeliefGuideParams:
+    lost_reset_s: float = 5.0  # no tracked pose this long: the patient may have moved, start over
+    scores_gain_db: float = 4.0  # the view scores are judged only with the gain about right
+    depth_quality: float = 0.5  # frames at least this good say which depth frames the target
+    depth_frames: int = 8  # ... and this many of them are needed before auto depth follows them
+    tolerance_mm: float = 4.0  # the belief's correction within these: the probe is where it believes
+    tolerance_deg: float = 4.0
+    agree_fraction: float = 0.95  # the image agrees at this share of the score the model gives at the view
+    probe_s: float = 2.5  # a probing move is shown at most this long
+    probe_max: float = 10.0  # mm or deg
+    settled_spread: float = 1.0  # the belief is settled on an axis with its spread within this × tolerance
+
+
+class BeliefGuide:
+    def __init__(
+        self,
+        cal: BeliefCalibration,
+        params: BeliefGuideParams | None = None,
+        belief_params: BeliefParams | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.params = params or BeliefGuideParams()
+        self.belief = TargetBelief(cal, belief_params, seed)
+        self._previous: tuple[float, np.ndarray, np.ndarray] | None = None
+        self._depths: deque[tuple[float, float]] = deque(maxlen=40)  # (best depth, quality)
+        self.resets = 0
+        self._probe: tuple[np.ndarray, np.ndarray, float, str] | None = None  # target pose, until, axis
+        self._probe_sign = dict.fromkeys(PROBE_AXES, 1.0)
+        self._quality_peak = {n: f.peak for n, f in cal.quality.items()}
+
+    def reset(self, preset: str | None = None) -> None:
+        """Start over from the prior (a new exam or preset, a new calibration)."""
+        self.belief.reset(preset if preset is not None else self.belief.preset)
+        self._previous = None
+        self._depths.clear()
+        self._probe = None
+        self.resets += 1
+
+    def step(
+        self,
+        now: float,
+        position: np.ndarray | None,
+        rotation: np.ndarray | None,
+        correction: np.ndarray,
+        visible: float,
+        quality: float,
+        contact: float,
+        gain_error_db: float,
+        best_depth_mm: float,
+    ) -> BeliefStep:
+        p = self.params
+        if position is None or rotation is None:
+            if self._previous is not None and now - self._previous[0] > p.lost_reset_s:
+                gone = now - self._previous[0]
+                self.reset()
+                return BeliefStep(
+                    None, 0.0, f"the camera lost the probe for {gone:.0f} s: the patient may have moved"
+                )
+            return BeliefStep(None, 0.0)
+        reason = pose_jump(self._previous, now, position, rotation)
+        if reason is not None:
+            self.reset()
+        self._previous = (now, np.asarray(position, float), np.asarray(rotation, float))
+        if contact >= 0.5:
+            scores_ok = abs(gain_error_db) <= p.scores_gain_db
+            obs = Observation(np.asarray(correction, float), float(visible), float(quality), scores_ok)
+            self.belief.update(obs, position, rotation)
+            if scores_ok and quality >= p.depth_quality and np.isfinite(best_depth_mm):
+                self._depths.append((float(best_depth_mm), float(quality)))
+        estimate = self.belief.estimate(position, rotation)
+        correction, axis = self._motion(now, position, rotation, estimate, quality)
+        return BeliefStep(estimate, confidence_of(estimate), reason, correction, axis)
+
+    def agreeing_quality(self) -> float:
+        """The image quality at which the image agrees the view is reached (the model's own peak)."""
+        preset = self.belief.preset
+        peak = self._quality_peak.get(preset) if preset else min(self._quality_peak.values(), default=1.0)
+        return float(self.params.agree_fraction * (peak if peak is not None else 1.0))
+
+    def _motion(
+        self, now: float, position: np.ndarray, rotation: np.ndarray, estimate: Estimate, quality: float
+    ) -> tuple[np.ndarray, str | None]:
+        """The belief's correction, or a deliberate probing move when the probe stands where the belief
+        puts the view but the image disagrees: along the axis the belief is least sure of, turning
+        the other way each time, so the change of the view score between the two tracked poses
+        settles it (the belief then follows the better side)."""
+        p = self.params
+        if self._probe is not None:
+            target_p, target_r, until, axis = self._probe
+            to_probe = corrections_to(position, rotation, target_p[None], target_r[None])[0]
+            if now < until and not _within(to_probe, p.tolerance_mm, p.tolerance_deg):
+                return to_probe, axis
+            self._probe = None
+        c = estimate.correction
+        tols = np.array([p.tolerance_mm] * 3 + [p.tolerance_deg] * 3)
+        unsure = estimate.spread / tols
+        settled = all(unsure[AXES.index(a)] <= p.settled_spread for a in PROBE_AXES)
+        if not _within(c, p.tolerance_mm, p.tolerance_deg) or (
+            settled and quality >= self.agreeing_quality()
+        ):
+            return c, None
+        axis = max(PROBE_AXES, key=lambda a: unsure[AXES.index(a)])
+        i = AXES.index(axis)
+        tol = tols[i]
+        amount = float(np.clip(2.0 * estimate.spread[i], 1.5 * tol, p.probe_max))
+        sign = self._probe_sign[axis]
+        self._probe_sign[axis] = -sign
+        move = np.zeros(6)
+        move[i] = sign * amount
+        target_p = np.asarray(position) + np.asarray(rotation) @ move[:3]
+        target_r = np.asarray(rotation) @ rotvecs_to_matrices(move[None, 3:])[0]
+        self._probe = (target_p, target_r, now + p.probe_s, axis)
+        return move, axis
+
+    def target_depth_mm(self) -> float | None:
+        """The depth that frames the target, from the frames that saw it well; None until enough did."""
+        if len(self._depths) < self.params.depth_frames:
+            return None
+        depths = np.array([d for d, _ in self._depths])
+        weights = np.array([q for _, q in self._depths])
+        order = np.argsort(depths)
+        cum = np.cumsum(weights[order])
+        return float(depths[order][int(np.searchsorted(cum, 0.5 * cum[-1]))])
