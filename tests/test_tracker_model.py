@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from service.tools.evaluate import tracker_model as tm
-from service.tools.evaluate.tracker_model import MEASURED, ZERO, TrackerModel, compare, error_stats, model_stats
+from service.tools.evaluate.tracker_model import (
+    MEASURED,
+    ZERO,
+    TrackerModel,
+    compare,
+    error_stats,
+    model_stats,
+)
 from sim.types import Pose, matrix_to_rotvec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,12 +120,12 @@ def test_latency_returns_the_pose_of_t_minus_latency() -> None:
 
 
 def test_reads_nothing_but_the_pose_given() -> None:
-    tree = ast.parse((REPO / "service/evaluate/tracker_model.py").read_text())
+    tree = ast.parse((REPO / "service/tools/evaluate/tracker_model.py").read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
         a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
     }
     assert imported <= {"__future__", "itertools", "collections", "collections.abc", "dataclasses", "typing",
-                        "numpy", "sim.types", "sim.camera"}, imported  # fmt: skip
+                        "numpy", "sim.types", "firmware_bridge.kit"}, imported  # fmt: skip
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
         n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
     }
