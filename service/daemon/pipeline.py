@@ -32,7 +32,7 @@ from service.daemon.probe import DEPTH, FREQUENCY, GAIN, limits_from_info
 from service.daemon.probe_state import ProbeState
 from service.policy.autotune import AutoDepth, AutoGain, Change, ProbeLimits
 from service.policy.belief import BeliefCalibration
-from service.policy.camera_guidance import BeliefGuide
+from service.policy.camera_guidance import BeliefGuide, BeliefStep
 from service.policy.guidance import Correction, GuidanceEngine, GuidanceParams, model_correction
 from service.policy.search import unreliable_axes
 from service.seams import Model, ModelOutput, PoseSource, ProbeLinkLike, Publisher, TrackedPose
@@ -84,6 +84,7 @@ class Pipeline:
         if self.belief is not None:
             self.belief.reset(preset)
         self.guidance_source = "model"  # "belief" while the tracked belief guides
+        self.belief_step: BeliefStep | None = None  # the belief's last answer (status, diagnostics)
         self._model_lock = threading.Lock()
         self.slots = {n: LatestSlot[Work](n) for n in ("preprocess", "infer", "guide", "control")}
         self._threads: list[threading.Thread] = []

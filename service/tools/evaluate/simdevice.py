@@ -102,12 +102,12 @@ def _one_of(value: float, allowed: tuple[float, ...], name: str) -> float:
 
 class SimTracker:
     """The camera arm's pose source: the novice's true pose through the tracker model
-    (:class:`service.evaluate.tracker_model.TrackerModel`: the measured noise, calibration bias and
+    (:class:`service.tools.evaluate.tracker_model.TrackerModel`: the measured noise, calibration bias and
     dropouts of the project's own tracking chain). ``observe`` is called with the true pose before
     each frame; ``pose_at`` then answers like ``service.tracking.CameraSource`` does."""
 
     def __init__(self, seed: int) -> None:
-        from service.evaluate.tracker_model import TrackerModel
+        from service.tools.evaluate.tracker_model import TrackerModel
 
         self.model = TrackerModel(seed)
         self._pose: Pose | None = None
@@ -118,7 +118,7 @@ class SimTracker:
         self.state = "tracking" if self._pose is not None else "lost"
 
     def pose_at(self, host_time: float) -> Any:
-        from service.pipeline import TrackedPose
+        from service.seams import TrackedPose
 
         if self._pose is None:
             return None
