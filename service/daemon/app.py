@@ -116,6 +116,7 @@ class Daemon:
                 "info": describe_info(getattr(self.link, "info", None)),
             },
             "camera": {"state": camera_state, "source": self.config.camera.source},
+            "guidance": {"basis": self.pipeline.guidance_source},
             "model": {"name": model.name, "version": model.version, "provider": model.provider},
             "fps": fps,
             "health": health,

@@ -108,6 +108,7 @@ class CommandHandler:
                 raise CommandError(
                     f"preset '{name}' stopped at {param}: {e}; applied so far: {applied}"
                 ) from None
+        self.pipeline.set_preset(name)  # another exam: the target belief starts from its prior
         return {"name": name, "settings": applied}
 
     def cmd_freeze(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +132,9 @@ class CommandHandler:
         if self.calibrator is None:
             raise CommandError('no camera configured ([camera] source = "none"): nothing to calibrate')
         try:
-            return self.calibrator()
+            result = self.calibrator()
+            self.pipeline.set_preset(None, reason="new camera calibration")  # old poses: another frame
+            return result
         except Exception as e:
             raise CommandError(f"calibration failed: {e}") from None
 

@@ -254,11 +254,14 @@ class Pipeline:
             (float(c[0]), float(c[1]), float(c[2])), (float(c[3]), float(c[4]), float(c[5])), sigma, sigma
         )
 
-    def set_preset(self, preset: str | None) -> None:
-        """A new exam preset: the belief starts over from that preset's prior."""
-        if self.belief is not None:
-            self.belief.reset(preset)
-            self.state.event("info", f"guidance restarted for preset {preset}", reason="preset changed")
+    def set_preset(self, preset: str | None, reason: str = "preset changed") -> None:
+        """Restart the target belief: a new exam preset (its prior), or None to keep the preset (a new
+        camera calibration puts the tracked poses in another frame)."""
+        if self.belief is None:
+            return
+        self.belief.reset(preset)
+        name = self.belief.belief.preset
+        self.state.event("info", f"guidance restarted ({reason}; preset {name or 'any'})", reason=reason)
 
     def publish(self, message: dict[str, Any]) -> None:
         message["t"]["published"] = round(self.clock.now(), 6)

@@ -83,8 +83,11 @@ GUIDANCE_SCHEMA = _obj(
         "contact": _UNIT,
         "basis": {
             "type": "string",
-            "enum": ["camera", "assumed_marker_toward_head"],
-            "description": "how head/feet/left/right were worked out: tracked probe pose, or the default hold",
+            "enum": ["belief", "camera", "assumed_marker_toward_head"],
+            "description": "belief: the correction is the target belief's (model outputs fused over the "
+            "tracked poses) and directions come from the tracked pose; camera: the image's correction, "
+            "directions from the tracked pose; assumed_marker_toward_head: the image alone, directions "
+            "in the default hold",
         },
         "frozen": {"type": "boolean"},
         "t": {**_STAGE_TIMES, "description": "per-stage host monotonic timestamps (s) for latency"},
@@ -103,6 +106,15 @@ STATUS_SCHEMA = _obj(
                     "enum": ["none", "tracking", "searching", "lost", "uncalibrated", "absent"],
                 },
                 "source": _STR,
+            }
+        ),
+        "guidance": _obj(
+            {
+                "basis": {
+                    "type": "string",
+                    "enum": ["belief", "model"],
+                    "description": "belief: the target belief from the tracked probe; model: the image alone",
+                }
             }
         ),
         "model": _obj({"name": _STR, "version": _STR, "provider": _STR}),
