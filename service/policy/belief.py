@@ -167,8 +167,8 @@ class BeliefParams:
     min_evidence: float = 0.02  # a still probe still adds a little (tremor changes the image)
     outlier: float = 0.05  # share of any observation that may be wild (a model glitch, a bubble)
     prior_inflation: float = 1.3  # the prior's spread times this (the population is only a sample)
-    roughen_mm: float = 1.5  # jitter added at resampling (keeps the cloud from collapsing to copies)
-    roughen_deg: float = 1.5
+    roughen_mm: float = 1.0  # jitter added at resampling (keeps the cloud from collapsing to copies)
+    roughen_deg: float = 1.0
     # At each resampling this share of the particles is drawn afresh from the prior, so a belief that
     # settled on the wrong place can still find the right one (a confident error is otherwise final).
     reinject: float = 0.05
@@ -285,6 +285,23 @@ class TargetBelief:
         # kinds: the preset each particle's hypothesis belongs to (whose view-score fields apply)
         return np.concatenate(pos), np.concatenate(rot), np.concatenate(kinds)
 
+    def log_prior(self, positions: np.ndarray, rotations: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+        """Log density (up to a constant) of target poses under their preset's (inflated) prior."""
+        out = np.zeros(len(positions))
+        for name in np.unique(kinds):
+            prior = self.cal.priors[str(name)]
+            sel = kinds == name
+            offsets = np.concatenate(
+                [
+                    positions[sel] - prior.mean_position_mm,
+                    matrices_to_rotvecs(prior.mean_rotation.T[None] @ rotations[sel]),
+                ],
+                axis=1,
+            )
+            inv = np.linalg.inv(prior.covariance * self.params.prior_inflation**2)
+            out[sel] = -0.5 * np.einsum("ni,ij,nj->n", offsets, inv, offsets)
+        return out
+
     @property
     def weights(self) -> np.ndarray:
         w = np.exp(self.logw - self.logw.max())
@@ -333,16 +350,23 @@ class TargetBelief:
         u = (self.rng.uniform() + np.arange(n)) / n
         idx = np.minimum(np.searchsorted(np.cumsum(w), u), n - 1)
         p = self.params
+        old_positions, old_rotations = self.positions, self.rotations
         self.positions = self.positions[idx] + self.rng.normal(0.0, p.roughen_mm, (n, 3))
         jitter = rotvecs_to_matrices(self.rng.normal(0.0, p.roughen_deg, (n, 3)))
         self.rotations = self.rotations[idx] @ jitter
         self.kinds = self.kinds[idx]
+        # The jitter is a random walk: without the prior it would carry the cloud, resampling after
+        # resampling, far outside where any patient's view lies. Weigh the moved particles by it.
+        self.logw = self.log_prior(self.positions, self.rotations, self.kinds) - self.log_prior(
+            old_positions[idx], old_rotations[idx], self.kinds
+        )
         fresh = round(p.reinject * n)
         if fresh:
             slots = self.rng.choice(n, fresh, replace=False)
             pos, rot, kinds = self._draw_prior(self.preset, fresh)
             self.positions[slots], self.rotations[slots], self.kinds[slots] = pos, rot, kinds
-        self.logw = np.zeros(n)
+            self.logw[slots] = 0.0
+        self.logw -= self.logw.max()
 
     # -- answers
 
