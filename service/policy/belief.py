@@ -351,8 +351,17 @@ class TargetBelief:
         idx = np.minimum(np.searchsorted(np.cumsum(w), u), n - 1)
         p = self.params
         old_positions, old_rotations = self.positions, self.rotations
-        self.positions = self.positions[idx] + self.rng.normal(0.0, p.roughen_mm, (n, 3))
-        jitter = rotvecs_to_matrices(self.rng.normal(0.0, p.roughen_deg, (n, 3)))
+        # Jitter in proportion to the cloud's own spread (Gordon's roughening, K·σ·N^(-1/d)): wide
+        # while the belief is wide, so the cloud can travel to evidence that lies between its
+        # particles, and down to the floor once it has settled.
+        k = 0.4 * n ** (-1.0 / 6.0)
+        pos_sd = np.maximum(p.roughen_mm, k * self.positions[idx].std(axis=0))
+        centre = chordal_mean(self.rotations[idx], np.full(n, 1.0 / n))
+        rot_sd = np.maximum(
+            p.roughen_deg, k * matrices_to_rotvecs(centre.T[None] @ self.rotations[idx]).std(axis=0)
+        )
+        self.positions = self.positions[idx] + self.rng.normal(0.0, 1.0, (n, 3)) * pos_sd
+        jitter = rotvecs_to_matrices(self.rng.normal(0.0, 1.0, (n, 3)) * rot_sd)
         self.rotations = self.rotations[idx] @ jitter
         self.kinds = self.kinds[idx]
         # The jitter is a random walk: without the prior it would carry the cloud, resampling after

@@ -27,7 +27,7 @@ from service.policy.belief import (
 from service.policy.camera_guidance import BeliefGuide
 from sim.types import Pose
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OUT_OF_PLANE = ("dy", "rx", "rz")  # sweep, tilt, rotate: the signs one frame gets wrong
 
 

@@ -22,7 +22,7 @@ from service.tools.evaluate.tracker_model import (
 )
 from sim.types import Pose, matrix_to_rotvec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _path(n: int, dt: float = 1 / 30) -> list[Pose]:
