@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models import augment, dataset
+from models import augment, dataset, guidance_calibration
 from models.evaluate import latency_ms, metrics, run_onnx
 from models.export import OPSET, export_fp32
 from models.manifest import MIN_SERVICE_VERSION, input_specs, model_card, output_specs, write_manifest
@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     (out / CARD_FILE).write_text(model_card(fields))
     write_manifest(out, fields, [INT8_FILE, FP32_FILE, CARD_FILE])
+    # The target belief's calibration of this model (prior, correction and view-score models; ~30 s).
+    guidance_calibration.write_into_manifest(out, guidance_calibration.calibrate(out))
     log.info("wrote %s (%.0f s in all)", out, time.monotonic() - t0)
     return 0
 

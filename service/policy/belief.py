@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from firmware_bridge.kit import quat_to_matrix
+
 AXES = ("dx", "dy", "dz", "rx", "ry", "rz")
 # How different two target poses must be to count as different hypotheses (mode finding, spread).
 MODE_SCALE = np.array([6.0, 6.0, 6.0, 8.0, 8.0, 8.0])
@@ -58,17 +60,6 @@ def matrices_to_rotvecs(m: np.ndarray) -> np.ndarray:
     sin = np.sin(angle)
     factor = np.where(sin > 1e-6, angle / (2.0 * np.where(sin > 1e-6, sin, 1.0)), 0.5)
     return np.degrees(axis * factor[:, None])
-
-
-def quat_to_matrix(q: np.ndarray) -> np.ndarray:
-    w, x, y, z = (float(v) for v in q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
 
 
 def chordal_mean(rotations: np.ndarray, weights: np.ndarray) -> np.ndarray:
