@@ -29,6 +29,7 @@ from service.policy.belief import (
     TargetBelief,
     confidence_of,
     corrections_to,
+    matrices_to_rotvecs,
     pose_jump,
     rotvecs_to_matrices,
 )
@@ -36,6 +37,12 @@ from service.policy.belief import (
 # The axes the model's image says least about, probed by a deliberate move; the in-plane ones (slide,
 # rock) and the turn it reads well enough to follow, and press (dz) is contact.
 PROBE_AXES = ("dy", "rx")
+
+
+def _same_pose(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], tol_mm: float,
+               tol_deg: float) -> bool:  # fmt: skip
+    turned = float(np.linalg.norm(matrices_to_rotvecs((a[1].T @ b[1])[None])[0]))
+    return float(np.linalg.norm(a[0] - b[0])) <= tol_mm and turned <= tol_deg
 
 
 def _within(c: np.ndarray, tol_mm: float, tol_deg: float) -> bool:
@@ -56,6 +63,7 @@ class BeliefStep:
 @dataclass(frozen=True)
 class BeliefGuideParams:
     lost_reset_s: float = 5.0  # no tracked pose this long: the patient may have moved, start over
+    dropout_grace_s: float = 0.7  # a gap this short keeps the belief guiding from the last pose
     scores_gain_db: float = 4.0  # the view scores are judged only with the gain about right
     depth_quality: float = 0.5  # frames at least this good say which depth frames the target
     depth_frames: int = 8  # ... and this many of them are needed before auto depth follows them
@@ -64,6 +72,7 @@ class BeliefGuideParams:
     agree_fraction: float = 0.95  # the image agrees at this share of the score the model gives at the view
     probe_s: float = 2.5  # a probing move is shown at most this long
     probe_max: float = 10.0  # mm or deg
+    probes_to_confirm: int = 2  # probes along an axis (one each way) that left the belief in place
     settled_spread: float = 1.0  # the belief is settled on an axis with its spread within this × tolerance
 
 
@@ -82,6 +91,9 @@ class BeliefGuide:
         self.resets = 0
         self._probe: tuple[np.ndarray, np.ndarray, float, str] | None = None  # target pose, until, axis
         self._probe_sign = dict.fromkeys(PROBE_AXES, 1.0)
+        # Probes that left the belief where it was, per axis, and the belief's pose they confirmed.
+        self._confirmed = dict.fromkeys(PROBE_AXES, 0)
+        self._confirmed_pose: tuple[np.ndarray, np.ndarray] | None = None
         self._quality_peak = {n: f.peak for n, f in cal.quality.items()}
 
     def reset(self, preset: str | None = None) -> None:
@@ -90,6 +102,8 @@ class BeliefGuide:
         self._previous = None
         self._depths.clear()
         self._probe = None
+        self._confirmed = dict.fromkeys(PROBE_AXES, 0)
+        self._confirmed_pose = None
         self.resets += 1
 
     def step(
@@ -106,12 +120,19 @@ class BeliefGuide:
     ) -> BeliefStep:
         p = self.params
         if position is None or rotation is None:
-            if self._previous is not None and now - self._previous[0] > p.lost_reset_s:
-                gone = now - self._previous[0]
+            gone = now - self._previous[0] if self._previous is not None else 0.0
+            if self._previous is not None and gone > p.lost_reset_s:
                 self.reset()
                 return BeliefStep(
                     None, 0.0, f"the camera lost the probe for {gone:.0f} s: the patient may have moved"
                 )
+            if self._previous is not None and gone <= p.dropout_grace_s:
+                # A marker hidden for a moment (a hand, the handle's own tilt): the probe has barely
+                # moved, so the belief keeps guiding from the last tracked pose; the words stay put.
+                _, last_p, last_r = self._previous
+                estimate = self.belief.estimate(last_p, last_r)
+                correction, axis = self._motion(now, last_p, last_r, estimate, quality)
+                return BeliefStep(estimate, confidence_of(estimate), None, correction, axis)
             return BeliefStep(None, 0.0)
         reason = pose_jump(self._previous, now, position, rotation)
         if reason is not None:
@@ -141,12 +162,19 @@ class BeliefGuide:
         the other way each time, so the change of the view score between the two tracked poses
         settles it (the belief then follows the better side)."""
         p = self.params
+        moved = self._confirmed_pose is not None and not _same_pose(
+            self._confirmed_pose, (estimate.position_mm, estimate.rotation), p.tolerance_mm, p.tolerance_deg
+        )
         if self._probe is not None:
             target_p, target_r, until, axis = self._probe
             to_probe = corrections_to(position, rotation, target_p[None], target_r[None])[0]
             if now < until and not _within(to_probe, p.tolerance_mm, p.tolerance_deg):
                 return to_probe, axis
             self._probe = None
+            # The probe is over: did the belief stay where it was? Then that side is settled.
+            self._confirmed[axis] = 0 if moved else self._confirmed[axis] + 1
+        if moved:  # the belief went elsewhere: what was confirmed there says nothing here
+            self._confirmed = dict.fromkeys(PROBE_AXES, 0)
         c = estimate.correction
         tols = np.array([p.tolerance_mm] * 3 + [p.tolerance_deg] * 3)
         unsure = estimate.spread / tols
@@ -155,7 +183,10 @@ class BeliefGuide:
             settled and quality >= self.agreeing_quality()
         ):
             return c, None
-        axis = max(PROBE_AXES, key=lambda a: unsure[AXES.index(a)])
+        open_axes = [a for a in PROBE_AXES if self._confirmed[a] < p.probes_to_confirm]
+        if not open_axes:
+            return c, None  # both sides of every unsure axis were looked at: hold still here
+        axis = max(open_axes, key=lambda a: unsure[AXES.index(a)])
         i = AXES.index(axis)
         tol = tols[i]
         amount = float(np.clip(2.0 * estimate.spread[i], 1.5 * tol, p.probe_max))
@@ -166,6 +197,7 @@ class BeliefGuide:
         target_p = np.asarray(position) + np.asarray(rotation) @ move[:3]
         target_r = np.asarray(rotation) @ rotvecs_to_matrices(move[None, 3:])[0]
         self._probe = (target_p, target_r, now + p.probe_s, axis)
+        self._confirmed_pose = (estimate.position_mm.copy(), estimate.rotation.copy())
         return move, axis
 
     def target_depth_mm(self) -> float | None:
