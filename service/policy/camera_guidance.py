@@ -63,7 +63,6 @@ class BeliefStep:
 @dataclass(frozen=True)
 class BeliefGuideParams:
     lost_reset_s: float = 5.0  # no tracked pose this long: the patient may have moved, start over
-    dropout_grace_s: float = 0.7  # a gap this short keeps the belief guiding from the last pose
     scores_gain_db: float = 4.0  # the view scores are judged only with the gain about right
     depth_quality: float = 0.5  # frames at least this good say which depth frames the target
     depth_frames: int = 8  # ... and this many of them are needed before auto depth follows them
@@ -126,13 +125,6 @@ class BeliefGuide:
                 return BeliefStep(
                     None, 0.0, f"the camera lost the probe for {gone:.0f} s: the patient may have moved"
                 )
-            if self._previous is not None and gone <= p.dropout_grace_s:
-                # A marker hidden for a moment (a hand, the handle's own tilt): the probe has barely
-                # moved, so the belief keeps guiding from the last tracked pose; the words stay put.
-                _, last_p, last_r = self._previous
-                estimate = self.belief.estimate(last_p, last_r)
-                correction, axis = self._motion(now, last_p, last_r, estimate, quality)
-                return BeliefStep(estimate, confidence_of(estimate), None, correction, axis)
             return BeliefStep(None, 0.0)
         reason = pose_jump(self._previous, now, position, rotation)
         if reason is not None:
