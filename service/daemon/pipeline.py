@@ -32,7 +32,7 @@ from service.daemon.probe import DEPTH, FREQUENCY, GAIN, limits_from_info
 from service.daemon.probe_state import ProbeState
 from service.policy.autotune import AutoDepth, AutoGain, Change, ProbeLimits
 from service.policy.belief import BeliefCalibration
-from service.policy.camera_guidance import BeliefGuide, BeliefStep
+from service.policy.camera_guidance import BeliefGuide, BeliefGuideParams, BeliefStep
 from service.policy.guidance import Correction, GuidanceEngine, GuidanceParams, model_correction
 from service.policy.search import unreliable_axes
 from service.seams import Model, ModelOutput, PoseSource, ProbeLinkLike, Publisher, TrackedPose
@@ -78,19 +78,22 @@ class Pipeline:
             guidance = GuidanceParams(unreliable_axes=unreliable_axes(getattr(model, "manifest", None)))
         self.guidance = GuidanceEngine(guidance)
         self._seq_lock = threading.Lock()
-        # The target belief needs a tracked probe and a model whose manifest calibrates it.
+        # The target belief needs a tracked probe and a model whose manifest calibrates it; "there"
+        # means the same to it as to the words (the guidance's tolerances).
         calibration = BeliefCalibration.from_manifest(getattr(model, "manifest", None))
-        self.belief = BeliefGuide(calibration) if camera is not None and calibration is not None else None
-        if self.belief is not None:
+        self.belief: BeliefGuide | None = None
+        if camera is not None and calibration is not None:
+            tolerances = BeliefGuideParams(
+                tolerance_mm=guidance.tolerance_mm, tolerance_deg=guidance.tolerance_deg
+            )
+            self.belief = BeliefGuide(calibration, tolerances)
             self.belief.reset(preset)
-        self.guidance_source = "model"  # "belief" while the tracked belief guides
-        self.belief_step: BeliefStep | None = None  # the belief's last answer (status, diagnostics)
+        self.belief_step: BeliefStep | None = None  # the belief's answer for the last frame guided
         self._model_lock = threading.Lock()
         self.slots = {n: LatestSlot[Work](n) for n in ("preprocess", "infer", "guide", "control")}
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._seq = 0
-        self._event_seq = 0
         self.frames_in = 0
         self.frames_out = 0
         self.last_frame_time: float | None = None  # clock time of the last frame fully guided
@@ -244,15 +247,20 @@ class Pipeline:
         if step.reset_reason is not None:
             self.log.warning("target belief restarted: %s", step.reset_reason)
             self.state.event("warning", f"guidance restarted: {step.reset_reason}", reason=step.reset_reason)
-        self.guidance_source = "model" if step.estimate is None else "belief"
         self.belief_step = step
-        if step.estimate is None or step.correction is None:
+        if step.correction is None:
             return None
         c = step.correction
         sigma = 5.0 / max(step.confidence, 0.05)
         return Correction(
             (float(c[0]), float(c[1]), float(c[2])), (float(c[3]), float(c[4]), float(c[5])), sigma, sigma
         )
+
+    @property
+    def guidance_source(self) -> str:
+        """What the last frame's correction came from: "belief" (tracked) or "model" (the image)."""
+        step = self.belief_step
+        return "belief" if step is not None and step.correction is not None else "model"
 
     def set_preset(self, preset: str | None, reason: str = "preset changed") -> None:
         """Restart the target belief: a new exam preset (its prior), or None to keep the preset (a new

@@ -62,6 +62,15 @@ def matrices_to_rotvecs(m: np.ndarray) -> np.ndarray:
     return np.degrees(axis * factor[:, None])
 
 
+def pose_distance(
+    position_a: np.ndarray, rotation_a: np.ndarray, position_b: np.ndarray, rotation_b: np.ndarray
+) -> tuple[float, float]:
+    """(mm between the positions, degrees of the rotation from a to b)."""
+    moved = float(np.linalg.norm(np.asarray(position_b) - np.asarray(position_a)))
+    turned = float(np.linalg.norm(matrices_to_rotvecs((np.asarray(rotation_a).T @ rotation_b)[None])[0]))
+    return moved, turned
+
+
 def chordal_mean(rotations: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """The rotation nearest the weighted sum of matrices (SVD projection)."""
     u, _, vt = np.linalg.svd(np.einsum("n,nij->ij", weights, rotations))
@@ -248,7 +257,7 @@ class TargetBelief:
         self.observations = 0
         self.evidence = 0.0
         self._last: tuple[np.ndarray, np.ndarray] | None = None
-        self._mode: np.ndarray | None = None  # (6,) last chosen mode as an offset from the prior mean
+        self._mode: tuple[np.ndarray, np.ndarray] | None = None  # last chosen mode: position, rotation
         self.reset(None)
 
     # -- state
@@ -312,8 +321,7 @@ class TargetBelief:
         p = self.params
         if self._last is None:
             return 1.0
-        moved = float(np.linalg.norm(np.asarray(probe_position) - self._last[0]))
-        turned = float(np.linalg.norm(matrices_to_rotvecs((self._last[1].T @ probe_rotation)[None])[0]))
+        moved, turned = pose_distance(self._last[0], self._last[1], probe_position, probe_rotation)
         mm, deg = (p.score_motion_mm, p.score_motion_deg) if scores else (p.motion_mm, p.motion_deg)
         return min(1.0, p.min_evidence + moved / mm + turned / deg)
 
@@ -383,12 +391,7 @@ class TargetBelief:
         picks = order[: max(1, min(candidates, len(w)))]
         cand = z[picks]
         if self._mode is not None:
-            prev = corrections_to(
-                probe_position,
-                probe_rotation,
-                self._mode[None, :3],
-                rotvecs_to_matrices(self._mode[None, 3:]),
-            )
+            prev = corrections_to(probe_position, probe_rotation, self._mode[0][None], self._mode[1][None])
             cand = np.vstack([cand, prev / MODE_SCALE])
         d2 = np.sum((cand[:, None, :] - z[None, :, :]) ** 2, axis=2)
         density = (np.exp(-0.5 * d2) * w[None, :]).sum(axis=1)
@@ -404,12 +407,8 @@ class TargetBelief:
         # How unsure the belief is about this pose: every particle's distance from it, not only the
         # mode's (the kernel would cap the spread at its own width).
         spread = np.sqrt(np.einsum("n,ni->i", w, (pred - correction) ** 2))
-        self._mode = np.concatenate([position, _rotvec(rotation)])
+        self._mode = (position, rotation)
         return Estimate(position, rotation, correction, spread, min(1.0, mass))
-
-
-def _rotvec(rotation: np.ndarray) -> np.ndarray:
-    return np.asarray(matrices_to_rotvecs(rotation[None])[0])
 
 
 def pose_jump(
@@ -428,8 +427,7 @@ def pose_jump(
         return None
     t0, p0, r0 = previous
     dt = max(now - t0, 1e-3)
-    moved = float(np.linalg.norm(np.asarray(position) - p0))
-    turned = float(np.linalg.norm(_rotvec(r0.T @ rotation)))
+    moved, turned = pose_distance(p0, r0, position, rotation)
     if moved >= min_jump_mm and moved / dt > max_speed_mm_s:
         return f"the tracked probe jumped {moved:.0f} mm in {dt:.2f} s (patient moved or camera bumped?)"
     if turned >= min_jump_deg and turned / dt > max_turn_deg_s:

@@ -29,24 +29,19 @@ from service.policy.belief import (
     TargetBelief,
     confidence_of,
     corrections_to,
-    matrices_to_rotvecs,
+    pose_distance,
     pose_jump,
     rotvecs_to_matrices,
 )
+from service.policy.guidance import within_tolerance
 
 # The axes the model's image says least about, probed by a deliberate move; the in-plane ones (slide,
 # rock) and the turn it reads well enough to follow, and press (dz) is contact.
 PROBE_AXES = ("dy", "rx")
 
 
-def _same_pose(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], tol_mm: float,
-               tol_deg: float) -> bool:  # fmt: skip
-    turned = float(np.linalg.norm(matrices_to_rotvecs((a[1].T @ b[1])[None])[0]))
-    return float(np.linalg.norm(a[0] - b[0])) <= tol_mm and turned <= tol_deg
-
-
 def _within(c: np.ndarray, tol_mm: float, tol_deg: float) -> bool:
-    return bool(np.max(np.abs(c[:3])) <= tol_mm and np.max(np.abs(c[3:])) <= tol_deg)
+    return within_tolerance(c[:3], c[3:], tol_mm, tol_deg)
 
 
 @dataclass(frozen=True)
@@ -154,9 +149,10 @@ class BeliefGuide:
         the other way each time, so the change of the view score between the two tracked poses
         settles it (the belief then follows the better side)."""
         p = self.params
-        moved = self._confirmed_pose is not None and not _same_pose(
-            self._confirmed_pose, (estimate.position_mm, estimate.rotation), p.tolerance_mm, p.tolerance_deg
-        )
+        moved = False  # has the belief's mode left the pose the last probe set out from?
+        if self._confirmed_pose is not None:
+            mm, deg = pose_distance(*self._confirmed_pose, estimate.position_mm, estimate.rotation)
+            moved = mm > p.tolerance_mm or deg > p.tolerance_deg
         if self._probe is not None:
             target_p, target_r, until, axis = self._probe
             to_probe = corrections_to(position, rotation, target_p[None], target_r[None])[0]

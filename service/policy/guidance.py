@@ -18,6 +18,7 @@ marker (probe +x) toward the patient's head. Each instruction says which basis i
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -342,7 +343,10 @@ class GuidanceEngine:
         seen = quality if visible is None else visible
         if belief is not None:
             good = p.good_quality if belief_good_quality is None else min(p.good_quality, belief_good_quality)
-            agree = _within_tolerance(belief, p) and quality >= good
+            agree = (
+                within_tolerance(belief.translation_mm, belief.rotation_deg, p.tolerance_mm, p.tolerance_deg)
+                and quality >= good
+            )
             judged = max(quality, p.good_quality) if agree else min(quality, p.good_quality - 1e-6)
             fused = self.filter.update(belief, now)
             current = self.stabilizer.shown.id if self.stabilizer.shown else None
@@ -378,10 +382,10 @@ class GuidanceEngine:
         return shown, capture
 
 
-def _within_tolerance(c: Correction, p: GuidanceParams) -> bool:
-    t = max(abs(v) for v in c.translation_mm)
-    r = max(abs(v) for v in c.rotation_deg)
-    return t <= p.tolerance_mm and r <= p.tolerance_deg
+def within_tolerance(translation_mm: Iterable[float], rotation_deg: Iterable[float], tol_mm: float,
+                     tol_deg: float) -> bool:  # fmt: skip
+    """Every component of a probe-frame motion within the tolerances: the probe counts as there."""
+    return max(abs(v) for v in translation_mm) <= tol_mm and max(abs(v) for v in rotation_deg) <= tol_deg
 
 
 @dataclass(frozen=True)

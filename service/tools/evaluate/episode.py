@@ -6,11 +6,13 @@ turn the published instruction back into a motion request (``instruction_to_moti
 novice carry it out for one frame time. Arms:
 
 - ``guided``: the model under test; the novice follows the instructions;
+- ``camera``: the same, and the pipeline gets tracked poses (:class:`SimTracker`, the measured
+  tracker model): the target belief guides;
 - ``unguided``: the same pipeline (auto gain/depth still work) but the novice searches on its own;
 - ``oracle``: the model replaced by ground truth (:class:`OracleModel`); the novice follows.
 
-The episode ends at success (see :mod:`service.tools.evaluate.metrics`) or after ``limit_s``. The guided and
-oracle arms then hold still for ``hold_s`` to count instruction flicker.
+The episode ends at success (see :mod:`service.tools.evaluate.metrics`) or after ``limit_s``. The guided, camera
+and oracle arms then hold still for ``hold_s`` to count instruction flicker.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from service.policy.guidance import (
 )
 from service.seams import MemoryPublisher, Model
 from service.tools.evaluate.metrics import (
+    ARMS,
     GAIN_FRAMES,
     LIMIT_S,
     EpisodeResult,
@@ -153,7 +156,7 @@ def run_episode(
     scanner: Scanner | None = None,
     image_size: tuple[int, int] = (256, 256),
 ) -> EpisodeResult:
-    if arm not in ("guided", "camera", "unguided", "oracle"):
+    if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}")
     if fps <= 0 or limit_s <= 0:
         raise ValueError(f"fps and limit_s must be positive, got {fps}, {limit_s}")
