@@ -393,7 +393,11 @@ class TargetBelief:
         if self._mode is not None:
             prev = corrections_to(probe_position, probe_rotation, self._mode[0][None], self._mode[1][None])
             cand = np.vstack([cand, prev / MODE_SCALE])
-        d2 = np.sum((cand[:, None, :] - z[None, :, :]) ** 2, axis=2)
+        # Squared distances candidates × particles as |a|² + |b|² − 2ab: one matrix product instead
+        # of a (candidates, particles, 6) temporary (the guide stage runs this on every frame).
+        d2 = np.maximum(
+            np.sum(cand * cand, axis=1)[:, None] + np.sum(z * z, axis=1)[None, :] - 2.0 * cand @ z.T, 0.0
+        )
         density = (np.exp(-0.5 * d2) * w[None, :]).sum(axis=1)
         best = int(np.argmax(density))
         if self._mode is not None and density[-1] >= 0.7 * density[best]:
