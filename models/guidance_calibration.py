@@ -36,7 +36,7 @@ from sim.novice import on_skin
 from sim.phantom import make_phantom
 from sim.presets import PRESETS
 from sim.scanner import Scanner
-from sim.truth import ground_truth, pose_error
+from sim.truth import ground_truth
 from sim.types import Pose, matrix_to_rotvec
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def held_out_samples(
     model_path: Path, n_phantoms: int = HELD_OUT_PHANTOMS, size: int = 128
 ) -> dict[str, np.ndarray]:
     """Model outputs and ground truth on held-out phantoms at loop-like poses and near-right settings."""
-    images, depth, freq, truth_c, dist, ang, vis_true, presets = [], [], [], [], [], [], [], []
+    images, depth, freq, truth_c, presets = [], [], [], [], []
     for i in range(n_phantoms):
         seed = EVAL_SEEDS[0] + 7 * i  # spread over the held-out range
         name = PRESET_ORDER[seed % len(PRESET_ORDER)]
@@ -113,10 +113,6 @@ def held_out_samples(
             depth.append(settings.depth_mm)
             freq.append(settings.freq_mhz)
             truth_c.append(np.concatenate([gt.correction_mm, gt.correction_deg]))
-            d, a = pose_error(pose, ph.target_pose)
-            dist.append(d)
-            ang.append(a)
-            vis_true.append(gt.target_visible)
             presets.append(PRESET_ORDER.index(name))
     pred = run_onnx_inputs(
         model_path, np.array(images), np.array(depth, np.float32), np.array(freq, np.float32)
@@ -126,9 +122,6 @@ def held_out_samples(
         "truth": np.array(truth_c, float),
         "visible": pred["target_visible"].astype(float),
         "quality": pred["quality"].astype(float),
-        "distance_mm": np.array(dist, float),
-        "angle_deg": np.array(ang, float),
-        "true_visible": np.array(vis_true, float),
         "preset": np.array(presets, int),
     }
 
