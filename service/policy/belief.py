@@ -255,7 +255,6 @@ class TargetBelief:
         self.rng = np.random.default_rng(seed)
         self.preset: str | None = None
         self.observations = 0
-        self.evidence = 0.0
         self._last: tuple[np.ndarray, np.ndarray] | None = None
         self._mode: tuple[np.ndarray, np.ndarray] | None = None  # last chosen mode: position, rotation
         self.reset(None)
@@ -267,7 +266,7 @@ class TargetBelief:
         self.positions, self.rotations, self.kinds = self._draw_prior(preset, self.params.particles)
         self.logw = np.zeros(self.params.particles)
         self.preset = preset
-        self.observations, self.evidence = 0, 0.0
+        self.observations = 0
         self._last, self._mode = None, None
 
     def _draw_prior(self, preset: str | None, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -337,7 +336,6 @@ class TargetBelief:
         self.logw -= self.logw.max()
         self._last = (np.asarray(probe_position, float).copy(), np.asarray(probe_rotation, float).copy())
         self.observations += 1
-        self.evidence += weight
         if self.effective_size() < 0.5 * len(self.logw):
             self._resample()
         return weight

@@ -52,7 +52,6 @@ class BeliefStep:
     confidence: float
     reset_reason: str | None = None  # the belief was restarted on this frame, and why
     correction: np.ndarray | None = None  # (6,) the motion to show: to the belief's target, or a probe
-    probing: str | None = None  # the axis of a deliberate probing move, while one is shown
 
 
 @dataclass(frozen=True)
@@ -132,8 +131,8 @@ class BeliefGuide:
             if scores_ok and quality >= p.depth_quality and np.isfinite(best_depth_mm):
                 self._depths.append((float(best_depth_mm), float(quality)))
         estimate = self.belief.estimate(position, rotation)
-        correction, axis = self._motion(now, position, rotation, estimate, quality)
-        return BeliefStep(estimate, confidence_of(estimate), reason, correction, axis)
+        correction = self._motion(now, position, rotation, estimate, quality)
+        return BeliefStep(estimate, confidence_of(estimate), reason, correction)
 
     def agreeing_quality(self) -> float:
         """The image quality at which the image agrees the view is reached (the model's own peak)."""
@@ -143,7 +142,7 @@ class BeliefGuide:
 
     def _motion(
         self, now: float, position: np.ndarray, rotation: np.ndarray, estimate: Estimate, quality: float
-    ) -> tuple[np.ndarray, str | None]:
+    ) -> np.ndarray:
         """The belief's correction, or a deliberate probing move when the probe stands where the belief
         puts the view but the image disagrees: along the axis the belief is least sure of, turning
         the other way each time, so the change of the view score between the two tracked poses
@@ -157,7 +156,7 @@ class BeliefGuide:
             target_p, target_r, until, axis = self._probe
             to_probe = corrections_to(position, rotation, target_p[None], target_r[None])[0]
             if now < until and not _within(to_probe, p.tolerance_mm, p.tolerance_deg):
-                return to_probe, axis
+                return to_probe
             self._probe = None
             # The probe is over: did the belief stay where it was? Then that side is settled.
             self._confirmed[axis] = 0 if moved else self._confirmed[axis] + 1
@@ -170,10 +169,10 @@ class BeliefGuide:
         if not _within(c, p.tolerance_mm, p.tolerance_deg) or (
             settled and quality >= self.agreeing_quality()
         ):
-            return c, None
+            return c
         open_axes = [a for a in PROBE_AXES if self._confirmed[a] < p.probes_to_confirm]
         if not open_axes:
-            return c, None  # both sides of every unsure axis were looked at: hold still here
+            return c  # both sides of every unsure axis were looked at: hold still here
         axis = max(open_axes, key=lambda a: unsure[AXES.index(a)])
         i = AXES.index(axis)
         tol = tols[i]
@@ -186,7 +185,7 @@ class BeliefGuide:
         target_r = np.asarray(rotation) @ rotvecs_to_matrices(move[None, 3:])[0]
         self._probe = (target_p, target_r, now + p.probe_s, axis)
         self._confirmed_pose = (estimate.position_mm.copy(), estimate.rotation.copy())
-        return move, axis
+        return move
 
     def target_depth_mm(self) -> float | None:
         """The depth that frames the target, from the frames that saw it well; None until enough did."""
