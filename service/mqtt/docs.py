@@ -18,6 +18,8 @@ from service.mqtt.topics import ROOT, TOPICS, Topic
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "docs" / "mqtt"
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+ASYNCAPI_VERSION = "3.1.0"
+MQTT_BINDING_VERSION = "0.2.0"
 
 
 def schema_files() -> dict[str, dict[str, Any]]:
@@ -41,19 +43,24 @@ def _document(t: Topic, schema: dict[str, Any], description: str) -> dict[str, A
     }
 
 
+def _operation_binding(t: Topic) -> dict[str, Any]:
+    """QoS, retain and expiry of the topic: MQTT binding 0.2.0 allows them on operations only."""
+    binding: dict[str, Any] = {"qos": t.qos, "retain": t.retain}
+    if t.expiry_s is not None:
+        binding["messageExpiryInterval"] = t.expiry_s
+    binding["bindingVersion"] = MQTT_BINDING_VERSION
+    return binding
+
+
 def asyncapi() -> dict[str, Any]:
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     for t in TOPICS:
         key = t.file_stem
-        bindings: dict[str, Any] = {"mqtt": {"qos": t.qos, "retain": t.retain}}
-        if t.expiry_s is not None:
-            bindings["mqtt"]["messageExpiryInterval"] = t.expiry_s
         message: dict[str, Any] = {
             "name": key,
             "contentType": "text/plain" if t.name == "available" else "application/json",
             "payload": {"$ref": f"./{t.file_stem}.schema.json"},
-            "bindings": bindings,
         }
         if t.is_command:
             message["correlationId"] = {"location": "$message.header#/correlationData"}
@@ -67,6 +74,7 @@ def asyncapi() -> dict[str, Any]:
             "action": "send" if t.direction == "publish" else "receive",
             "channel": {"$ref": f"#/channels/{key}"},
             "summary": t.description,
+            "bindings": {"mqtt": _operation_binding(t)},
         }
         if t.response_schema is not None:
             reply_key = f"{key}-response"
@@ -88,7 +96,7 @@ def asyncapi() -> dict[str, Any]:
             }
         operations[key] = op
     return {
-        "asyncapi": "3.0.0",
+        "asyncapi": ASYNCAPI_VERSION,
         "info": {
             "title": "sonoguide MQTT API",
             "version": __version__,
