@@ -56,6 +56,7 @@ def test_schemas_are_valid_and_only_use_supported_keywords() -> None:
         "calibrate_camera",
         "reload_model",
         "ping",
+        "step_param",
     }
 
 
