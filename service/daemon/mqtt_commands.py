@@ -45,7 +45,8 @@ def step_value(limits: ProbeLimits, param: str, current: float, steps: int) -> f
             end = "maximum" if steps > 0 else "minimum"
             bound = limits.gain_max_db if steps > 0 else limits.gain_min_db
             raise CommandError(
-                f"gain_db {current:g} cannot go {steps:+d} dB step(s): the probe's {end} is {bound:g} dB"
+                f"gain_db {current:g} cannot go {steps:+d} step(s) of {limits.gain_step_db:g} dB: "
+                f"the probe's {end} is {bound:g} dB"
             )
         return float(value)
     choices = list(limits.depth_steps_mm if param == DEPTH else limits.freqs_mhz)

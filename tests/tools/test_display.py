@@ -302,6 +302,16 @@ def test_freeze_auto_and_gain_from_the_page_change_the_probe_and_a_refusal_shows
     assert emulator.params.snapshot()["gain_db"] == top
     page.click("gain-auto")
     assert _response(page, "auto gain on")["responseState"] == "ok"
+
+    page.click("capture")  # the capture event flashes the screen and is named on the page
+    assert _response(page, "capture")["responseState"] == "ok"
+    wait_until("the capture flash", lambda: page.driver.execute_script(
+        "return document.getElementById('flash').classList.contains('on')"
+        " && document.getElementById('last-event').dataset.kind === 'capture'"
+    ))  # fmt: skip
+    page.click("preset")  # the selected exam preset (abdomen), as a manual change
+    shown = _response(page, "preset abdomen")
+    assert shown["responseState"] == "ok", shown
     page.drain()
 
 
