@@ -171,6 +171,15 @@ class Page:
         self.driver.quit()
 
 
+def record_figure(name: str, value: float) -> None:
+    """A measured figure for docs/display.md, written next to the screenshots (not asserted)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / "figures.json"
+    figures = json.loads(path.read_text()) if path.exists() else {}
+    figures[name] = value
+    path.write_text(json.dumps(figures, indent=1) + "\n")
+
+
 def schema_problems(messages: list[dict[str, Any]]) -> list[str]:
     """Each received message against its topic's JSON Schema in docs/mqtt/ (replies: the command's)."""
     problems = []
@@ -225,13 +234,16 @@ def test_the_page_shows_the_instruction_the_daemon_publishes_and_the_quality_met
     rec = bench.recorder
     wait_until("current guidance on the page", lambda: page.read()["state"] == "current")
     by_seq = lambda: {m.payload["seq"]: m.payload for m in rec.of("guidance")}  # noqa: E731
+    lags = []
     for _ in range(5):
         # The page catches up with the newest instruction the daemon published by now...
-        latest = max(by_seq())
+        newest = rec.of("guidance")[-1]
+        latest = newest.payload["seq"]
         shown = wait_until(
             f"the page to show guidance seq >= {latest}",
             lambda latest=latest: (s := page.read())["seq"] and int(s["seq"]) >= latest and s,
         )
+        lags.append(time.monotonic() - newest.at)  # an upper bound: includes our polling
         # ...and shows exactly what that message says, drawn as that instruction.
         message = wait_until(
             "the recorder to hold the shown seq", lambda s=shown: by_seq().get(int(s["seq"]))
@@ -240,6 +252,7 @@ def test_the_page_shows_the_instruction_the_daemon_publishes_and_the_quality_met
         assert shown["state"] == "current" and shown["stale"] == ""
         assert abs(float(shown["quality"]) - message["quality"]) < 1e-3
     assert rec.invalid == [], rec.invalid[:5]
+    record_figure("page_caught_up_with_newest_guidance_s_max", round(max(lags), 3))
 
     far_quality = float(page.read()["quality"])
     bench.pose = bench.on_target  # the probe onto the standard view: the image's quality rises
@@ -333,11 +346,10 @@ def test_screenshots_at_phone_and_tablet_sizes(bench: Bench, page: Page) -> None
 
 def test_offline_when_the_daemon_is_killed_and_stopped_after_a_clean_stop(bench: Bench, page: Page) -> None:
     wait_until("online on the page", lambda: page.read()["available"] == "online")
+    killed_at = time.monotonic()
     bench.stop_daemon(signal.SIGKILL)
-    shown = wait_until(
-        "offline on the page (the daemon's last will)",
-        lambda: (s := page.read())["available"] == "offline" and s,
-    )
+    wait_until("offline on the page (the daemon's last will)", lambda: page.read()["available"] == "offline")
+    record_figure("offline_on_page_after_kill_s", round(time.monotonic() - killed_at, 3))
     shown = wait_until(
         "the last guidance shown as stale", lambda: (s := page.read())["state"] == "stale" and s
     )
