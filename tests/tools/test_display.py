@@ -336,6 +336,15 @@ def test_screenshots_at_phone_and_tablet_sizes(bench: Bench, page: Page) -> None
         wait_until(
             f"{name} layout", lambda size=size: page.driver.execute_script("return innerWidth") <= size[0]
         )
+        layout = page.driver.execute_script(
+            "return {scroll: document.documentElement.scrollWidth, inner: innerWidth,"
+            " type: parseFloat(getComputedStyle(document.getElementById('instruction')).fontSize),"
+            " tall: document.documentElement.scrollHeight, chrome: outerHeight - innerHeight}"
+        )
+        assert layout["scroll"] <= layout["inner"], f"{name}: the page is wider than the screen {layout}"
+        assert layout["type"] >= 32, f"{name}: the instruction is in {layout['type']} px type"
+        # The whole page in one picture: the window as tall as the content, the width of the device.
+        page.driver.set_window_size(size[0], max(size[1], layout["tall"] + layout["chrome"]))
         page.driver.execute_script("window.scrollTo(0, 0)")
         time.sleep(0.3)  # let one more guidance message paint: a picture, not a timing check
         path = page.screenshot(name)

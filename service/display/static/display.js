@@ -159,7 +159,8 @@
     }
     const el = $("last-event");
     el.dataset.kind = event.kind;
-    el.textContent = `${event.kind.replace("_", " ")}: ${event.message}${event.reason ? ` (${event.reason})` : ""}`;
+    const reason = event.reason && !event.message.includes(event.reason) ? ` (${event.reason})` : "";
+    el.textContent = `${event.kind.replace("_", " ")}: ${event.message}${reason}`;
   }
 
   // --- commands (MQTT 5 request/response) ----------------------------------------------------------
@@ -196,7 +197,10 @@
     if ("value" in result && "param" in result) return ` — ${formatParam(result.param, result.value)}`;
     if ("frozen" in result) return result.frozen ? " — image frozen" : " — image live";
     if ("frame_id" in result) return result.frame_id === null ? "" : ` — frame ${result.frame_id}`;
-    if ("name" in result && "settings" in result) return ` — ${result.name}`;
+    if ("name" in result && "settings" in result) {
+      const applied = Object.entries(result.settings).map(([p, v]) => formatParam(p, v));
+      return applied.length ? ` — ${applied.join(", ")}` : "";
+    }
     if ("enabled" in result) return ""; // the label said it ("auto gain off")
     return "";
   }
