@@ -10,13 +10,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from service.tools.display_server import DisplayServer
 from service.tools.local_broker import LocalBroker, free_port
+from tests.browser import Page, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO / "systemd" / "mosquitto"
@@ -382,3 +385,46 @@ def test_the_api_documents_servers_are_the_shipped_listeners() -> None:
         assert (listener["protocol"] == "websockets") == websocket, name
         assert ("certfile" in listener) == secure == (listener["allow_anonymous"] == "false"), name
         assert (listener["bind"] == "127.0.0.1") == (host == "127.0.0.1"), name
+
+
+def _login(page: Page, password: str) -> None:
+    """The display asks for the password (it is never in the address): fill in the form and submit."""
+    wait_until("the page's login form", lambda: page.driver.find_element("id", "connect-form").is_displayed())
+    page.driver.find_element("css selector", "#connect-form input[name=password]").send_keys(password)
+    page.driver.find_element("css selector", "#connect-form button[type=submit]").click()
+
+
+def _state(page: Page) -> dict[str, Any]:
+    return dict(page.driver.execute_script(
+        "return {connection: document.getElementById('connection').dataset.state,"
+        " available: document.getElementById('availability').dataset.state}"
+    ))  # fmt: skip
+
+
+def test_the_display_in_a_browser_logs_in_over_secure_websockets_and_a_wrong_password_does_not(
+    pki: Path, device_broker: DeviceBroker, clients: list[Recorder]
+) -> None:
+    daemon = Recorder(device_broker.broker.port, "daemon")
+    clients.append(daemon)
+    assert daemon.connect()
+    daemon.client.publish(f"{ROOT}/available", b"online", qos=1, retain=True).wait_for_publish(5)
+    broker_url = f"wss://127.0.0.1:{device_broker.wss_port}"
+    # The throwaway CA is not in the browser's store; the certificate itself is the shipped listener's.
+    with DisplayServer() as server:
+        url = server.page_url(broker_url, DEVICE, username="display-1")
+        pages = [Page(url, (412, 915), "--ignore-certificate-errors") for _ in range(2)]
+        try:
+            good, bad = pages
+            _login(good, "s3cret")
+            _login(bad, "guess")
+            wait_until(
+                "connected and online",
+                lambda: _state(good) == {"connection": "connected", "available": "online"},
+            )
+            wait_until(
+                "the refused login shown", lambda: _state(bad)["connection"] in ("error", "disconnected")
+            )
+            assert _state(bad)["available"] == "unknown"  # it heard nothing from the device
+        finally:
+            for page in pages:
+                page.close()

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +29,13 @@ from service.commands.demo import DEVICE_ID, demo_config
 from service.tools.display_server import DisplayServer
 from service.tools.local_broker import LocalBroker
 from sim.novice import random_start_pose
+from tests.browser import ARTIFACTS, Page, wait_until
 from tests.service_bench import SCHEMAS, Recorder
 
 ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "build" / "test-artifacts" / "display"
 SIZES = {"phone": (412, 915), "tablet": (820, 1180)}  # CSS pixels of a common phone and tablet
-WAIT_S = 20.0  # generous: the whole bench shares two cores with other work
 
 pytestmark = pytest.mark.slow
-
-
-def wait_until(what: str, condition: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Bench:
@@ -103,72 +89,6 @@ class Bench:
         self.emulator.stop()
         self.pty.close()
         self.broker.close()
-
-
-def _chromium_paths() -> tuple[str, str]:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not browser or not driver:
-        pytest.fail("headless Chromium and its driver are needed: run scripts/ensure-system-deps.sh")
-    return browser, driver
-
-
-class Page:
-    """One Chromium window on the display, with the few reads and clicks the tests need."""
-
-    def __init__(self, url: str, size: tuple[int, int]) -> None:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-
-        browser, driver = _chromium_paths()
-        options = webdriver.ChromeOptions()
-        options.binary_location = browser
-        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                    f"--window-size={size[0]},{size[1]}", "--hide-scrollbars"):  # fmt: skip
-            options.add_argument(arg)
-        self.driver = webdriver.Chrome(service=Service(driver), options=options)
-        self.driver.get(url)
-        self.received: list[dict[str, Any]] = []
-
-    def read(self) -> dict[str, Any]:
-        """What the page shows right now, in one script call (one consistent moment)."""
-        return dict(
-            self.driver.execute_script(
-                """
-                const $ = (id) => document.getElementById(id);
-                return {
-                  seq: $("guidance").dataset.seq, state: $("guidance").dataset.state,
-                  instruction: $("instruction").textContent, stale: $("stale-label").textContent,
-                  quality: $("quality-meter").dataset.value, drawn: $("drawing").dataset.instruction,
-                  available: $("availability").dataset.state, connection: $("connection").dataset.state,
-                  response: $("response").textContent, responseState: $("response").dataset.state,
-                  gain: $("gain-value").textContent, gainMode: $("gain-mode").textContent,
-                };
-                """
-            )
-        )
-
-    def click(self, testid: str) -> None:
-        self.driver.find_element("css selector", f'[data-testid="{testid}"]').click()
-
-    def drain(self) -> list[dict[str, Any]]:
-        """Every message the page received since the last drain (the page's own record)."""
-        batch = self.driver.execute_script(
-            "const r = window.sonoguideReceived || []; window.sonoguideReceived = []; return r;"
-        )
-        self.received.extend(batch)
-        return list(batch)
-
-    def screenshot(self, name: str) -> Path:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        path = ARTIFACTS / f"display-{name}.png"
-        self.driver.save_screenshot(str(path))
-        if os.environ.get("SONOGUIDE_UPDATE_SCREENSHOTS") == "1":
-            shutil.copy(path, ROOT / "docs" / "images" / path.name)
-        return path
-
-    def close(self) -> None:
-        self.driver.quit()
 
 
 def record_figure(name: str, value: float) -> None:
