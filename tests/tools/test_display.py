@@ -208,6 +208,12 @@ def test_freeze_auto_and_gain_from_the_page_change_the_probe_and_a_refusal_shows
     assert shown["responseState"] == "ok" and "image frozen" in shown["response"], shown
     wait_until("settings frozen = true", lambda: _settings(bench)["frozen"] is True)
     assert emulator.params.snapshot()["frozen"] is True  # the probe itself is frozen
+    # A frozen probe sends no frames, so guidance stops: the last one expires (1 s) and the page says
+    # so while the device is still online, instead of showing it as current.
+    shown = wait_until(
+        "expired guidance shown as stale", lambda: (s := page.read())["state"] == "stale" and s
+    )
+    assert "no guidance for" in shown["stale"] and shown["available"] == "online", shown
     page.click("freeze")  # the button now unfreezes
     assert "image live" in _response(page, "unfreeze")["response"]
     wait_until("settings frozen = false", lambda: _settings(bench)["frozen"] is False)
