@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "service.commands.watch",
         "live view of a device's guidance, quality and auto-tuning on any broker",
     ),
+    "display": (
+        "service.commands.display",
+        "serve the reference handheld display (a web app over MQTT WebSockets) for development",
+    ),
     "doctor": (
         "service.commands.doctor",
         "check the probe, camera, model, broker and credentials; say what to fix",

@@ -25,6 +25,26 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]
     broker.close()
 
 
+@pytest.fixture(scope="session")
+def ws_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    """A real broker with an MQTT listener and a WebSocket listener (``ws_url``) for browser clients."""
+    broker = LocalBroker(
+        workdir=tmp_path_factory.mktemp("ws-mosquitto"), name="ws-broker", websocket=True
+    ).start()
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+def ws_broker(ws_mosquitto: LocalBroker) -> Iterator[LocalBroker]:
+    """The WebSocket-enabled session broker, its log attached to the report if the test fails."""
+    if not ws_mosquitto.running:
+        ws_mosquitto.start()
+    _brokers_in_test.append(ws_mosquitto)
+    yield ws_mosquitto
+    _brokers_in_test.remove(ws_mosquitto)
+
+
 @pytest.fixture
 def broker(mosquitto: LocalBroker) -> Iterator[LocalBroker]:
     """The session broker, with its log attached to this test's report if the test fails."""
@@ -37,14 +57,23 @@ def broker(mosquitto: LocalBroker) -> Iterator[LocalBroker]:
 
 @pytest.fixture
 def start_broker(tmp_path: Path) -> Iterator[Callable[..., LocalBroker]]:
-    """Factory for extra brokers: ``start_broker(config=..., name=...)``; config may use {port} and {dir}."""
+    """Factory for extra brokers: ``start_broker(config=..., name=..., websocket=...)``; config may use
+    {port} and {dir}."""
     started: list[LocalBroker] = []
 
     def _start(
-        config: str = DEFAULT_CONFIG, name: str = "extra", port: int | None = None, start: bool = True
+        config: str = DEFAULT_CONFIG,
+        name: str = "extra",
+        port: int | None = None,
+        start: bool = True,
+        websocket: bool = False,
     ) -> LocalBroker:
         b = LocalBroker(
-            config=config, port=port, workdir=tmp_path / f"broker-{name}-{len(started)}", name=name
+            config=config,
+            port=port,
+            workdir=tmp_path / f"broker-{name}-{len(started)}",
+            name=name,
+            websocket=websocket,
         )
         started.append(b)
         _brokers_in_test.append(b)

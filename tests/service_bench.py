@@ -168,8 +168,8 @@ class Recorder:
                 self._cond.notify_all()
             return
         name = msg.topic.removeprefix(self.root)
-        if name.startswith("cmd/"):
-            return  # our own requests
+        if name.startswith(("cmd/", "reply/")):
+            return  # requests (ours or a display's), and the replies to other requesters
         payload: Any = msg.payload.decode() if name == "available" else json.loads(msg.payload)
         self._check(payload, name)
         with self._cond:

@@ -8,7 +8,9 @@ What runs (everything real, nothing mocked):
   guidance (``service.policy.guidance.instruction_to_motion``), knowing, as a person does, where the
   patient's head is;
 - the daemon as systemd runs it: ``python -m service run --config <generated config>``;
-- the live view of the device's topics (:mod:`service.tools.view`), plus the simulator's ground truth.
+- the live view of the device's topics (:mod:`service.tools.view`), plus the simulator's ground truth;
+- the reference display (service/display) served on loopback: the demo prints its address, to open
+  in a browser while the demo runs (the broker has a WebSocket listener for it).
 
 It starts with the gain ~15 dB too low and the shallowest depth, so auto-tuning shows. Ctrl-C,
 SIGTERM or ``--duration`` end it cleanly: the daemon publishes ``stopped``, then the broker stops, the
@@ -45,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7, help="phantom, start pose and novice seed (default 7)")
     parser.add_argument("--noise", type=float, default=0.3, help="novice imprecision 0..1 (default 0.3)")
     parser.add_argument("--plain", action="store_true", help="one line a second, even on a terminal")
+    parser.add_argument(
+        "--display-port",
+        type=int,
+        default=0,
+        help="port of the reference display's page (default: a free one)",
+    )
 
 
 def demo_config(probe_port: str, broker_port: int, camera_recording: str = "") -> str:
@@ -139,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from firmware_bridge.emulator import CallablePoseSource, ProbeEmulator, PtyEndpoint, SimImageSource
     from firmware_bridge.emulator.state import Capabilities
     from service.daemon.logsetup import setup_logging
+    from service.tools.display_server import DisplayServer
     from service.tools.local_broker import BrokerError, LocalBroker
     from service.tools.view import LiveView
     from sim.novice import random_start_pose
@@ -158,11 +167,23 @@ def run(args: argparse.Namespace) -> int:
     status = 0
     try:
         try:
-            broker = LocalBroker(port=args.broker_port, workdir=work / "broker", name="demo").start()
+            broker = LocalBroker(
+                port=args.broker_port, workdir=work / "broker", name="demo", websocket=True
+            ).start()
         except BrokerError as e:
             print(f"sonoguide demo: {e}", file=sys.stderr)
             return 1
         cleanup.append(broker.close)
+        try:
+            display = DisplayServer(port=args.display_port).start()
+        except OSError as e:
+            print(
+                f"sonoguide demo: cannot serve the display on port {args.display_port}: {e}", file=sys.stderr
+            )
+            return 1
+        cleanup.append(display.stop)
+        display_url = display.page_url(broker.ws_url, DEVICE_ID)
+        print(f"display: {display_url}", flush=True)
 
         source = SimImageSource(PRESET, args.seed)
         start_pose = random_start_pose(source.phantom, args.seed)
@@ -171,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
             "127.0.0.1", broker.port, DEVICE_ID, title="sonoguide demo", live=False if args.plain else None
         )
         cleanup.append(view.close)
+        if view.live:  # the full-screen view hides the line printed above; the plain one keeps it
+            view.state.extra.append(f"display: {display_url}")
         novice = SimulatedNovice(source, start_pose, args.noise, args.seed, view.snapshot).start()
         cleanup.append(novice.stop)
         endpoint = PtyEndpoint()

@@ -17,6 +17,7 @@ from service.daemon.pipeline import Pipeline
 from service.daemon.probe import DEPTH, FREQUENCY, GAIN
 from service.daemon.probe_state import AUTO_PARAM
 from service.mqtt.client import CommandError
+from service.policy.autotune import ProbeLimits
 from service.seams import Model
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,29 @@ PRESET_SETTINGS: dict[str, dict[str, float]] = {
 
 ModelLoader = Callable[[str], Model]  # model folder ("" = the configured one) -> warmed-up model
 Calibrator = Callable[[], dict[str, Any]]
+
+
+def step_value(limits: ProbeLimits, param: str, current: float, steps: int) -> float:
+    """``current`` moved by ``steps`` of the probe's own steps; CommandError beyond its range."""
+    if param == GAIN:
+        value = limits.quantize_gain(current) + steps * limits.gain_step_db
+        if not limits.gain_min_db <= value <= limits.gain_max_db:
+            end = "maximum" if steps > 0 else "minimum"
+            bound = limits.gain_max_db if steps > 0 else limits.gain_min_db
+            raise CommandError(
+                f"gain_db {current:g} cannot go {steps:+d} step(s) of {limits.gain_step_db:g} dB: "
+                f"the probe's {end} is {bound:g} dB"
+            )
+        return float(value)
+    choices = list(limits.depth_steps_mm if param == DEPTH else limits.freqs_mhz)
+    nearest = min(range(len(choices)), key=lambda i: (abs(choices[i] - current), choices[i]))
+    index = nearest + steps
+    if not 0 <= index < len(choices):
+        end = "last" if steps > 0 else "first"
+        raise CommandError(
+            f"{param} {current:g} cannot go {steps:+d} step(s): {choices[-1 if steps > 0 else 0]:g} is the probe's {end} of {choices}"
+        )
+    return float(choices[index])
 
 
 class CommandHandler:
@@ -88,6 +112,16 @@ class CommandHandler:
             raise CommandError(str(e)) from None
         paused = self.pipeline.state.pause_s if param in AUTO_PARAM.values() else 0.0
         return {"param": param, "value": readback, "auto_paused_s": paused}
+
+    def cmd_step_param(self, request: dict[str, Any]) -> dict[str, Any]:
+        param, steps = request["param"], int(request["steps"])
+        current = self.pipeline.state.setting(param)
+        if current is None:
+            raise CommandError(f"{param} is not known yet (no settings read from the probe)")
+        if steps == 0:
+            return {"param": param, "value": current, "auto_paused_s": 0.0}
+        value = step_value(self.pipeline.limits, param, float(current), steps)
+        return self.cmd_set_param({"param": param, "value": value})
 
     def cmd_preset(self, request: dict[str, Any]) -> dict[str, Any]:
         name = request["name"]

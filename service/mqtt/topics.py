@@ -241,6 +241,18 @@ TOPICS: tuple[Topic, ...] = (
         "A manual setting from the display: wins over auto-tuning, which pauses for [auto] manual_pause_s.",
     ),
     _cmd(
+        "step_param",
+        _obj(
+            {
+                "param": {"type": "string", "enum": _PARAM_NAMES},
+                "steps": {"type": "integer", "minimum": -10, "maximum": 10},
+            }
+        ),
+        _obj({"param": _STR, "value": _NUM, "auto_paused_s": {"type": "number", "minimum": 0}}),
+        "A manual change by whole steps of the probe's own (gain step, next depth or frequency): the "
+        "display's up/down buttons, which need not know the probe. Refused beyond the probe's range.",
+    ),
+    _cmd(
         "preset",
         _obj({"name": {"type": "string", "minLength": 1, "maxLength": 64}}),
         _obj({"name": _STR, "settings": {"type": "object"}}),

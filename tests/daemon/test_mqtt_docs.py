@@ -56,6 +56,7 @@ def test_schemas_are_valid_and_only_use_supported_keywords() -> None:
         "calibrate_camera",
         "reload_model",
         "ping",
+        "step_param",
     }
 
 
@@ -90,3 +91,44 @@ def test_parse_command_names_the_problem() -> None:
     problem = str(parse_command("set_param", b'{"param": "gain_db", "value": "loud"}')[0])
     assert "value" in problem and "expected number" in problem
     assert parse_command("ping", b"") == (None, {})
+
+
+NODE_TOOLING = ROOT / "scripts" / "node"
+
+
+def asyncapi_diagnostics(document: Path) -> tuple[int, list[dict[str, object]]]:
+    """The real AsyncAPI parser (@asyncapi/parser, pinned in scripts/node/package-lock.json) on a file."""
+    assert (NODE_TOOLING / "node_modules" / "@asyncapi" / "parser").is_dir(), (
+        "the npm dev tooling is not installed: run scripts/ensure-system-deps.sh (make sysdeps)"
+    )
+    out = subprocess.run(
+        ["node", str(NODE_TOOLING / "validate-asyncapi.mjs"), str(document)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode in (0, 2), out.stderr
+    return out.returncode, [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_the_real_asyncapi_parser_reports_no_error_and_no_warning() -> None:
+    rc, diagnostics = asyncapi_diagnostics(DEFAULT_OUT / "asyncapi.yaml")
+    serious = [d for d in diagnostics if d["severity"] in ("error", "warning")]
+    assert rc == 0 and serious == [], json.dumps(serious, indent=1)[:4000]
+
+
+def test_the_parser_check_fails_on_qos_in_a_message_binding(tmp_path: Path) -> None:
+    """The check can fail: the bug it guards against (QoS in message bindings) is reported as errors."""
+    for name, text in generate().items():
+        (tmp_path / name).write_text(text)
+    doc = tmp_path / "asyncapi.yaml"
+    broken = doc.read_text().replace(
+        '        payload:\n          "$ref": "./guidance.schema.json"\n',
+        '        payload:\n          "$ref": "./guidance.schema.json"\n'
+        "        bindings:\n          mqtt:\n            qos: 0\n",
+    )
+    assert broken != doc.read_text()
+    doc.write_text(broken)
+    rc, diagnostics = asyncapi_diagnostics(doc)
+    errors = [d for d in diagnostics if d["severity"] == "error"]
+    assert rc == 2 and any("guidance" in d["path"] for d in errors), diagnostics

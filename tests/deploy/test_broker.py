@@ -1,5 +1,5 @@
-"""The shipped broker configuration, run for real: the display's TLS listener with passwords and ACL,
-and the bridge to a site broker. Two real mosquitto instances; throwaway certificates from openssl."""
+"""The shipped broker configuration, run for real: the display's TLS listeners (MQTT and secure
+WebSockets) with passwords and ACL, the loopback WebSocket listener, and the bridge to a site broker. Two real mosquitto instances; throwaway certificates from openssl."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from service.tools.display_server import DisplayServer
 from service.tools.local_broker import LocalBroker, free_port
+from tests.browser import Page, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO / "systemd" / "mosquitto"
@@ -73,13 +77,15 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Recorder:
     """A real MQTT client that records (topic, payload) and can wait for a given message."""
 
-    def __init__(self, port: int, client_id: str, **tls: str) -> None:
+    def __init__(self, port: int, client_id: str, transport: str = "tcp", **tls: str) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self.response_topics: dict[bytes, str] = {}  # payload -> MQTT 5 response topic it carried
         self._cond = threading.Condition()
         self.connect_rc: mqtt.ReasonCode | None = None
         self._connected = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, transport=transport
+        )
         if tls.get("username"):
             self.client.username_pw_set(tls["username"], tls.get("password"))
         if tls.get("ca"):
@@ -139,26 +145,42 @@ class Recorder:
         self.client.disconnect()
 
 
-def _device_broker_config(pki: Path, tls_port: int) -> str:
+def _device_broker_config(pki: Path, tls_port: int, ws_port: int = 0, wss_port: int = 0) -> str:
     return render(
         (CONF_DIR / "sonoguide-local.conf").read_text(),
         {
             "listener 1883 127.0.0.1": "listener {port} 127.0.0.1",
+            "listener 9001 127.0.0.1\n": f"listener {ws_port or free_port()} 127.0.0.1\n",
             "listener 8883\n": f"listener {tls_port} 127.0.0.1\n",
+            "listener 8884\n": f"listener {wss_port or free_port()} 127.0.0.1\n",
             "/etc/mosquitto/sonoguide/": f"{pki}/",
         },
     )
 
 
+@dataclass
+class DeviceBroker:
+    broker: LocalBroker
+    tls_port: int
+    ws_port: int
+    wss_port: int
+
+
 @pytest.fixture
-def display_broker(pki: Path, start_broker: Callable[..., LocalBroker]) -> tuple[LocalBroker, int]:
+def device_broker(pki: Path, start_broker: Callable[..., LocalBroker]) -> DeviceBroker:
     """The device broker with the shipped listener config, ACL and a password file for display-1."""
     shutil.copy(CONF_DIR / "sonoguide.acl", pki / "acl")
     passwd = pki / "passwd"
     passwd.unlink(missing_ok=True)
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "display-1", "s3cret"], check=True)
-    tls_port = free_port()
-    return start_broker(config=_device_broker_config(pki, tls_port), name="device"), tls_port
+    tls_port, ws_port, wss_port = free_port(), free_port(), free_port()
+    config = _device_broker_config(pki, tls_port, ws_port, wss_port)
+    return DeviceBroker(start_broker(config=config, name="device"), tls_port, ws_port, wss_port)
+
+
+@pytest.fixture
+def display_broker(device_broker: DeviceBroker) -> tuple[LocalBroker, int]:
+    return device_broker.broker, device_broker.tls_port
 
 
 def test_display_reads_guidance_and_status_and_sends_commands_nothing_else(
@@ -179,7 +201,7 @@ def test_display_reads_guidance_and_status_and_sends_commands_nothing_else(
     daemon.publish(f"{ROOT}/status", b"end")  # after everything else: once it arrives, all has
     assert display.wait_for(f"{ROOT}/status", b"end")
     assert display.topics() == {
-        f"{ROOT}/{t}" for t in ["guidance", "status", "available", "reply/display-1/r1"]
+        f"{ROOT}/{t}" for t in ["guidance", "status", "available", "settings", "events", "reply/display-1/r1"]
     }
 
     for topic in ["guidance", "status", "settings", "events", "reply/display-2/r1", "cmd/set_gain"]:
@@ -230,6 +252,44 @@ def test_tls_listener_refuses_clients_without_credentials(
         sock = plain.socket()
         if sock is not None:
             sock.close()
+
+
+def test_secure_websocket_listener_has_the_tls_listeners_rights_and_refuses_strangers(
+    pki: Path, device_broker: DeviceBroker, clients: list[Recorder]
+) -> None:
+    ca = str(pki / "ca.crt")
+    daemon = Recorder(device_broker.broker.port, "daemon")
+    display = Recorder(
+        device_broker.wss_port, "display-1", "websockets", username="display-1", password="s3cret", ca=ca
+    )
+    anonymous = Recorder(device_broker.wss_port, "anon", "websockets", ca=ca)
+    clients += [daemon, display, anonymous]
+    assert daemon.connect() and display.connect()
+    assert not anonymous.connect(), "an anonymous client was accepted on the secure WebSocket listener"
+    daemon.subscribe(f"{ROOT}/#")
+    display.subscribe("#")
+    for topic in ["frame", "reply/display-2/r1", "settings", "guidance"]:
+        daemon.publish(f"{ROOT}/{topic}", b"x")
+    assert display.wait_for(f"{ROOT}/guidance", b"x")
+    assert display.topics() == {f"{ROOT}/settings", f"{ROOT}/guidance"}
+    display.publish(f"{ROOT}/guidance", b"from-display")
+    display.publish(f"{ROOT}/cmd/ping", b"end")
+    assert daemon.wait_for(f"{ROOT}/cmd/ping", b"end")
+    assert (f"{ROOT}/guidance", b"from-display") not in daemon.messages
+
+
+def test_loopback_websocket_listener_serves_an_anonymous_local_display(
+    device_broker: DeviceBroker, clients: list[Recorder]
+) -> None:
+    daemon = Recorder(device_broker.broker.port, "daemon")
+    local_display = Recorder(device_broker.ws_port, "kiosk", "websockets")
+    clients += [daemon, local_display]
+    assert daemon.connect() and local_display.connect()
+    local_display.subscribe(f"{ROOT}/#")
+    daemon.publish(f"{ROOT}/guidance", b"slide")
+    assert local_display.wait_for(f"{ROOT}/guidance", b"slide")
+    conf = (CONF_DIR / "sonoguide-local.conf").read_text()
+    assert "listener 9001 127.0.0.1\nprotocol websockets\n" in conf  # loopback only, as shipped
 
 
 def test_bridge_carries_status_and_events_up_and_commands_down_never_guidance_or_frames(
@@ -294,3 +354,77 @@ def clients() -> Iterator[list[Recorder]]:
     yield made
     for c in made:
         c.close()
+
+
+def shipped_listeners() -> dict[int, dict[str, str]]:
+    """port -> the listener's settings in the shipped device config (bind address, protocol, TLS)."""
+    listeners: dict[int, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in (CONF_DIR / "sonoguide-local.conf").read_text().splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "listener":
+            current = {"bind": words[2] if len(words) > 2 else "", "protocol": "mqtt"}
+            listeners[int(words[1])] = current
+        elif current:
+            current[words[0]] = " ".join(words[1:])
+    return listeners
+
+
+def test_the_api_documents_servers_are_the_shipped_listeners() -> None:
+    from service.mqtt.docs import SERVERS
+
+    listeners = shipped_listeners()
+    assert len(listeners) == len(SERVERS)
+    for name, server in SERVERS.items():
+        host, port = server["host"].rsplit(":", 1)
+        listener = listeners[int(port)]
+        websocket = server["protocol"] in ("ws", "wss")
+        secure = server["protocol"] in ("secure-mqtt", "wss")
+        assert (listener["protocol"] == "websockets") == websocket, name
+        assert ("certfile" in listener) == secure == (listener["allow_anonymous"] == "false"), name
+        assert (listener["bind"] == "127.0.0.1") == (host == "127.0.0.1"), name
+
+
+def _login(page: Page, password: str) -> None:
+    """The display asks for the password (it is never in the address): fill in the form and submit."""
+    wait_until("the page's login form", lambda: page.driver.find_element("id", "connect-form").is_displayed())
+    page.driver.find_element("css selector", "#connect-form input[name=password]").send_keys(password)
+    page.driver.find_element("css selector", "#connect-form button[type=submit]").click()
+
+
+def _state(page: Page) -> dict[str, Any]:
+    return dict(page.driver.execute_script(
+        "return {connection: document.getElementById('connection').dataset.state,"
+        " available: document.getElementById('availability').dataset.state}"
+    ))  # fmt: skip
+
+
+def test_the_display_in_a_browser_logs_in_over_secure_websockets_and_a_wrong_password_does_not(
+    pki: Path, device_broker: DeviceBroker, clients: list[Recorder]
+) -> None:
+    daemon = Recorder(device_broker.broker.port, "daemon")
+    clients.append(daemon)
+    assert daemon.connect()
+    daemon.client.publish(f"{ROOT}/available", b"online", qos=1, retain=True).wait_for_publish(5)
+    broker_url = f"wss://127.0.0.1:{device_broker.wss_port}"
+    # The throwaway CA is not in the browser's store; the certificate itself is the shipped listener's.
+    with DisplayServer() as server:
+        url = server.page_url(broker_url, DEVICE, username="display-1")
+        pages = [Page(url, (412, 915), "--ignore-certificate-errors") for _ in range(2)]
+        try:
+            good, bad = pages
+            _login(good, "s3cret")
+            _login(bad, "guess")
+            wait_until(
+                "connected and online",
+                lambda: _state(good) == {"connection": "connected", "available": "online"},
+            )
+            wait_until(
+                "the refused login shown", lambda: _state(bad)["connection"] in ("error", "disconnected")
+            )
+            assert _state(bad)["available"] == "unknown"  # it heard nothing from the device
+        finally:
+            for page in pages:
+                page.close()

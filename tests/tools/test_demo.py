@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import IO
@@ -137,6 +138,14 @@ def test_demo_publishes_guidance_at_20_per_second_and_stops_cleanly(tmp_path: Pa
             subs.append(sub)
             assert sub.stdout is not None
             _lines(sub.stdout, into)
+        # The first line is the reference display's address, served while the demo runs.
+        assert demo.stdout is not None
+        first = demo.stdout.readline()
+        assert first.startswith("display: http://127.0.0.1:"), first
+        page_url = first.split(" ", 1)[1].strip()
+        with urllib.request.urlopen(page_url, timeout=10) as page:
+            assert page.status == 200 and "sonoguide display" in page.read().decode()
+        assert "broker=ws%3A%2F%2F127.0.0.1%3A" in page_url and "device=demo" in page_url
         stdout, stderr = demo.communicate(timeout=45)
     finally:
         if demo.poll() is None:
