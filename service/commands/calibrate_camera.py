@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
         if camera.source == "recording":
             spec = CameraSpec("recording", recording=camera.recording, loop=False, real_time=False)
+        elif camera.source == "emulator":
+            spec = CameraSpec("emulator", socket=camera.socket)
         else:
             spec = CameraSpec("realsense", serial=camera.serial)
         out = out or Path(camera.calibration)

@@ -55,11 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def demo_config(probe_port: str, broker_port: int, camera_recording: str = "") -> str:
-    """The daemon's config for the bench (the contract in docs/architecture.md)."""
+def demo_config(probe_port: str, broker_port: int, camera_socket: str = "", calibration: str = "") -> str:
+    """The daemon's config for the bench (the contract in docs/architecture.md): the probe emulator's
+    pty and, when given, the camera emulator's socket and the calibration file it is calibrated into."""
     camera = (
-        f'source = "recording"\nrecording = "{camera_recording}"\n'
-        if camera_recording
+        f'source = "emulator"\nsocket = "{camera_socket}"\ncalibration = "{calibration}"\n'
+        if camera_socket
         else 'source = "none"\n'
     )
     return (
@@ -73,11 +74,13 @@ class SimulatedNovice:
     """Holds the probe: every step, the newest fresh instruction → probe-frame motion → ``follow``."""
 
     def __init__(self, source: Any, start_pose: Any, noise: float, seed: int, guidance: Any) -> None:
+        from service.tools.evaluate.episode import Reader
         from sim.novice import NoviceUser
 
         self.source = source
         self.pose = start_pose  # sim.types.Pose; read by the emulator thread (a reference swap is atomic)
         self.user = NoviceUser(noise, seed, source.phantom)
+        self.reader = Reader()
         self.guidance = guidance  # () -> newest fresh guidance message or None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="novice", daemon=True)
@@ -86,17 +89,13 @@ class SimulatedNovice:
         return self.source.emulator_pose(self.pose)
 
     def motion(self, message: dict[str, Any] | None) -> tuple[Any, Any] | None:
-        from service.policy.guidance import Instruction, instruction_to_motion
-
+        """The probe-frame motion the newest message asks for, read as the eval's novice reads it
+        (new words at once, the number every second: a request changed every frame would restart
+        the hand's reaction each frame and freeze it)."""
         if message is None:
             return None
-        rot = self.pose.rotation_matrix()  # a person sees where the head is: the true orientation
-        instruction = Instruction(
-            message["instruction"], float(message["magnitude"]), message["unit"], float(message["confidence"]),
-            message["basis"], tuple((float(r[0]), float(r[1]), float(r[2])) for r in rot),
-        )  # fmt: skip
-        request = instruction_to_motion(instruction)
-        return None if request is None else (request.translation_mm, request.rotation_deg)
+        # A person sees where the patient's head is: the true orientation names the directions.
+        return self.reader.read(message, time.monotonic(), self.pose.rotation_matrix())
 
     def start(self) -> SimulatedNovice:
         self._thread.start()
@@ -209,18 +208,39 @@ def run(args: argparse.Namespace) -> int:
         ).start()
         cleanup.append(emulator.stop)
 
-        recording = ""
+        camera_socket = calibration = ""
         if importlib.util.find_spec("service.tracking") is not None:  # camera tracking is in this build
-            from sim.camera import write_recording
+            from firmware_bridge.emulator.camera import CameraEmulator
 
-            recording = str(work / "camera.db3")
-            write_recording(recording, args.seed, 2.0)
+            camera_socket, calibration = str(work / "camera.sock"), str(work / "camera-calibration.json")
+            # The probe is off the patient while the camera calibrates (it would hide a sticker).
+            probe_placed = threading.Event()
+            camera = CameraEmulator(
+                camera_socket,
+                source.phantom,
+                lambda: novice.pose if probe_placed.is_set() else None,
+                args.seed,
+            ).start()
+            cleanup.append(camera.stop)
         else:
             view.state.extra.append("camera: none (camera tracking is not in this build)")
         config = work / "config.toml"
-        config.write_text(demo_config(endpoint.path, broker.port, recording))
+        config.write_text(demo_config(endpoint.path, broker.port, camera_socket, calibration))
         repo = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+        if camera_socket:
+            # As a technician does at the bedside: calibrate the camera on the skin stickers first.
+            done = subprocess.run(
+                [sys.executable, "-m", "service", "calibrate-camera", "--config", str(config)],
+                capture_output=True, text=True, env=env, timeout=60,
+            )  # fmt: skip
+            line = (done.stdout or done.stderr).strip().splitlines()
+            view.state.extra.append(f"camera: {line[-1] if line else 'calibration said nothing'}")
+            print(f"camera: {line[-1] if line else ''}", flush=True)
+            if done.returncode != 0:
+                print(f"sonoguide demo: camera calibration failed:\n{done.stderr}", file=sys.stderr)
+                return 1
+            probe_placed.set()
         daemon_log = work / "daemon.log"
         with daemon_log.open("wb") as out:
             daemon = subprocess.Popen(

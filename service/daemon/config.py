@@ -29,7 +29,7 @@ PASSWORD_ENV = "SONOGUIDE_MQTT_PASSWORD"
 PASSWORD_CREDENTIAL = "mqtt-password"
 TLS_KEY_CREDENTIAL = "mqtt-tls-key"
 PROVIDERS = ("tensorrt", "cuda", "cpu")
-CAMERA_SOURCES = ("none", "realsense", "recording")
+CAMERA_SOURCES = ("none", "realsense", "recording", "emulator")
 # The device id becomes an MQTT topic level: no wildcards, no separators, nothing a shell would mangle.
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -88,6 +88,7 @@ class CameraConfig:
     source: str = _key("none", _one_of(CAMERA_SOURCES))
     serial: str = ""
     recording: str = ""
+    socket: str = ""  # source = "emulator": the camera emulator's Unix socket (the bench's live camera)
     calibration: str = "/var/lib/sonoguide/camera-calibration.json"
 
 
@@ -220,6 +221,8 @@ def parse_config(
         raise ConfigError(f'{source}: [camera] serial: required when source = "realsense"')
     if camera.get("source") == "recording" and not camera.get("recording"):
         raise ConfigError(f'{source}: [camera] recording: required when source = "recording"')
+    if camera.get("source") == "emulator" and not camera.get("socket"):
+        raise ConfigError(f'{source}: [camera] socket: required when source = "emulator"')
     built = {name: _SECTION_TYPES[name](**values) for name, values in sections.items()}
     return Config(**built, source=source)
 

@@ -20,7 +20,14 @@ from firmware_bridge.devicelog import device_logger
 from service.daemon.clock import Clock, MonotonicClock
 from service.daemon.config import CameraConfig
 from service.tracking import calibration as cal
-from service.tracking.device import CameraFrame, CameraSpec, CameraUnavailableError, OpenCamera
+from service.tracking.device import (
+    CameraFrame,
+    CameraSpec,
+    CameraUnavailableError,
+    EmulatedCamera,
+    OpenCamera,
+    open_camera,
+)
 from service.tracking.markers import Intrinsics, detect_markers
 from service.tracking.pose import fit_probe, pose_of
 from service.tracking.track import CameraPose, PoseSample, PoseTrack, TimestampMapper
@@ -114,12 +121,12 @@ class CameraSource:
             self.state_log.append((self.clock.now(), state))
 
     def _run(self) -> None:
-        camera: OpenCamera | None = None
+        camera: OpenCamera | EmulatedCamera | None = None
         mapper = TimestampMapper()
         while not self._stop.is_set():
             if camera is None:
                 try:
-                    camera = OpenCamera(self.spec, self.clock.now)
+                    camera = open_camera(self.spec, self.clock.now)
                 except CameraUnavailableError as e:
                     self.last_error = str(e)
                     self._set_state("absent", str(e))
@@ -149,7 +156,9 @@ class CameraSource:
         if camera is not None:
             camera.close()
 
-    def _process(self, frame: CameraFrame, mapper: TimestampMapper, camera: OpenCamera) -> None:
+    def _process(
+        self, frame: CameraFrame, mapper: TimestampMapper, camera: OpenCamera | EmulatedCamera
+    ) -> None:
         self.frames += 1
         if camera.is_recording:
             host = mapper.recording(frame.timestamp_ms, frame.arrival_host)
@@ -182,7 +191,7 @@ class CameraSource:
 
     # --- calibration ----------------------------------------------------------------------------
 
-    def _serve_calibration(self, frame: CameraFrame, camera: OpenCamera) -> None:
+    def _serve_calibration(self, frame: CameraFrame, camera: OpenCamera | EmulatedCamera) -> None:
         with self._lock:
             req = self._request
         if req is None or req.done.is_set():
@@ -239,6 +248,8 @@ def camera_from_config(config: CameraConfig, clock: Clock | None = None) -> Came
         return None
     if config.source == "realsense":
         spec = CameraSpec("realsense", serial=config.serial)
+    elif config.source == "emulator":
+        spec = CameraSpec("emulator", socket=config.socket)
     else:
         spec = CameraSpec("recording", recording=config.recording, loop=True, real_time=True)
     return CameraSource(spec, config.calibration, clock)

@@ -1,12 +1,14 @@
-"""The librealsense seam: one ``rs.pipeline`` opened either on a live camera (by serial number) or on a
-``.db3`` recording, giving registered colour (rgb8) + depth (mm) frames. Everything above it is the
-same code for both.
+"""The camera seam: one ``rs.pipeline`` opened either on a live camera (by serial number) or on a
+``.db3`` recording, or the camera emulator's socket (:mod:`firmware_bridge.camera_wire`, the bench's
+live stand-in), giving registered colour (rgb8) + depth (mm) frames. Everything above it is the same
+code for all three (:func:`open_camera`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from firmware_bridge.camera_wire import CameraWireError, read_frame, read_hello
 from service.tracking.markers import Intrinsics
 
 WIDTH, HEIGHT, FPS = 640, 480, 30  # what a live camera is asked for (D435 colour + depth)
@@ -25,9 +28,10 @@ class CameraUnavailableError(Exception):
 
 @dataclass(frozen=True)
 class CameraSpec:
-    kind: str  # "realsense" | "recording"
+    kind: str  # "realsense" | "recording" | "emulator"
     serial: str = ""
     recording: str = ""
+    socket: str = ""  # emulator: the Unix socket it serves on
     loop: bool = True  # recordings: start again at the end (a bench stand-in for a live camera)
     real_time: bool = True  # recordings: deliver at the recorded rate (False: as fast as read)
 
@@ -36,13 +40,17 @@ class CameraSpec:
             raise ValueError("a live RealSense camera needs its serial number")
         if self.kind == "recording" and not self.recording:
             raise ValueError("a recording camera needs the .db3 path")
-        if self.kind not in ("realsense", "recording"):
-            raise ValueError(f"unknown camera kind {self.kind!r} (realsense | recording)")
+        if self.kind == "emulator" and not self.socket:
+            raise ValueError("the camera emulator needs its socket path")
+        if self.kind not in ("realsense", "recording", "emulator"):
+            raise ValueError(f"unknown camera kind {self.kind!r} (realsense | recording | emulator)")
 
     @property
     def label(self) -> str:
         """Short per-device log prefix: ``camera:<serial>`` or ``camera:<file name>``."""
-        return f"camera:{self.serial}" if self.kind == "realsense" else f"camera:{Path(self.recording).name}"
+        if self.kind == "realsense":
+            return f"camera:{self.serial}"
+        return f"camera:{Path(self.recording or self.socket).name}"
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,10 @@ def connected_serials() -> list[str]:
 
 def check_available(spec: CameraSpec) -> None:
     """Raise :class:`CameraUnavailableError` with a plain message when the camera cannot be there."""
+    if spec.kind == "emulator":
+        if not Path(spec.socket).exists():
+            raise CameraUnavailableError(f"{spec.socket}: no camera emulator serves there (is it running?)")
+        return
     if spec.kind == "recording":
         path = Path(spec.recording)
         if path.suffix != ".db3":
@@ -165,11 +177,69 @@ class OpenCamera:
             self.pipe.stop()
 
 
+class EmulatedCamera:
+    """The camera emulator's stream, read like ``OpenCamera``: frames stamped on the host's wall
+    clock (``system_time``), as a RealSense with global time enabled stamps them."""
+
+    is_recording = False
+
+    def __init__(self, spec: CameraSpec, clock_now: Any = time.monotonic) -> None:
+        check_available(spec)
+        self.spec = spec
+        self._now = clock_now
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.settimeout(2.0)
+            self.sock.connect(spec.socket)
+            self.stream = self.sock.makefile("rb")
+            hello = read_hello(self.stream)
+        except (OSError, CameraWireError) as e:
+            self.sock.close()
+            raise CameraUnavailableError(
+                f"{spec.label}: the camera emulator could not be read: {e}"
+            ) from None
+        self.serial = hello.serial
+        self.intrinsics = Intrinsics(hello.width, hello.height, hello.fx, hello.fy, hello.ppx, hello.ppy)
+        self._hello = hello
+
+    def read(self, timeout_ms: int = 1000) -> CameraFrame | None:
+        """The next frame; None when none came within the timeout or the emulator went away."""
+        self.sock.settimeout(timeout_ms / 1000.0)
+        try:
+            f = read_frame(self.stream, self._hello)
+        except (OSError, CameraWireError) as e:  # a timeout mid-frame leaves the stream unusable
+            raise RuntimeError(f"camera emulator stream: {e}") from None
+        if f is None:
+            return None
+        return CameraFrame(
+            f.rgb,
+            f.depth_mm.astype(np.float32),
+            f.timestamp_ms,
+            "system_time",
+            f.number,
+            self._now(),
+            time.time(),
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stream.close()
+            self.sock.close()
+
+
+def open_camera(spec: CameraSpec, clock_now: Any = time.monotonic) -> OpenCamera | EmulatedCamera:
+    """The camera ``spec`` names, started: librealsense for a live camera or a recording, else the
+    emulator's socket. :class:`CameraUnavailableError` when it cannot be opened."""
+    if spec.kind == "emulator":
+        return EmulatedCamera(spec, clock_now)
+    return OpenCamera(spec, clock_now)
+
+
 def read_frames(
     spec: CameraSpec, count: int, timeout_ms: int = 2000
 ) -> tuple[list[CameraFrame], Intrinsics, str]:
     """Up to ``count`` frames (fewer when a recording ends first), the intrinsics and the serial."""
-    cam = OpenCamera(spec)
+    cam = open_camera(spec)
     try:
         frames: list[CameraFrame] = []
         while len(frames) < count:

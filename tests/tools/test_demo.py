@@ -155,6 +155,8 @@ def test_demo_publishes_guidance_at_20_per_second_and_stops_cleanly(tmp_path: Pa
             sub.wait(5)
     assert demo.returncode == 0, stderr
     assert "demo over:" in stdout
+    # The simulated RealSense was calibrated on the stickers before the probe went on the patient.
+    assert re.search(r"camera: calibrated from \d+ frames, residual 0\.\d+ mm", stdout), stdout
     times = [t for t, line in guidance if line.startswith("sonoguide/demo/guidance {")]
     assert len(times) > 100, f"only {len(times)} guidance messages"
     rate = (len(times) - 1) / (times[-1] - times[0])
