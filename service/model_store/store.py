@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from service.model_store import ModelStoreError
-from service.model_store.bundle import VERSION, VerifiedBundle, unpack, verify_folder
+from service.model_store.bundle import MAX_TOTAL_BYTES, VERSION, VerifiedBundle, unpack, verify_folder
 from service.model_store.compat import contract_problems, version_key
 from service.model_store.fsutil import atomic_write, fsync_dir
 from service.model_store.golden import Runner, check_golden
@@ -104,6 +104,7 @@ class ModelStore:
         self.service_version = service_version
         self.known_presets = known_presets
         self.versions = self.root / "versions"
+        self.max_total = MAX_TOTAL_BYTES  # the most a bundle may unpack to
 
     # --- the lock and leftovers --------------------------------------------------------------------
 
@@ -193,7 +194,7 @@ class ModelStore:
             tmp.mkdir()
             try:
                 say("verifying and extracting")
-                verified = unpack(bundle, tmp, trust, now, check)
+                verified = unpack(bundle, tmp, trust, now, check, self.max_total)
                 info = self._check_model(tmp, verified)
                 say("running the golden vectors")
                 runner, where = golden(tmp / "model")
