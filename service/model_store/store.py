@@ -174,7 +174,6 @@ class ModelStore:
         say = progress or (lambda _m: None)
         now = now or utc_now()
         with self.locked():
-            self.versions.mkdir(exist_ok=True)
             state = self.read_state()
             active_version = self.version_of(state.active)
 
@@ -201,6 +200,7 @@ class ModelStore:
                 report = check_golden(_read_json(tmp / "golden.json"), runner, where)
                 for p in [tmp / "model", tmp]:
                     fsync_dir(p)
+                self.versions.mkdir(exist_ok=True)  # only now: a refused install leaves the store as it was
                 os.rename(tmp, self.versions / verified.version)
                 fsync_dir(self.versions)
             except BaseException:
