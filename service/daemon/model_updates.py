@@ -292,6 +292,7 @@ class ModelUpdates:
             t0 = time.perf_counter()
             self.pipeline.swap_model(model)
             swap_ms = 1000 * (time.perf_counter() - t0)
+            self.swaps.append({"version": target_v, "swap_ms": swap_ms, "rollback": True})
             self.event("warning" if source == "probation" else "model", "rolled_back",
                        f"rolled back from {from_v} to {target_v}: {reason}", model_version=target_v,
                        reason=reason, source="auto" if source == "probation" else "command")  # fmt: skip
