@@ -33,7 +33,7 @@ from service.model_store.bundle import verify_folder
 from service.model_store.compat import version_key
 from service.model_store.golden import check_golden
 from service.model_store.keys import Trust, format_time, utc_now
-from service.model_store.store import ModelStore
+from service.model_store.store import ModelStore, StoreState
 from service.seams import Model, ModelOutput
 
 FolderLoader = Callable[[Path], Model]  # a model folder -> a loaded, warmed-up model on the configured EPs
@@ -173,7 +173,11 @@ class ModelUpdates:
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            state = self.store.read_state()
+            try:
+                state = self.store.read_state()
+            except ModelStoreError as exc:  # status must still go out; doctor says more
+                self.log.warning("model store: %s", exc)
+                state = StoreState()
             out: dict[str, Any] = {
                 "pending": self.pending.version if self.pending else None,
                 "previous": self.store.version_of(state.previous)

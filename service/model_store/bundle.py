@@ -217,6 +217,8 @@ def unpack(
     Raises :class:`ModelStoreError` naming the problem; what was written to ``dest`` is then the
     caller's to delete."""
     now = now or utc_now()
+    if bundle.exists() and not bundle.is_file():  # a FIFO or a device would block or never end
+        raise ModelStoreError(f"bundle {bundle} is not a regular file")
     try:
         fobj: IO[bytes] = bundle.open("rb")
     except OSError as exc:

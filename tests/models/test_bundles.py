@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
 import tarfile
 import threading
@@ -112,6 +113,9 @@ def test_truncated_corrupt_and_not_a_bundle(kit: dict[str, Any], store: ModelSto
     assert "corrupt" in message or "sha256" in message, message
     (tmp_path / "text.sgb").write_bytes(b"hello, this is not a bundle\n")
     refused(store, tmp_path / "text.sgb", trust, "not gzip-compressed")
+    os.mkfifo(tmp_path / "fifo.sgb")  # would block an open() for ever
+    refused(store, tmp_path / "fifo.sgb", trust, "not a regular file")
+    refused(store, Path("/dev/zero"), trust, "not a regular file")
 
 
 def test_a_file_changed_after_signing(kit: dict[str, Any], store: ModelStore, tmp_path: Path) -> None:
