@@ -18,7 +18,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,7 +147,7 @@ class ModelUpdates:
 
     # --- life -----------------------------------------------------------------------------------------
 
-    def start(self, notes: list[str] = ()) -> None:  # type: ignore[assignment]
+    def start(self, notes: Sequence[str] = ()) -> None:
         for note in notes:  # what the start found (a version on trial rolled back, a damaged version)
             self.event("warning", "start", note, reason=note)
         self._thread = threading.Thread(target=self._watch, name="model-updates", daemon=True)
@@ -172,39 +172,39 @@ class ModelUpdates:
         self.pipeline.state.event(kind, message, step=step, at=format_time(utc_now()), **fields)
 
     def status(self) -> dict[str, Any]:
-        with self._lock:
-            try:
-                state = self.store.read_state()
-            except ModelStoreError as exc:  # status must still go out; doctor says more
-                self.log.warning("model store: %s", exc)
-                state = StoreState()
-            out: dict[str, Any] = {
-                "pending": self.pending.version if self.pending else None,
-                "previous": self.store.version_of(state.previous)
-                if state.active is not None or state.previous
-                else None,
+        """For the status topic. Takes no lock: a loading version (minutes for a TensorRT engine) must
+        not hold up the health loop; each attribute read is atomic."""
+        try:
+            state = self.store.read_state()
+        except ModelStoreError as exc:  # status must still go out; doctor says more
+            self.log.warning("model store: %s", exc)
+            state = StoreState()
+        pending, probation = self.pending, self.probation
+        out: dict[str, Any] = {
+            "pending": pending.version if pending else None,
+            "previous": self.store.version_of(state.previous)
+            if state.active is not None or state.previous
+            else None,
+        }
+        if probation is not None:
+            left = max(0.0, self.probation_until - time.monotonic())
+            out["probation"] = {
+                "state": "watching",
+                "version": self.probation_version,
+                "remaining_s": round(left, 1),
             }
-            if self.probation is not None:
-                left = max(0.0, self.probation_until - time.monotonic())
-                out["probation"] = {
-                    "state": "watching",
-                    "version": self.probation_version,
-                    "remaining_s": round(left, 1),
-                }
-            else:
-                out["probation"] = dict(self.last_probation)
-            return out
+        else:
+            out["probation"] = dict(self.last_probation)
+        return out
 
     # --- commands (the MQTT worker thread) ------------------------------------------------------------
 
     def install(self, path: str, allow_downgrade: bool, progress: Progress) -> dict[str, Any]:
         bundle = Path(path)
         self.event("model", "install_started", f"installing {bundle.name}", reason=f"bundle {bundle}")
-        loaded: list[Model] = []
 
         def golden_loader(folder: Path) -> tuple[Any, str]:
-            model = self.load(folder)
-            loaded.append(model)
+            model = self.load(folder)  # on this daemon's execution providers
             return _runner(model), model.provider
 
         try:
