@@ -6,9 +6,11 @@ freshly generated Ed25519 key, the real store on disk. Frames are counted by id 
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,21 @@ import pytest
 from service.daemon.app import Daemon
 from service.daemon.config import parse_config
 from service.daemon.onnx_model import OnnxModel
-from service.model_store.keys import Trust
+from service.model_store.bundle import write_tar
+from service.model_store.keys import REVOKED_FILE
 from service.tools.local_broker import LocalBroker
-from tests.model_bundles import SHIPPED, Vendor, hostile, make_store, model_files, shipped_golden, snapshot
+from tests.model_bundles import (
+    SHIPPED,
+    Vendor,
+    hostile,
+    lying_header,
+    make_store,
+    members_of,
+    model_files,
+    rewrite,
+    shipped_golden,
+    snapshot,
+)
 from tests.service_bench import EmulatedProbe, Recorder
 
 
@@ -212,51 +226,104 @@ def test_install_wait_for_safe_moment_swap_probation_rollback_and_forced_activat
         )
 
 
-def test_probation_failure_rolls_back_by_itself_and_bad_bundles_change_nothing(
+def _bad_bundles(tmp: Path, vendor: Vendor, good: Path) -> dict[str, tuple[Path, str]]:
+    """One bundle (or path) per bad input of issue 15, with the words its refusal must contain."""
+    raw = good.read_bytes()
+    (tmp / "cut.sgb").write_bytes(raw[: len(raw) // 2])
+    (tmp / "text.sgb").write_bytes(b"not a bundle at all\n")
+    golden = json.loads(json.dumps(shipped_golden()))
+    golden["vectors"][0]["int8"]["quality"][0] += 0.5
+    past = datetime.now(timezone.utc) - timedelta(days=730)
+    expired = Vendor(tmp / "expired", "expired", now=past, valid_days=365)
+    shutil.copy(expired.trustdir / "expired.pub.json", vendor.trustdir)  # trusted, but expired
+    members = members_of(good)
+
+    def flip(name: str, data: bytes) -> bytes:
+        return data[:-1] + bytes([data[-1] ^ 1]) if name == "model/model.int8.onnx" else data
+
+    def newer(m: dict[str, Any]) -> None:
+        m["min_service_version"] = "9.0.0"
+
+    def nhwc(m: dict[str, Any]) -> None:
+        m["inputs"][0]["layout"] = "NHWC"
+
+    write_tar(tmp / "unsigned.sgb", [m for m in members if m[0] != "bundle.sig"])
+    device = tarfile.TarInfo("model/tty")
+    device.type, device.devmajor, device.devminor = tarfile.CHRTYPE, 4, 1
+    hard = tarfile.TarInfo("model/link")
+    hard.type, hard.linkname = tarfile.LNKTYPE, "model/model.int8.onnx"
+    return {
+        "truncated": (tmp / "cut.sgb", "truncated"),
+        "corrupt": (tmp / "text.sgb", "not gzip-compressed"),
+        "changed after signing": (rewrite(good, tmp / "changed.sgb", flip), "does not match its sha256"),
+        "unknown key": (Vendor(tmp / "stranger", "stranger").bundle(tmp / "s.sgb", "1.6.0"), "unknown key"),
+        "expired key": (expired.bundle(tmp / "e.sgb", "1.6.0", now=past), "expired key"),
+        "unsigned": (tmp / "unsigned.sgb", "not signed"),
+        "absolute path": (hostile(good, tmp / "abs.sgb", _regular("/etc/cron.d/x")), "absolute path"),
+        "dot-dot": (hostile(good, tmp / "dd.sgb", _regular("model/../../x")), "'..'"),
+        "symlink": (hostile(good, tmp / "l.sgb", _symlink("model/evil", "/etc/shadow")), "symbolic link"),
+        "hard link": (hostile(good, tmp / "h.sgb", hard), "hard link"),
+        "device file": (hostile(good, tmp / "d.sgb", device), "device file"),
+        "bomb": (lying_header(tmp / "bomb.sgb", "bundle.json", 64 << 30, b"{" * 4096), "at most"),
+        "newer service": (
+            vendor.bundle(tmp / "n.sgb", "1.6.0", model_files("1.6.0", newer)),
+            "needs service 9.0.0",
+        ),
+        "input contract": (
+            vendor.bundle(tmp / "c.sgb", "1.6.0", model_files("1.6.0", nhwc)),
+            "input contract",
+        ),
+        "golden": (
+            vendor.bundle(
+                tmp / "g.sgb", "1.6.0", {**model_files("1.6.0"), "golden.json": json.dumps(golden).encode()}
+            ),
+            "golden vectors out of tolerance on CPUExecutionProvider",
+        ),
+        "missing": (tmp / "nothing.sgb", "cannot read bundle"),
+    }
+
+
+def test_bad_bundles_over_mqtt_are_refused_while_the_old_model_keeps_guiding(
     bench: Any, tmp_path: Path
 ) -> None:
+    vendor = Vendor(tmp_path / "vendor")
+    good = vendor.bundle(tmp_path / "1.5.0.sgb", "1.5.0")
+    b = bench(vendor)
+    rec = b.recorder
+    bad = _bad_bundles(tmp_path, vendor, good)
+    before = snapshot(b.store.root)
+
+    def refused(name: str, path: Path, fragment: str) -> None:
+        seen = len(rec.of("guidance"))
+        reply = rec.request("install_model", {"path": str(path), "activate": True}, timeout=60, final=True)
+        assert not reply["ok"] and fragment in reply["error"], (name, reply)
+        assert "serving model is unchanged" in reply["error"], (name, reply)
+        assert snapshot(b.store.root) == before, name
+        assert rec.wait_for(lambda: len(rec.of("guidance")) > seen + 5, 10), name  # still guiding
+        assert b.status()["model"]["version"] == "1.4.0", name
+
+    for name, (path, fragment) in bad.items():
+        refused(name, path, fragment)
+    # A revoked key: the good bundle itself, while its key id is on the revocation list.
+    (vendor.trustdir / REVOKED_FILE).write_text(vendor.key.key_id + "\n")
+    refused("revoked key", good, "revoked key")
+    (vendor.trustdir / REVOKED_FILE).unlink()
+    # A second install while one runs (another process would hold the same lock).
+    with make_store(b.store.root).locked():
+        refused("second install", good, "another install or activation is running")
+    assert len(b.model_events("install_refused")) == len(bad) + 2
+    # And the good bundle still installs after all of it.
+    reply = rec.request("install_model", {"path": str(good)}, timeout=60, final=True)
+    assert reply["ok"] and reply["result"]["state"] == "installed", reply
+
+
+def test_probation_failure_rolls_back_by_itself(bench: Any, tmp_path: Path) -> None:
     vendor = Vendor(tmp_path / "vendor")
     good = vendor.bundle(tmp_path / "1.5.0.sgb", "1.5.0")
     # Latency limit no inference can meet: the probation fails on its third frame.
     b = bench(vendor, probation_s=30.0, probation_max_latency_ms=0.001)
     rec = b.recorder
-
-    stranger = Vendor(tmp_path / "stranger", "stranger")
-    golden = json.loads(json.dumps(shipped_golden()))
-    golden["vectors"][0]["int8"]["quality"][0] += 0.5
-    raw = good.read_bytes()
-    (tmp_path / "cut.sgb").write_bytes(raw[: len(raw) // 2])
-    bad = {
-        "truncated": (tmp_path / "cut.sgb", "truncated"),
-        "unknown key": (stranger.bundle(tmp_path / "s.sgb", "1.6.0"), "unknown key"),
-        "symlink": (
-            hostile(good, tmp_path / "l.sgb", _symlink("model/evil", "/etc/shadow")),
-            "symbolic link",
-        ),
-        "golden": (
-            vendor.bundle(
-                tmp_path / "g.sgb",
-                "1.6.0",
-                {**model_files("1.6.0"), "golden.json": json.dumps(golden).encode()},
-            ),
-            "golden vectors out of tolerance on CPUExecutionProvider",
-        ),
-        "missing": (tmp_path / "nothing.sgb", "cannot read bundle"),
-    }
-    before = snapshot(b.store.root)
-    for name, (path, fragment) in bad.items():
-        seen = len(rec.of("guidance"))
-        reply = rec.request("install_model", {"path": str(path), "activate": True}, timeout=60, final=True)
-        assert (
-            not reply["ok"] and fragment in reply["error"] and "serving model is unchanged" in reply["error"]
-        ), (
-            name,
-            reply,
-        )
-        assert snapshot(b.store.root) == before, name
-        assert rec.wait_for(lambda seen=seen: len(rec.of("guidance")) > seen + 5, 10), name  # still guiding
-        assert b.status()["model"]["version"] == "1.4.0"
-    assert len(b.model_events("install_refused")) == len(bad)
+    keys_before = snapshot(vendor.trustdir)
 
     reply = rec.request(
         "install_model", {"path": str(good), "activate": True, "force": True}, timeout=60, final=True
@@ -276,7 +343,11 @@ def test_probation_failure_rolls_back_by_itself_and_bad_bundles_change_nothing(
         and "slower" in status["model"]["probation"]["reason"]
     )
     assert b.store.read_state().as_dict() == {"active": None, "previous": "1.5.0", "trial": False}
-    assert Trust.load(vendor.trustdir).keys  # the keys folder was only read
+    assert snapshot(vendor.trustdir) == keys_before  # the daemon only reads the keys
+
+
+def _regular(name: str) -> tarfile.TarInfo:
+    return tarfile.TarInfo(name)
 
 
 def _symlink(name: str, target: str) -> tarfile.TarInfo:
