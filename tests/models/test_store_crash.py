@@ -4,7 +4,8 @@ Each operation runs in its own real process (the store's code, real bundles, rea
 the golden vectors), which is killed at a random moment of its run. After each kill the store is
 opened the way the daemon opens it at start (``resolve_active``): it serves exactly one complete,
 verified version, and the listing (``sonoguide model list``'s code; the command itself at the end)
-agrees with the folders on disk.
+agrees with the folders on disk. At the end the daemon itself (``sonoguide run``, the emulator on a
+pty, real mosquitto) starts on the store and serves that version.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,9 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from firmware_bridge.emulator import CallablePoseSource, ProbeEmulator, SimImageSource
+from firmware_bridge.emulator.state import Capabilities
+from firmware_bridge.ptyport import PtyPair
 from service.model_store.bundle import verify_folder
 from service.model_store.store import INCOMING
+from service.tools.local_broker import LocalBroker
 from tests.model_bundles import Vendor, golden_loader, make_store
+from tests.service_bench import Recorder
 
 REPO = Path(__file__).resolve().parents[2]
 KILLS = 20
@@ -75,7 +80,7 @@ def _check_consistent(store: Any, trust: Any) -> str:
 
 
 def test_twenty_kills_during_installs_and_activations_leave_one_complete_verified_version(
-    tmp_path: Path,
+    tmp_path: Path, broker: LocalBroker
 ) -> None:
     vendor = Vendor(tmp_path)
     store, trust = make_store(tmp_path / "store"), vendor.trust
@@ -135,4 +140,43 @@ def test_twenty_kills_during_installs_and_activations_leave_one_complete_verifie
         p.name for p in store.versions.iterdir()
     )
     assert all(v["ok"] for v in body["versions"])
-    shutil.rmtree(tmp_path / "store")
+    # The daemon itself, started as systemd starts it, serves the version the store resolves to.
+    assert _daemon_serves(tmp_path, broker, store, vendor) == served[-1]
+
+
+def _daemon_serves(tmp_path: Path, broker: LocalBroker, store: Any, vendor: Vendor) -> str:
+    """``sonoguide run`` on the store, the emulator on a pty: the model version its status names."""
+    source = SimImageSource("abdomen", 2)
+    pty = PtyPair()
+    emulator = ProbeEmulator(
+        pty.device_fd, source, CallablePoseSource(lambda t: source.emulator_pose(source.phantom.target_pose)),
+        Capabilities(**source.capabilities(), fps=30.0), initial_params=source.default_params(),
+    ).start()  # fmt: skip
+    device = f"crash-{os.getpid()}"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[device]\nid = "{device}"\n[probe]\nport = "{pty.host_path}"\n[model]\nproviders = ["cpu"]\n'
+        f'store = "{store.root}"\nkeys = "{vendor.trustdir}"\n[mqtt]\nport = {broker.port}\n'
+    )
+    rec = Recorder(broker.port, device)
+    log = tmp_path / "daemon.log"
+    err = log.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "run", "--config", str(config)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=err,
+    )  # fmt: skip
+    try:
+        assert rec.wait_for(lambda: any(m.payload.get("fps", 0) > 0 for m in rec.of("status")), 60), (
+            log.read_text()
+        )
+        version = rec.of("status")[-1].payload["model"]["version"]
+        return (
+            "factory" if store.read_state().active is None and version == store.factory.version else version
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        err.close()
+        rec.close()
+        emulator.stop()
+        pty.close()
