@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: setup sysdeps test demo lint model eval bench clean
+.PHONY: setup sysdeps test demo lint model bundle eval bench clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,17 @@ lint: setup
 model: setup
 	$(PY) -m pip install --quiet -e '.[dev,train]'
 	$(PY) -m models.build $(MODEL_ARGS)
+	@if [ -n "$(BUNDLE_KEY)" ]; then $(MAKE) --no-print-directory bundle; fi
+
+# A signed bundle of the newest model folder for field updates (docs/model-updates.md):
+# `make bundle BUNDLE_KEY=vendor.key` (or `make model BUNDLE_KEY=...` after retraining).
+BUNDLE_KEY ?=
+BUNDLE_OUT ?= build/bundles
+bundle: setup
+	@test -n "$(BUNDLE_KEY)" || { echo "make bundle: set BUNDLE_KEY=path/to/NAME.key (sonoguide model keygen)" >&2; exit 2; }
+	@mkdir -p $(BUNDLE_OUT)
+	@dir=$$(ls -d models/sonoguide-view/*/ | sort -V | tail -1); ver=$$(basename $$dir); \
+	  $(VENV)/bin/sonoguide model pack $$dir --key $(BUNDLE_KEY) -o $(BUNDLE_OUT)/sonoguide-view-$$ver.sgb
 
 eval: sysdeps setup
 	$(VENV)/bin/sonoguide eval $(EVAL_ARGS)

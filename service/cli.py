@@ -53,6 +53,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "firmware_bridge.emulator_cli",
         "the reference probe emulator on a pty or serial device",
     ),
+    "model": (
+        "service.commands.model",
+        "field model updates: keygen, pack, verify, install, list, activate, rollback, remove",
+    ),
     "analyze": (
         "service.commands.analyze",
         "run the model and the auto gain/depth/guidance decisions on still images",

@@ -91,6 +91,7 @@ fi
 # --- directories ----------------------------------------------------------------------------------
 dir 0755 /opt/sonoguide
 dir 0755 /etc/sonoguide
+dir 0755 /etc/sonoguide/model-keys  # trusted vendor keys (*.pub.json, revoked-keys.txt); root writes them
 dir 0700 /etc/credstore            # secrets for LoadCredential=; root only
 # State (model store, TensorRT engine cache): systemd gives StateDirectory= to the service user.
 dir 0750 /var/lib/sonoguide

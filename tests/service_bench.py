@@ -140,6 +140,7 @@ class Recorder:
         self.reply_topic = f"test/{uuid.uuid4().hex}/reply"
         self.messages: list[Received] = []
         self.replies: dict[bytes, dict[str, Any]] = {}
+        self.reply_log: list[tuple[bytes, dict[str, Any]]] = []
         self.invalid: list[str] = []
         self._cond = threading.Condition()
         self.client = mqtt.Client(
@@ -165,6 +166,7 @@ class Recorder:
             self._check(body, f"cmd/{name}", response=True)
             with self._cond:
                 self.replies[corr] = body
+                self.reply_log.append((corr, body))  # every reply, progress ones included
                 self._cond.notify_all()
             return
         name = msg.topic.removeprefix(self.root)
@@ -203,15 +205,26 @@ class Recorder:
             return True
 
     def request(
-        self, command: str, body: Any = None, raw: bytes | None = None, timeout: float = 5.0
+        self,
+        command: str,
+        body: Any = None,
+        raw: bytes | None = None,
+        timeout: float = 5.0,
+        final: bool = False,
     ) -> dict[str, Any]:
+        """The reply (``final``: the last one, after any ``progress`` replies of a long command)."""
         corr = uuid.uuid4().bytes
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = self.reply_topic
         props.CorrelationData = corr
         payload = raw if raw is not None else json.dumps(body if body is not None else {}).encode()
         self.client.publish(self.root + "cmd/" + command, payload, qos=1, properties=props)
-        assert self.wait_for(lambda: corr in self.replies, timeout), f"no response to {command}"
+        done = (
+            (lambda: corr in self.replies and "progress" not in self.replies[corr])
+            if final
+            else (lambda: corr in self.replies)
+        )
+        assert self.wait_for(done, timeout), f"no response to {command}"
         return self.replies[corr]
 
     def close(self) -> None:

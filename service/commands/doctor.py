@@ -22,7 +22,9 @@ from service.tools.doctor_checks import (
     check_camera,
     check_credentials,
     check_model_files,
+    check_model_keys,
     check_model_runtime,
+    check_model_store,
     check_probe_port,
     find_shipped_model,
 )
@@ -74,6 +76,8 @@ def run_checks(
     model_result = check_model_files(str(model["dir"]), models_root)
     results.append(model_result)
     results.append(check_model_runtime(_model_file(str(model["dir"]), models_root), list(model["providers"])))
+    results.append(check_model_keys(str(model["keys"]), str(model["dir"])))
+    results.append(check_model_store(str(model["store"]), str(model["keys"]), str(model["dir"])))
     mqtt = config["mqtt"]
     cred_result, password = check_credentials(
         str(mqtt["username"]),

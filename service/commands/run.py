@@ -25,6 +25,35 @@ def load_model(config: Any, folder: str = "") -> Any:
     return load_onnx_model(folder or config.model.dir, config.model)
 
 
+def open_model_store(config: Any) -> tuple[Any, str, list[str]]:
+    """(store or None, the model folder to serve, notes for the events): the store's active version
+    when it verifies (docs/model-updates.md), else its previous, else the shipped factory model.
+    ``[model] dir`` set: that folder, and no updates. An unusable store never stops the daemon."""
+    if config.model.dir:
+        return None, config.model.dir, []
+    from service import __version__
+    from service.daemon.mqtt_commands import PRESET_SETTINGS
+    from service.daemon.onnx_model import shipped_model_dir
+    from service.model_store import ModelStoreError
+    from service.model_store.keys import Trust
+    from service.model_store.store import Factory, ModelStore
+
+    factory = shipped_model_dir()
+    try:
+        store = ModelStore(
+            Path(config.model.store), Factory.from_folder(factory), __version__, tuple(PRESET_SETTINGS)
+        )
+        _state, folder, notes = store.resolve_active(Trust.load(Path(config.model.keys)))
+    except (ModelStoreError, OSError) as exc:
+        log.warning(
+            "model store %s unusable (%s): serving the factory model, updates off", config.model.store, exc
+        )
+        return None, str(factory), [f"model store unusable: {exc}"]
+    for note in notes:
+        log.warning("model store: %s", note)
+    return store, str(folder), notes
+
+
 def run(args: argparse.Namespace) -> int:
     from service.daemon.app import Daemon
     from service.daemon.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
@@ -40,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     from service.tracking.camera import camera_from_config
 
     # The model first: a missing or tampered bundle fails fast with its reason, before any device opens.
+    store, folder, notes = open_model_store(config)
     try:
-        model = load_model(config)
+        model = load_model(config, folder)
     except ModelLoadError as e:
         print(f"sonoguide: model: {e}", file=sys.stderr)
         return 1
@@ -60,10 +90,8 @@ def run(args: argparse.Namespace) -> int:
         if camera is not None:
             camera.start()
 
-        def loader(folder: str) -> Any:
-            m = load_model(config, folder)
-            m.warmup()
-            return m
+        def loader(folder: Path) -> Any:
+            return load_model(config, str(folder))  # warmed up at load
 
         daemon = Daemon(
             config,
@@ -71,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
             model,
             camera=camera,
             model_loader=loader,
+            model_store=store,
+            store_notes=notes,
             calibrator=camera.calibrate if camera is not None else None,
         )
         for sig in (signal.SIGTERM, signal.SIGINT):

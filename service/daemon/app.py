@@ -7,6 +7,7 @@ build it the same way with different links (real serial, the emulator on a pty, 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 from firmware_bridge.devicelog import device_logger
@@ -14,9 +15,11 @@ from service import __version__
 from service.daemon.clock import Clock, MonotonicClock
 from service.daemon.config import Config
 from service.daemon.health import HealthMonitor, SdNotifier
-from service.daemon.mqtt_commands import Calibrator, CommandHandler, ModelLoader
+from service.daemon.model_updates import FolderLoader, ModelUpdates
+from service.daemon.mqtt_commands import Calibrator, CommandHandler
 from service.daemon.pipeline import Pipeline
 from service.daemon.probe import describe_info
+from service.model_store.store import ModelStore
 from service.mqtt.client import MqttApi
 from service.policy.guidance import GuidanceParams
 from service.seams import Model, PoseSource, ProbeLinkLike
@@ -30,7 +33,9 @@ class Daemon:
         model: Model,
         clock: Clock | None = None,
         camera: PoseSource | None = None,
-        model_loader: ModelLoader | None = None,
+        model_loader: FolderLoader | None = None,
+        model_store: ModelStore | None = None,
+        store_notes: list[str] | None = None,
         calibrator: Calibrator | None = None,
         notifier: SdNotifier | None = None,
         status_period_s: float = 2.0,
@@ -49,7 +54,16 @@ class Daemon:
             good_quality=config.guidance.good_quality, capture_after_s=config.guidance.capture_after_s
         )
         self.pipeline = Pipeline(link, model, self.mqtt, self.clock, config.auto, guidance, camera=camera)
-        self.mqtt.command_handler = CommandHandler(self.pipeline, model_loader, calibrator)
+        # Model updates need the store (state dir) and a loader on this device's execution providers.
+        self.model_updates = (
+            ModelUpdates(self.pipeline, model_store, Path(config.model.keys), config.model, model_loader)
+            if model_store is not None and model_loader is not None
+            else None
+        )
+        self.store_notes = list(store_notes or [])
+        self.mqtt.command_handler = CommandHandler(
+            self.pipeline, self.model_updates, calibrator, progress=self.mqtt.progress
+        )
         self.health = HealthMonitor(notifier or SdNotifier())
         self.model_warm = False
         self._stop = threading.Event()
@@ -64,6 +78,8 @@ class Daemon:
         self.pipeline.state.publish_settings()
         self.publish_status()
         self.pipeline.start()
+        if self.model_updates is not None:
+            self.model_updates.start(self.store_notes)
         self._health_thread = threading.Thread(target=self._health_loop, name="health", daemon=True)
         self._health_thread.start()
         return self
@@ -75,6 +91,8 @@ class Daemon:
         self._stopped = True
         self._stop.set()
         self.health.stopping()
+        if self.model_updates is not None:
+            self.model_updates.stop()
         self.pipeline.stop()
         if self._health_thread is not None:
             self._health_thread.join(3)
@@ -117,7 +135,12 @@ class Daemon:
             },
             "camera": {"state": camera_state, "source": self.config.camera.source},
             "guidance": {"basis": self.pipeline.guidance_source},
-            "model": {"name": model.name, "version": model.version, "provider": model.provider},
+            "model": {
+                "name": model.name,
+                "version": model.version,
+                "provider": model.provider,
+                **(self.model_updates.status() if self.model_updates is not None else {}),
+            },
             "fps": fps,
             "health": health,
             "summary": summary,

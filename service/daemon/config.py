@@ -97,6 +97,13 @@ class ModelConfig:
     dir: str = ""
     providers: tuple[str, ...] = _key(PROVIDERS, _providers)
     engine_cache: str = "/var/lib/sonoguide/trt-cache"
+    # Field updates (docs/model-updates.md): the versioned store (state dir, writable), the trusted
+    # vendor keys (config dir, read-only), and how a new version is swapped in and watched.
+    store: str = "/var/lib/sonoguide/models"
+    keys: str = "/etc/sonoguide/model-keys"
+    safe_after_s: float = _key(3.0, _range(0.0, 600.0))
+    probation_s: float = _key(60.0, _range(0.0, 86400.0))
+    probation_max_latency_ms: float = _key(250.0, _range(0.001, 60000.0))
 
 
 @dataclass(frozen=True)

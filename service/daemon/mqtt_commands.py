@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from service import __version__
+from service.daemon.model_updates import ModelUpdates, UpdateError
 from service.daemon.pipeline import Pipeline
 from service.daemon.probe import DEPTH, FREQUENCY, GAIN
 from service.daemon.probe_state import AUTO_PARAM
@@ -33,7 +34,6 @@ PRESET_SETTINGS: dict[str, dict[str, float]] = {
     "vascular": {GAIN: 45.0, DEPTH: 40.0, FREQUENCY: 7.5},
 }
 
-ModelLoader = Callable[[str], Model]  # model folder ("" = the configured one) -> warmed-up model
 Calibrator = Callable[[], dict[str, Any]]
 
 
@@ -64,13 +64,15 @@ class CommandHandler:
     def __init__(
         self,
         pipeline: Pipeline,
-        model_loader: ModelLoader | None = None,
+        model_updates: ModelUpdates | None = None,
         calibrator: Calibrator | None = None,
         started_at: float | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
-        self.model_loader = model_loader
+        self.model_updates = model_updates
         self.calibrator = calibrator
+        self.progress = progress or (lambda _m: None)  # a step of a long command, to its requester
         self.started_at = time.monotonic() if started_at is None else started_at
 
     def __call__(self, name: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -172,18 +174,43 @@ class CommandHandler:
         except Exception as e:
             raise CommandError(f"calibration failed: {e}") from None
 
-    def cmd_reload_model(self, request: dict[str, Any]) -> dict[str, Any]:
-        if self.model_loader is None:
-            raise CommandError("this daemon runs a fixed model; reloading is not available")
-        folder = request.get("dir", "")
+    # --- model updates (service.daemon.model_updates; docs/model-updates.md) -------------------------
+
+    def _updates(self) -> ModelUpdates:
+        if self.model_updates is None:
+            raise CommandError("no model store is configured here; model updates are not available")
+        return self.model_updates
+
+    def cmd_install_model(self, request: dict[str, Any]) -> dict[str, Any]:
+        updates = self._updates()
         try:
-            model = self.model_loader(folder)
-        except Exception as e:
-            raise CommandError(
-                f"could not load the model from {folder or 'the configured folder'}: {e}; the old model keeps running"
-            ) from None
-        self.pipeline.swap_model(model)
-        self.pipeline.state.event(
-            "info", f"model {model.name} {model.version} loaded ({model.provider})", source="command"
-        )
-        return {"name": model.name, "version": model.version, "provider": model.provider}
+            result = updates.install(request["path"], bool(request.get("allow_downgrade")), self.progress)
+            result["state"] = "installed"
+            if request.get("activate"):
+                activation = updates.activate(
+                    result["version"],
+                    bool(request.get("force")),
+                    bool(request.get("allow_downgrade")),
+                    self.progress,
+                )
+                result.update(activation)
+        except UpdateError as e:
+            raise CommandError(str(e)) from None
+        return result
+
+    def cmd_activate_model(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self._updates().activate(
+                request["version"],
+                bool(request.get("force")),
+                bool(request.get("allow_downgrade")),
+                self.progress,
+            )
+        except UpdateError as e:
+            raise CommandError(str(e)) from None
+
+    def cmd_rollback_model(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self._updates().rollback(request.get("reason") or "asked by the technician")
+        except UpdateError as e:
+            raise CommandError(str(e)) from None

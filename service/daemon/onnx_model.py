@@ -23,6 +23,7 @@ import numpy as np
 
 from firmware_bridge.devicelog import device_logger
 from models.imageprep import resize
+from service.model_store.compat import OUTPUT_UNITS
 from service.seams import ModelOutput
 
 log = logging.getLogger(__name__)
@@ -33,16 +34,8 @@ PROVIDER_NAMES = {
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
-# ModelOutput field -> the unit the manifest must declare for it.
-EXPECTED_UNITS = {
-    "gain_error_db": "dB",
-    "best_depth_mm": "mm",
-    "target_visible": "1",
-    "quality": "1",
-    "contact": "1",
-    "correction_mm": "mm",
-    "correction_deg": "deg",
-}
+# ModelOutput field -> the unit the manifest must declare for it (the model contract, one place).
+EXPECTED_UNITS = OUTPUT_UNITS
 _PROVIDER_LIBS = {
     "CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
     "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so",
@@ -166,6 +159,7 @@ class OnnxModel:
         providers: Sequence[str] = ("tensorrt", "cuda", "cpu"),
         engine_cache: str | Path | None = None,
         threads: int = 1,
+        model_file: str | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -189,7 +183,8 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         chosen = choose_providers(providers, engine_cache)
-        model_path = self.folder / self.manifest["model_file"]
+        # model_file: another file the manifest lists (the FP32 reference, for golden vectors)
+        model_path = self.folder / (model_file or self.manifest["model_file"])
         try:
             self.session = ort.InferenceSession(str(model_path), options, providers=chosen)
         except Exception as exc:  # ORT raises its own C++ exception types

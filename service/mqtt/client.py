@@ -82,6 +82,7 @@ class MqttApi:
             queue.Queue(MAX_PENDING_COMMANDS)
         )
         self._worker: threading.Thread | None = None
+        self._serving: tuple[str, str | None, bytes | None] | None = None  # the command on the worker now
         self.stats = {
             "guidance_sent": 0,
             "guidance_dropped": 0,
@@ -211,6 +212,7 @@ class MqttApi:
                 return
             name, request, response_topic, correlation = item
             self.stats["commands"] += 1
+            self._serving = (name, response_topic, correlation)
             try:
                 if self.command_handler is None:
                     raise CommandError("commands are not available yet")
@@ -221,10 +223,24 @@ class MqttApi:
             except Exception as e:  # a bug must not end the worker; the requester still hears back
                 self.log.exception("command %s failed", name)
                 reply = {"ok": False, "command": name, "error": f"internal error: {type(e).__name__}: {e}"}
+            self._serving = None
             try:
                 self._respond(name, response_topic, correlation, reply)
             except Exception:
                 self.log.exception("could not send the response to %s", name)
+
+    def progress(self, message: str) -> None:
+        """A step of the command the worker is serving, on its response topic (final reply follows)."""
+        serving = self._serving
+        if serving is None:
+            return
+        name, response_topic, correlation = serving
+        try:
+            self._respond(
+                name, response_topic, correlation, {"ok": True, "command": name, "progress": message}
+            )
+        except Exception:
+            self.log.exception("could not send progress of %s", name)
 
     def _respond(
         self, name: str, response_topic: str | None, correlation: bytes | None, reply: dict[str, Any]

@@ -48,12 +48,18 @@ _NUM: Schema = {"type": "number"}
 _UNIT: Schema = {"type": "number", "minimum": 0, "maximum": 1}
 _STR: Schema = {"type": "string"}
 _OPT_NUM: Schema = {"type": ["number", "null"]}
+_OPT_STR: Schema = {"type": ["string", "null"]}
 _PARAM_NAMES = ["gain_db", "depth_mm", "freq_mhz"]
 _AUTO_NAMES = ["gain", "depth"]
 INSTRUCTIONS = [
     "slide_head", "slide_feet", "slide_left", "slide_right", "rotate_cw", "rotate_ccw",
     "tilt_head", "tilt_feet", "tilt_left", "tilt_right", "rock_head", "rock_feet", "rock_left",
     "rock_right", "press", "more_gel", "scan", "hold_still", "good_view",
+]  # fmt: skip
+
+MODEL_STEPS = [
+    "start", "install_started", "installed", "install_refused", "golden_passed", "activation_refused",
+    "pending", "activated", "probation_passed", "rolled_back",
 ]  # fmt: skip
 
 _STAGE_TIMES = _obj(
@@ -117,7 +123,29 @@ STATUS_SCHEMA = _obj(
                 }
             }
         ),
-        "model": _obj({"name": _STR, "version": _STR, "provider": _STR}),
+        "model": _obj(
+            {
+                "name": _STR,
+                "version": _STR,
+                "provider": _STR,
+                "pending": {**_OPT_STR, "description": "a version loaded and waiting for a safe moment"},
+                "previous": {**_OPT_STR, "description": "the version a rollback returns to"},
+                "probation": _obj(
+                    {
+                        "state": {
+                            "type": "string",
+                            "enum": ["none", "watching", "passed", "failed", "cancelled"],
+                        },
+                        "version": _STR,
+                        "remaining_s": {"type": "number", "minimum": 0},
+                        "frames": {"type": "integer", "minimum": 0},
+                        "reason": _STR,
+                    },
+                    required=["state"],
+                ),
+            },
+            required=["name", "version", "provider"],
+        ),
         "fps": {"type": "number", "minimum": 0},
         "health": {"type": "string", "enum": ["starting", "ok", "degraded"]},
         "summary": _STR,
@@ -148,7 +176,10 @@ EVENT_SCHEMA = _obj(
     {
         "seq": {"type": "integer", "minimum": 0},
         "time": _NUM,
-        "kind": {"type": "string", "enum": ["auto_change", "manual_change", "capture", "warning", "info"]},
+        "kind": {
+            "type": "string",
+            "enum": ["auto_change", "manual_change", "capture", "warning", "info", "model"],
+        },
         "message": _STR,
         "param": {"type": "string", "enum": _PARAM_NAMES},
         "old": _OPT_NUM,
@@ -156,6 +187,14 @@ EVENT_SCHEMA = _obj(
         "reason": _STR,
         "frame_id": {"type": "integer", "minimum": 0},
         "source": {"type": "string", "enum": ["auto", "probe", "command"]},
+        "step": {
+            "type": "string",
+            "enum": MODEL_STEPS,
+            "description": "model updates (kind model, or warning when refused or rolled back): which step",
+        },
+        "model_version": _STR,
+        "key_id": {**_STR, "description": "the vendor key that signed the version"},
+        "at": {**_STR, "description": "UTC wall-clock time of a model update step (audit)"},
     },
     required=["seq", "time", "kind", "message"],
 )
@@ -166,11 +205,26 @@ RESPONSE_SCHEMA = _obj(
         "command": _STR,
         "result": {"type": "object"},
         "error": _STR,
+        "progress": {**_STR, "description": "a step of a long command; the final reply has result or error"},
     },
     required=["ok", "command"],
 )
 
 _EMPTY = _obj({})
+_VERSION: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 32,
+    "description": "e.g. 1.5.0, or factory",
+}
+_MODEL_RESULT = _obj(
+    {
+        "state": {"type": "string", "enum": ["installed", "pending", "probation", "active"]},
+        "version": _STR,
+    },
+    required=["version"],
+    extra=True,
+)
 
 
 def _cmd(name: str, request: Schema, result: Schema, description: str) -> Topic:
@@ -274,10 +328,37 @@ TOPICS: tuple[Topic, ...] = (
         "Find the calibration stickers and compute the camera-to-patient transform.",
     ),
     _cmd(
-        "reload_model",
-        _obj({"dir": {"type": "string", "maxLength": 4096}}, required=[]),
-        _obj({"name": _STR, "version": _STR, "provider": _STR}),
-        "Load (and warm up) a model version folder, or the configured one; the old model stays on failure.",
+        "install_model",
+        _obj(
+            {
+                "path": {"type": "string", "minLength": 1, "maxLength": 4096},
+                "activate": {"type": "boolean"},
+                "force": {"type": "boolean"},
+                "allow_downgrade": {"type": "boolean"},
+            },
+            required=["path"],
+        ),
+        _MODEL_RESULT,
+        "Verify a signed model bundle on the device (signature, key, expiry, hashes, contract, golden vectors"
+        " on this execution provider) and add it to the store; with activate, then activate it. Progress"
+        " replies carry `progress`; the old model serves throughout and on any refusal.",
+    ),
+    _cmd(
+        "activate_model",
+        _obj(
+            {"version": _VERSION, "force": {"type": "boolean"}, "allow_downgrade": {"type": "boolean"}},
+            required=["version"],
+        ),
+        _MODEL_RESULT,
+        "Load an installed version beside the serving one, check its golden vectors, warm it up, and swap"
+        " between two frames at the next safe moment (frozen, or no skin contact for [model] safe_after_s;"
+        " `force` swaps now). A probation follows; a failure rolls back by itself.",
+    ),
+    _cmd(
+        "rollback_model",
+        _obj({"reason": {"type": "string", "maxLength": 500}}, required=[]),
+        _MODEL_RESULT,
+        "Back to the previous version now (the factory model when there is none).",
     ),
 )
 

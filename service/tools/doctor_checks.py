@@ -479,3 +479,102 @@ def check_broker(
             "check [mqtt] username and the password in /etc/credstore/mqtt-password against the broker",
         )
     return CheckResult(name, True, f"connected to {where}" + (f" as {username!r}" if username else ""))
+
+
+# --- model updates (docs/model-updates.md) --------------------------------------------------------
+
+# Room an update needs besides the bundle itself: one more version of the size of the factory model.
+STORE_FREE_MIN_BYTES = 256 << 20
+
+
+def check_model_keys(keys_dir: str, pinned_dir: str = "") -> CheckResult:
+    """The trusted vendor keys: readable, not expired; revoked ones named. None is a hint, not a failure."""
+    from service.model_store import ModelStoreError
+    from service.model_store.keys import Trust, format_time, utc_now
+
+    name = "model keys"
+    if pinned_dir:
+        return CheckResult(name, True, f"not used: [model] dir pins {pinned_dir} (no updates)")
+    try:
+        trust = Trust.load(Path(keys_dir))
+    except ModelStoreError as exc:
+        return CheckResult(name, False, str(exc), "replace the file with the vendor's NAME.pub.json")
+    now = utc_now()
+    usable = [k for k in trust.keys.values() if k.key_id not in trust.revoked and k.expires > now]
+    if not usable:
+        revoked_ids = sorted(trust.revoked & set(trust.keys))
+        why = (
+            "none"
+            if not trust.keys
+            else "all expired or revoked" + (f": revoked {', '.join(revoked_ids)}" if revoked_ids else "")
+        )
+        return CheckResult(
+            name,
+            True,
+            f"no usable vendor key in {keys_dir} ({why}): model updates will be refused",
+            f"copy the vendor's current NAME.pub.json into {keys_dir}",
+        )
+    soon = [k for k in usable if (k.expires - now).days < 60]
+    detail = ", ".join(f"{k.key_id} ({k.owner}, until {format_time(k.expires)})" for k in usable)
+    revoked = f"; revoked: {', '.join(sorted(trust.revoked))}" if trust.revoked else ""
+    hint = f"key {soon[0].key_id} expires within 60 days: install the vendor's next key" if soon else ""
+    return CheckResult(name, True, f"trusted: {detail}{revoked}", hint)
+
+
+def check_model_store(store_dir: str, keys_dir: str, pinned_dir: str = "") -> CheckResult:
+    """The model store: present, its pointer readable, the version it serves verified, room for one more."""
+    import shutil
+
+    from service import __version__
+    from service.daemon.onnx_model import shipped_model_dir
+    from service.model_store import ModelStoreError
+    from service.model_store.bundle import verify_folder
+    from service.model_store.keys import Trust
+    from service.model_store.store import INCOMING, Factory, ModelStore
+
+    name = "model store"
+    if pinned_dir:
+        return CheckResult(name, True, f"not used: [model] dir pins {pinned_dir} (no updates)")
+    root = Path(store_dir)
+    if not root.is_dir():
+        return CheckResult(
+            name,
+            False,
+            f"model store {root} does not exist",
+            "run systemd/install.sh (it creates /var/lib/sonoguide/models), or set [model] store",
+        )
+    try:
+        store = ModelStore(root, Factory.from_folder(shipped_model_dir()), __version__)
+        state = store.read_state()
+        trust = Trust.load(Path(keys_dir))
+        if state.active is not None:
+            verify_folder(store.versions / state.active, trust)
+    except (ModelStoreError, OSError, ValueError) as exc:
+        return CheckResult(
+            name,
+            False,
+            f"{root}: {exc}",
+            "the daemon falls back to the previous or factory model; reinstall the version or "
+            "`sonoguide model rollback`",
+        )
+    versions = sorted(p.name for p in store.versions.iterdir()) if store.versions.is_dir() else []
+    free = shutil.disk_usage(root).free
+    active = state.active or f"factory {store.factory.version}"
+    detail = (
+        f"active {active}" + (" (on probation)" if state.trial else "")
+        + f", installed: {', '.join(versions) or 'none'}, {free / 1e9:.1f} GB free"
+    )  # fmt: skip
+    if free < STORE_FREE_MIN_BYTES:
+        return CheckResult(
+            name,
+            False,
+            detail + f": less than {STORE_FREE_MIN_BYTES >> 20} MB, an update will be refused",
+            "`sonoguide model remove VERSION` for versions no longer needed",
+        )
+    leftovers = list(root.glob(f"{INCOMING}*"))
+    hint = (
+        "an interrupted install left files; the next install or daemon start removes them"
+        if leftovers
+        else ""
+    )
+    return CheckResult(name, True, detail, hint)

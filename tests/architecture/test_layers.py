@@ -110,6 +110,19 @@ def test_sim_imports_only_the_probe_kit() -> None:
     assert not bad, f"sim may import nothing of ours but {KIT}:\n" + "\n".join(bad)
 
 
+def test_the_model_store_stays_below_the_daemon() -> None:
+    """service.model_store (bundles, keys, the store on disk) is pure file logic: the daemon, the MQTT
+    side and the commands sit on it, never the other way round."""
+    bad = sorted(
+        f"{m} imports {t}"
+        for m, targets in import_graph().items()
+        if m.startswith("service.model_store")
+        for t in targets
+        if t.startswith(("service.daemon", "service.mqtt", "service.commands", "service.tools"))
+    )
+    assert not bad, "service.model_store must not import the daemon:\n" + "\n".join(bad)
+
+
 def test_the_kit_is_a_leaf() -> None:
     assert not import_graph()[KIT], f"{KIT} must import nothing of the project"
 

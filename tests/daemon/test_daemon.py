@@ -189,7 +189,7 @@ def test_commands_answer_and_garbage_gets_errors(make_bench) -> None:
         "set_auto": (b"not json", "not UTF-8 JSON"),
         "preset": (b'{"name": "brain"}', "unknown preset 'brain'"),
         "calibrate_camera": (b"{}", "no camera configured"),
-        "reload_model": (b"{}", "reloading is not available"),
+        "install_model": (b'{"path": "/tmp/x.sgb"}', "no model store is configured"),
     }
     for command, (raw, fragment) in bad.items():
         reply = rec.request(command, raw=raw)

@@ -54,7 +54,9 @@ def test_schemas_are_valid_and_only_use_supported_keywords() -> None:
         "freeze",
         "capture",
         "calibrate_camera",
-        "reload_model",
+        "install_model",
+        "activate_model",
+        "rollback_model",
         "ping",
         "step_param",
     }
@@ -72,8 +74,11 @@ SAMPLES = [
     ("preset", {"name": "abdomen"}),
     ("ping", {}),
     ("ping", []),
-    ("reload_model", {}),
-    ("reload_model", {"dir": 3}),
+    ("install_model", {}),
+    ("install_model", {"path": 3}),
+    ("install_model", {"path": "/tmp/x.sgb", "activate": True}),
+    ("activate_model", {"version": "1.5.0", "force": "yes"}),
+    ("rollback_model", {}),
 ]
 
 

@@ -76,6 +76,7 @@ def test_install_into_a_root_creates_user_dirs_venv_unit_rules_and_config(instal
         "var/lib/sonoguide": 0o750,
         "var/lib/sonoguide/trt-cache": 0o750,
         "var/lib/sonoguide/models": 0o750,
+        "etc/sonoguide/model-keys": 0o755,
         "etc/sonoguide/config.toml": 0o644,
         "etc/mosquitto/sonoguide/passwd": 0o600,
         "opt/sonoguide/venv/bin/sonoguide": 0o755,
@@ -190,6 +191,9 @@ def test_unit_has_the_required_lifecycle_and_access_settings() -> None:
     assert settings["WatchdogSec"] and settings["StartLimitBurst"] and settings["StartLimitIntervalSec"]
     assert settings["User"] == ["sonoguide"] and settings["StateDirectory"] == ["sonoguide"]
     assert settings["ConfigurationDirectory"] == ["sonoguide"]
+    # Model updates: the store under the state directory is writable, the keys never are.
+    assert settings["ProtectSystem"] == ["strict"] and settings["ReadOnlyPaths"] == ["/etc/sonoguide"]
+    assert "ReadWritePaths" not in settings
     assert set(settings["LoadCredential"]) == {"mqtt-password", "mqtt-tls-key"}
     assert settings["DevicePolicy"] == ["closed"]
     assert {"char-ttyACM rw", "char-usb_device rw"} <= set(settings["DeviceAllow"])

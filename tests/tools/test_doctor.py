@@ -66,7 +66,7 @@ def test_doctor_names_every_missing_piece_in_plain_words(tmp_path: Path) -> None
     assert human.returncode == 1
     fail_lines = [line for line in human.stdout.splitlines() if line.startswith("[FAIL]")]
     assert [line.split(":")[0][7:] for line in fail_lines] == list(expected_words)
-    assert "1 of 7 checks passed" in human.stdout
+    assert "3 of 9 checks passed" in human.stdout  # model keys and store: not used with [model] dir
 
 
 def test_doctor_without_a_config_file_says_so(tmp_path: Path) -> None:
@@ -190,3 +190,30 @@ def test_model_checks_with_a_real_onnx_runtime_session(tmp_path: Path) -> None:
     assert "manifest.json is missing" in check_model_files(str(folder), tmp_path).detail
     nothing = check_model_files("", tmp_path / "empty")
     assert not nothing.ok and "no model is installed" in nothing.detail
+
+
+def test_model_store_and_keys_checks(tmp_path: Path) -> None:
+    from service.model_store.keys import REVOKED_FILE
+    from service.tools.doctor_checks import check_model_keys, check_model_store
+    from tests.model_bundles import Vendor, golden_loader, make_store
+
+    store_dir, keys = tmp_path / "store", tmp_path / "trusted"
+    missing = check_model_store(str(store_dir), str(keys))
+    assert not missing.ok and "does not exist" in missing.detail and missing.fix
+    none = check_model_keys(str(keys))
+    assert none.ok and "updates will be refused" in none.detail and none.fix
+    vendor = Vendor(tmp_path)
+    store = make_store(store_dir)
+    store.install(vendor.bundle(tmp_path / "1.5.0.sgb", "1.5.0"), vendor.trust, golden_loader)
+    store.activate("1.5.0", vendor.trust)
+    good = check_model_store(str(store_dir), str(keys))
+    assert good.ok and "active 1.5.0" in good.detail and "GB free" in good.detail, good
+    assert vendor.key.key_id in check_model_keys(str(keys)).detail
+    card = store.versions / "1.5.0" / "model" / "MODEL_CARD.md"
+    card.write_text("edited\n")
+    damaged = check_model_store(str(store_dir), str(keys))
+    assert not damaged.ok and "MODEL_CARD.md does not match its signed sha256" in damaged.detail, damaged
+    (keys / REVOKED_FILE).write_text(vendor.key.key_id + "\n")
+    revoked = check_model_keys(str(keys))
+    assert "all expired or revoked" in revoked.detail and vendor.key.key_id in revoked.detail
+    assert check_model_store(str(store_dir), str(keys), pinned_dir="/opt/x").ok
