@@ -19,7 +19,6 @@ from service.daemon.probe import DEPTH, FREQUENCY, GAIN
 from service.daemon.probe_state import AUTO_PARAM
 from service.mqtt.client import CommandError
 from service.policy.autotune import ProbeLimits
-from service.seams import Model
 
 log = logging.getLogger(__name__)
 
