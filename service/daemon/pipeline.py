@@ -32,7 +32,14 @@ from service.daemon.probe import DEPTH, FREQUENCY, GAIN, limits_from_info
 from service.daemon.probe_state import ProbeState
 from service.policy.autotune import AutoDepth, AutoGain, Change, ProbeLimits
 from service.policy.belief import BeliefCalibration
-from service.policy.camera_guidance import BeliefGuide, BeliefGuideParams, BeliefStep
+from service.policy.camera_guidance import (
+    BeliefGuide,
+    BeliefGuideParams,
+    BeliefStep,
+    FrameOutput,
+    PendingFrames,
+    newest_pose,
+)
 from service.policy.guidance import Correction, GuidanceEngine, GuidanceParams, model_correction
 from service.policy.search import unreliable_axes
 from service.seams import Model, ModelOutput, PoseSource, ProbeLinkLike, Publisher, TrackedPose
@@ -89,6 +96,7 @@ class Pipeline:
             self.belief = BeliefGuide(calibration, tolerances)
             self.belief.reset(preset)
         self.belief_step: BeliefStep | None = None  # the belief's answer for the last frame guided
+        self._pending = PendingFrames()  # model outputs waiting for the camera's pose of their time
         self._model_lock = threading.Lock()
         self.slots = {n: LatestSlot[Work](n) for n in ("preprocess", "infer", "guide", "control")}
         self._threads: list[threading.Thread] = []
@@ -184,8 +192,9 @@ class Pipeline:
     def guide(self, work: Work) -> dict[str, Any]:
         out, now = work.output, self.clock.now()
         assert out is not None
-        pose = self.camera.pose_at(work.frame.host_time) if self.camera is not None else None
-        belief = self._belief_correction(pose, out, now)
+        taken_at = work.frame.host_time
+        pose = newest_pose(self.camera.pose_at, taken_at) if self.camera is not None else None
+        belief = self._belief_correction(taken_at, pose, out, now)
         shown, capture = self.guidance.update(
             model_correction(out.correction_mm, out.correction_deg, out.confidence),
             out.quality,
@@ -227,23 +236,27 @@ class Pipeline:
             )
         return message
 
-    def _belief_correction(self, pose: TrackedPose | None, out: ModelOutput, now: float) -> Correction | None:
-        """The tracked belief's correction for this frame, or None (no camera pose: the image alone)."""
-        if self.belief is None:
+    def _belief_correction(
+        self, taken_at: float, pose: TrackedPose | None, out: ModelOutput, now: float
+    ) -> Correction | None:
+        """The tracked belief's correction for this frame, or None (no camera pose: the image alone).
+        The frame's model output is folded in once the camera's pose at ``taken_at`` is known (it
+        comes later than the probe's frame); the motion is named from the newest tracked ``pose``."""
+        if self.belief is None or self.camera is None:
             return None
+        self._pending.add(
+            taken_at,
+            FrameOutput(
+                np.array([*out.correction_mm, *out.correction_deg], float), out.target_visible, out.quality,
+                out.contact, out.gain_error_db, out.best_depth_mm,
+            ),
+        )  # fmt: skip
+        folded_reason = self._pending.fold(self.belief, self.camera.pose_at, taken_at)
         position = pose.position_mm if pose is not None else None
         rotation = pose.patient_from_probe if pose is not None and position is not None else None
-        step = self.belief.step(
-            now,
-            position,
-            rotation,
-            np.array([*out.correction_mm, *out.correction_deg], float),
-            out.target_visible,
-            out.quality,
-            out.contact,
-            out.gain_error_db,
-            out.best_depth_mm,
-        )
+        step = self.belief.answer(now, position, rotation, out.quality)
+        if folded_reason is not None:
+            step = BeliefStep(step.estimate, step.confidence, folded_reason, step.correction)
         if step.reset_reason is not None:
             self.log.warning("target belief restarted: %s", step.reset_reason)
             self.state.event("warning", f"guidance restarted: {step.reset_reason}", reason=step.reset_reason)
@@ -268,6 +281,7 @@ class Pipeline:
         if self.belief is None:
             return
         self.belief.reset(preset)
+        self._pending.clear()
         name = self.belief.belief.preset
         self.state.event("info", f"guidance restarted ({reason}; preset {name or 'any'})", reason=reason)
 

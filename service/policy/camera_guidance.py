@@ -16,7 +16,9 @@ whether it may be trusted:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -99,6 +101,50 @@ class BeliefGuide:
         self._confirmed_pose = None
         self.resets += 1
 
+    def observe(
+        self,
+        taken_at: float,
+        position: np.ndarray,
+        rotation: np.ndarray,
+        correction: np.ndarray,
+        visible: float,
+        quality: float,
+        contact: float,
+        gain_error_db: float,
+        best_depth_mm: float,
+    ) -> str | None:
+        """Fold one frame's model output in at the tracked pose the probe had when the frame was
+        taken (frames in time order); returns why the belief was restarted, if the pose jumped."""
+        p = self.params
+        reason = pose_jump(self._previous, taken_at, position, rotation)
+        if reason is not None:
+            self.reset()
+        self._previous = (taken_at, np.asarray(position, float), np.asarray(rotation, float))
+        if contact >= 0.5:
+            scores_ok = abs(gain_error_db) <= p.scores_gain_db
+            obs = Observation(np.asarray(correction, float), float(visible), float(quality), scores_ok)
+            self.belief.update(obs, position, rotation)
+            if scores_ok and quality >= p.depth_quality and np.isfinite(best_depth_mm):
+                self._depths.append((float(best_depth_mm), float(quality)))
+        return reason
+
+    def answer(
+        self, now: float, position: np.ndarray | None, rotation: np.ndarray | None, quality: float
+    ) -> BeliefStep:
+        """The motion to show from the newest tracked pose (None: not tracked now, the image alone;
+        the belief is restarted once nothing was folded in for ``lost_reset_s``)."""
+        if position is None or rotation is None:
+            gone = now - self._previous[0] if self._previous is not None else 0.0
+            if self._previous is not None and gone > self.params.lost_reset_s:
+                self.reset()
+                return BeliefStep(
+                    None, 0.0, f"the camera lost the probe for {gone:.0f} s: the patient may have moved"
+                )
+            return BeliefStep(None, 0.0)
+        estimate = self.belief.estimate(position, rotation)
+        correction = self._motion(now, position, rotation, estimate, quality)
+        return BeliefStep(estimate, confidence_of(estimate), None, correction)
+
     def step(
         self,
         now: float,
@@ -111,28 +157,14 @@ class BeliefGuide:
         gain_error_db: float,
         best_depth_mm: float,
     ) -> BeliefStep:
-        p = self.params
+        """One frame whose tracked pose is known now (no camera latency): observe, then answer."""
         if position is None or rotation is None:
-            gone = now - self._previous[0] if self._previous is not None else 0.0
-            if self._previous is not None and gone > p.lost_reset_s:
-                self.reset()
-                return BeliefStep(
-                    None, 0.0, f"the camera lost the probe for {gone:.0f} s: the patient may have moved"
-                )
-            return BeliefStep(None, 0.0)
-        reason = pose_jump(self._previous, now, position, rotation)
-        if reason is not None:
-            self.reset()
-        self._previous = (now, np.asarray(position, float), np.asarray(rotation, float))
-        if contact >= 0.5:
-            scores_ok = abs(gain_error_db) <= p.scores_gain_db
-            obs = Observation(np.asarray(correction, float), float(visible), float(quality), scores_ok)
-            self.belief.update(obs, position, rotation)
-            if scores_ok and quality >= p.depth_quality and np.isfinite(best_depth_mm):
-                self._depths.append((float(best_depth_mm), float(quality)))
-        estimate = self.belief.estimate(position, rotation)
-        correction = self._motion(now, position, rotation, estimate, quality)
-        return BeliefStep(estimate, confidence_of(estimate), reason, correction)
+            return self.answer(now, None, None, quality)
+        reason = self.observe(
+            now, position, rotation, correction, visible, quality, contact, gain_error_db, best_depth_mm
+        )
+        step = self.answer(now, position, rotation, quality)
+        return BeliefStep(step.estimate, step.confidence, reason, step.correction)
 
     def agreeing_quality(self) -> float:
         """The image quality at which the image agrees the view is reached (the model's own peak)."""
@@ -196,3 +228,73 @@ class BeliefGuide:
         order = np.argsort(depths)
         cum = np.cumsum(weights[order])
         return float(depths[order][int(np.searchsorted(cum, 0.5 * cum[-1]))])
+
+
+# How long a frame's model output waits for the tracked pose of its time, and how far back the
+# newest tracked pose may lie to name the motion shown now: a camera's poses come later than the
+# probe's frames (exposure, transfer, marker fit: 0.05-0.25 s on the bench under load).
+POSE_WAIT_S = 0.5
+ANSWER_LAG_S = (0.0, 0.1, 0.2, 0.3)
+
+
+@dataclass(frozen=True)
+class FrameOutput:
+    """What :meth:`BeliefGuide.observe` needs of one frame's model output."""
+
+    correction: np.ndarray  # (6,) probe frame, mm and deg
+    visible: float
+    quality: float
+    contact: float
+    gain_error_db: float
+    best_depth_mm: float
+
+
+class PendingFrames:
+    """Model outputs waiting until the tracked pose at the time their frame was taken is known.
+
+    ``fold(guide, pose_at, now)`` folds every frame whose pose the tracker can now give, in time
+    order; a frame whose pose never came (the marker was hidden then) is dropped after
+    ``wait_s``, and so is any older one still waiting once a newer frame was folded (it lies in a
+    gap the tracker will not fill)."""
+
+    def __init__(self, wait_s: float = POSE_WAIT_S) -> None:
+        self.wait_s = wait_s
+        self._frames: deque[tuple[float, FrameOutput]] = deque()
+
+    def add(self, taken_at: float, output: FrameOutput) -> None:
+        self._frames.append((taken_at, output))
+
+    def clear(self) -> None:
+        self._frames.clear()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def fold(self, guide: BeliefGuide, pose_at: Callable[[float], Any], now: float) -> str | None:
+        """Fold what can be folded; the first reason the belief was restarted on the way, if any."""
+        reason: str | None = None
+        waiting: list[tuple[float, FrameOutput]] = []
+        for taken_at, o in self._frames:
+            pose = pose_at(taken_at)
+            position = getattr(pose, "position_mm", None) if pose is not None else None
+            if position is None:
+                if now - taken_at <= self.wait_s:
+                    waiting.append((taken_at, o))
+                continue
+            waiting.clear()  # older frames still without a pose fell in a tracking gap
+            r = guide.observe(
+                taken_at, position, pose.patient_from_probe, o.correction, o.visible, o.quality, o.contact,
+                o.gain_error_db, o.best_depth_mm,
+            )  # fmt: skip
+            reason = reason or r
+        self._frames = deque(waiting)
+        return reason
+
+
+def newest_pose(pose_at: Callable[[float], Any], t: float, lags: tuple[float, ...] = ANSWER_LAG_S) -> Any:
+    """The tracked pose at ``t`` or, while the camera's poses lag, the newest one up to the last lag back."""
+    for lag in lags:
+        pose = pose_at(t - lag)
+        if pose is not None:
+            return pose
+    return None

@@ -13,6 +13,7 @@ the controllers and the novice alone.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -110,21 +111,25 @@ class SimTracker:
         from service.tools.evaluate.tracker_model import TrackerModel
 
         self.model = TrackerModel(seed)
-        self._pose: Pose | None = None
+        self._poses: deque[tuple[float, Pose | None]] = deque(maxlen=64)  # (host time, tracked pose)
         self.state = "searching"
 
     def observe(self, true_pose: Pose, host_time: float) -> None:
-        self._pose = self.model.observe(true_pose, host_time)
-        self.state = "tracking" if self._pose is not None else "lost"
+        pose = self.model.observe(true_pose, host_time)
+        self._poses.append((host_time, pose))
+        self.state = "tracking" if pose is not None else "lost"
 
-    def pose_at(self, host_time: float) -> Any:
+    def pose_at(self, host_time: float, within_s: float = 0.05) -> Any:
+        """The pose tracked at ``host_time`` (the newest observation at or before it, no older than
+        ``within_s``); None where that frame had none (the tracker model's dropouts)."""
         from service.seams import TrackedPose
 
-        if self._pose is None:
-            return None
-        return TrackedPose(
-            patient_from_probe=self._pose.rotation_matrix(), position_mm=self._pose.position_mm
-        )
+        for t, pose in reversed(self._poses):
+            if t <= host_time + 1e-9:
+                if pose is None or host_time - t > within_s:
+                    return None
+                return TrackedPose(patient_from_probe=pose.rotation_matrix(), position_mm=pose.position_mm)
+        return None
 
 
 class OracleModel:
