@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +26,7 @@ from service.policy.belief import (
     pose_jump,
     rotvecs_to_matrices,
 )
-from service.policy.camera_guidance import BeliefGuide
+from service.policy.camera_guidance import BeliefGuide, FrameOutput, PendingFrames, newest_pose
 from sim.types import Pose
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,3 +160,50 @@ def test_corrections_match_the_simulators_motion_to(a: Pose, b: Pose) -> None:
     ]
     t, r = a.motion_to(b)
     np.testing.assert_allclose(got, np.concatenate([t, r]), atol=1e-6)
+
+
+class LaggingTracker:
+    """Poses known up to ``known_until`` (the camera's latency), at 0.05 s samples, with a hole."""
+
+    def __init__(self, hole: tuple[float, float] = (1.0, 1.4)) -> None:
+        self.known_until = 0.0
+        self.hole = hole
+
+    def pose_at(self, t: float) -> SimpleNamespace | None:
+        if t > self.known_until + 1e-9 or self.hole[0] <= t < self.hole[1]:
+            return None
+        return SimpleNamespace(position_mm=np.array([t * 10.0, 0.0, 0.0]), patient_from_probe=np.eye(3))
+
+
+def test_frames_wait_for_the_camera_pose_of_their_time_and_are_folded_in_order() -> None:
+    guide = BeliefGuide(calibration(), seed=5)
+    guide.reset("test")
+    tracker, pending = LaggingTracker(), PendingFrames(wait_s=0.5)
+    out = FrameOutput(np.zeros(6), 0.9, 0.5, 1.0, 0.0, 80.0)
+    folded_at: list[float] = []
+    observe = guide.observe
+    guide.observe = lambda t, *a: folded_at.append(t) or observe(t, *a)  # type: ignore[method-assign]
+    for k in range(40):  # frames every 0.05 s; the camera's poses arrive 0.2 s late
+        t = k * 0.05
+        tracker.known_until = t - 0.2
+        pending.add(t, out)
+        assert pending.fold(guide, tracker.pose_at, t) is None
+    # Every frame outside the hole was folded once, in time order, at its own pose; the frames in
+    # the hole never got one and were let go; the last 0.2 s still wait for theirs.
+    expected = [
+        round(k * 0.05, 3) for k in range(40) if not 1.0 <= k * 0.05 < 1.4 and k * 0.05 <= 1.75 + 1e-9
+    ]
+    assert [round(t, 3) for t in folded_at] == expected
+    assert len(pending) == 4 and guide.belief.observations == len(expected)
+    # A pose that never comes: after wait_s the frame is dropped, not kept for ever.
+    tracker.known_until = -1.0
+    pending.fold(guide, tracker.pose_at, 3.0)
+    assert len(pending) == 0
+
+
+def test_the_motion_is_named_from_the_newest_pose_within_the_lag() -> None:
+    tracker = LaggingTracker(hole=(9.0, 9.0))
+    tracker.known_until = 2.0
+    assert newest_pose(tracker.pose_at, 2.0).position_mm[0] == 20.0
+    assert newest_pose(tracker.pose_at, 2.25).position_mm[0] == pytest.approx(19.5)  # 0.3 s back
+    assert newest_pose(tracker.pose_at, 2.35) is None  # older than the last lag: not tracked now
