@@ -26,6 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-s", type=float, default=60.0, help="simulated seconds per episode (default 60)")
     p.add_argument("--workers", type=int, default=0, help="processes (default: one per CPU core)")
     p.add_argument(
+        "--tracking", choices=("model", "full"), default="model",
+        help="camera arm's tracker: the measured tracker model (default) or the real tracking chain on "
+        "rendered camera frames (slow: use a few episodes)",
+    )  # fmt: skip
+    p.add_argument(
         "--arms", default="all",
         help="comma-separated arms to run: guided, camera, unguided, oracle (default all)",
     )  # fmt: skip
@@ -94,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     results = run_all(
         args.episodes, args.seed_base, args.novice_noise, preset, args.fps, args.limit_s,
-        args.workers or None, progress, arms,
+        args.workers or None, progress, arms, args.tracking,
     )  # fmt: skip
     settings = {
         "preset": args.preset,
@@ -103,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         "fps": args.fps,
         "limit_s": args.limit_s,
         "arms": list(arms),
+        "tracking": args.tracking,
     }
     body = report(results, choice, settings, time.monotonic() - t0)
     from service.tools.evaluate.plots import write_plots

@@ -48,3 +48,31 @@ def test_camera_arm_words_are_named_from_the_tracked_pose(model) -> None:  # typ
         Pipeline.guide = original  # type: ignore[method-assign]
     assert seen and seen.count("belief") >= 0.5 * len(seen), seen
     assert set(seen) <= {"belief", "assumed_marker_toward_head"}, seen
+
+
+def test_full_tracking_runs_the_real_chain_on_rendered_frames(model) -> None:  # type: ignore[no-untyped-def]
+    """`--tracking full`: the camera arm's poses come from rendered RealSense frames through the
+    daemon's own marker detection, fit and sticker calibration; close to the truth where it tracks."""
+    from service.tools.evaluate.rendered_tracker import RenderedTracker
+    from sim.camera import default_poses
+    from sim.phantom import make_phantom
+    from sim.truth import pose_error
+    from sim.types import Pose
+
+    phantom = make_phantom("abdomen", 200001)
+    tracker = RenderedTracker(phantom, 200001)
+    assert tracker.calibration.residual_mm < 1.0
+    errors = []
+    for k, truth in enumerate(default_poses(phantom, 200001, 30)[::3]):
+        tracker.observe(truth, k * 0.1)
+        got = tracker.pose_at(k * 0.1)
+        if got is not None:
+            errors.append(pose_error(Pose.from_matrix(got.position_mm, got.patient_from_probe), truth))
+    assert len(errors) >= 6, f"tracked {len(errors)} of 10 frames"
+    assert max(d for d, _ in errors) < 3.0 and max(a for _, a in errors) < 3.0, errors
+    result = run_episode(
+        EpisodeSpec.draw(200001), "camera", lambda: model, 0.3, limit_s=2.0, hold_s=0.0, tracking="full"
+    )
+    assert result.frames == 20
+    with pytest.raises(ValueError, match="unknown tracking"):
+        run_episode(EpisodeSpec.draw(200001), "camera", lambda: model, 0.3, limit_s=1.0, tracking="exact")

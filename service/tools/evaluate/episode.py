@@ -46,6 +46,7 @@ from service.tools.evaluate.metrics import (
     first_converged,
     gain_ok,
 )
+from service.tools.evaluate.rendered_tracker import RenderedTracker
 from service.tools.evaluate.simdevice import OracleModel, SimFrame, SimProbe, SimTracker
 from sim.novice import NoviceUser, UnguidedNovice, random_start_pose
 from sim.phantom import Phantom, make_phantom
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 
 PRESET_CYCLE = ("abdomen", "vascular", "cardiac")
 GAIN_OFFSET_DB = (5.0, 20.0)  # |start gain − best gain|, random sign
+TRACKING = ("model", "full")  # the camera arm's tracker: the measured model, or the real chain
 GAIN_CURVE_FRAMES = 20  # frames whose gain error is recorded (convergence curves)
 
 
@@ -155,7 +157,10 @@ def run_episode(
     phantom: Phantom | None = None,
     scanner: Scanner | None = None,
     image_size: tuple[int, int] = (256, 256),
+    tracking: str = "model",
 ) -> EpisodeResult:
+    """``tracking`` (camera arm): ``model`` (the tracker model's measured figures) or ``full`` (the
+    real chain on rendered camera frames, :mod:`service.tools.evaluate.rendered_tracker`)."""
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}")
     if fps <= 0 or limit_s <= 0:
@@ -169,7 +174,11 @@ def run_episode(
     model: Model = oracle if oracle is not None else model_factory()
     clock = SimClock()
     display = MemoryPublisher(keep_guidance=1)
-    tracker = SimTracker(spec.seed) if arm == "camera" else None
+    if tracking not in TRACKING:
+        raise ValueError(f"unknown tracking {tracking!r} (choose {', '.join(TRACKING)})")
+    tracker: SimTracker | RenderedTracker | None = None
+    if arm == "camera":
+        tracker = SimTracker(spec.seed) if tracking == "model" else RenderedTracker(ph, spec.seed)
     pipeline = Pipeline(
         probe, model, display, clock, AutoConfig(), name=f"eval-{arm}-{spec.seed}", camera=tracker,
         preset=spec.preset,

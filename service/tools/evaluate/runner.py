@@ -95,7 +95,7 @@ def _worker_factory() -> Model:
 
 def run_seed(
     seed: int, preset: str | None, noise: float, fps: float, limit_s: float,
-    factory: Callable[[], Model] | None = None, arms: Sequence[str] = ARMS,
+    factory: Callable[[], Model] | None = None, arms: Sequence[str] = ARMS, tracking: str = "model",
 ) -> list[EpisodeResult]:  # fmt: skip
     """The arms of one episode."""
     from sim.phantom import make_phantom
@@ -105,13 +105,16 @@ def run_seed(
     ph = make_phantom(spec.preset, seed)
     sc = Scanner(ph)
     make = factory or _worker_factory
-    return [run_episode(spec, arm, make, noise, fps, limit_s, phantom=ph, scanner=sc) for arm in arms]
+    return [
+        run_episode(spec, arm, make, noise, fps, limit_s, phantom=ph, scanner=sc, tracking=tracking)
+        for arm in arms
+    ]
 
 
 def run_all(
     episodes: int, seed_base: int, noise: float, preset: str | None = None, fps: float = 10.0,
     limit_s: float = LIMIT_S, workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None, arms: Sequence[str] = ARMS,
+    progress: Callable[[int, int], None] | None = None, arms: Sequence[str] = ARMS, tracking: str = "model",
 ) -> list[EpisodeResult]:  # fmt: skip
     check_seeds(seed_base, episodes)
     if not 0.0 <= noise <= 1.0:
@@ -122,12 +125,12 @@ def run_all(
     if workers == 1:
         model, _ = load_model()
         for i, s in enumerate(seeds):
-            results += run_seed(s, preset, noise, fps, limit_s, lambda: model, arms)
+            results += run_seed(s, preset, noise, fps, limit_s, lambda: model, arms, tracking)
             if progress:
                 progress(i + 1, episodes)
         return results
     with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
-        jobs = [pool.submit(run_seed, s, preset, noise, fps, limit_s, None, arms) for s in seeds]
+        jobs = [pool.submit(run_seed, s, preset, noise, fps, limit_s, None, arms, tracking) for s in seeds]
         for i, job in enumerate(jobs):
             results += job.result()
             if progress:

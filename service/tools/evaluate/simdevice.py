@@ -101,6 +101,27 @@ def _one_of(value: float, allowed: tuple[float, ...], name: str) -> float:
     raise ParameterRefusedError(f"{name} {value:g} is not one of {', '.join(f'{a:g}' for a in allowed)}")
 
 
+class PoseHistory:
+    """The eval trackers' answers by time: the pose tracked at a probe frame's time (the newest
+    observation at or before it, no older than ``within_s``), None where that frame had none."""
+
+    def __init__(self) -> None:
+        self._poses: deque[tuple[float, Pose | None]] = deque(maxlen=64)  # (host time, tracked pose)
+
+    def add(self, host_time: float, pose: Pose | None) -> None:
+        self._poses.append((host_time, pose))
+
+    def at(self, host_time: float, within_s: float = 0.05) -> Any:
+        from service.seams import TrackedPose
+
+        for t, pose in reversed(self._poses):
+            if t <= host_time + 1e-9:
+                if pose is None or host_time - t > within_s:
+                    return None
+                return TrackedPose(patient_from_probe=pose.rotation_matrix(), position_mm=pose.position_mm)
+        return None
+
+
 class SimTracker:
     """The camera arm's pose source: the novice's true pose through the tracker model
     (:class:`service.tools.evaluate.tracker_model.TrackerModel`: the measured noise, calibration bias and
@@ -111,25 +132,16 @@ class SimTracker:
         from service.tools.evaluate.tracker_model import TrackerModel
 
         self.model = TrackerModel(seed)
-        self._poses: deque[tuple[float, Pose | None]] = deque(maxlen=64)  # (host time, tracked pose)
+        self.history = PoseHistory()
         self.state = "searching"
 
     def observe(self, true_pose: Pose, host_time: float) -> None:
         pose = self.model.observe(true_pose, host_time)
-        self._poses.append((host_time, pose))
+        self.history.add(host_time, pose)
         self.state = "tracking" if pose is not None else "lost"
 
-    def pose_at(self, host_time: float, within_s: float = 0.05) -> Any:
-        """The pose tracked at ``host_time`` (the newest observation at or before it, no older than
-        ``within_s``); None where that frame had none (the tracker model's dropouts)."""
-        from service.seams import TrackedPose
-
-        for t, pose in reversed(self._poses):
-            if t <= host_time + 1e-9:
-                if pose is None or host_time - t > within_s:
-                    return None
-                return TrackedPose(patient_from_probe=pose.rotation_matrix(), position_mm=pose.position_mm)
-        return None
+    def pose_at(self, host_time: float) -> Any:
+        return self.history.at(host_time)
 
 
 class OracleModel:
