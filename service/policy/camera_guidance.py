@@ -68,6 +68,7 @@ class BeliefGuideParams:
     probe_s: float = 2.5  # a probing move is shown at most this long
     probe_max: float = 10.0  # mm or deg
     probes_to_confirm: int = 2  # probes along an axis (one each way) that left the belief in place
+    probe_unmoved: float = 0.7  # a probe still this share of its way off when its time is up: asked again
     settled_spread: float = 1.0  # the belief is settled on an axis with its spread within this × tolerance
 
 
@@ -86,6 +87,7 @@ class BeliefGuide:
         self.resets = 0
         self._probe: tuple[np.ndarray, np.ndarray, float, str] | None = None  # target pose, until, axis
         self._probe_sign = dict.fromkeys(PROBE_AXES, 1.0)
+        self._probe_amount = 0.0
         # Probes that left the belief where it was, per axis, and the belief's pose they confirmed.
         self._confirmed = dict.fromkeys(PROBE_AXES, 0)
         self._confirmed_pose: tuple[np.ndarray, np.ndarray] | None = None
@@ -187,8 +189,15 @@ class BeliefGuide:
         if self._probe is not None:
             target_p, target_r, until, axis = self._probe
             to_probe = corrections_to(position, rotation, target_p[None], target_r[None])[0]
-            if now < until and not _within(to_probe, p.tolerance_mm, p.tolerance_deg):
-                return to_probe
+            if not _within(to_probe, p.tolerance_mm, p.tolerance_deg):
+                if now < until:
+                    return to_probe
+                i = AXES.index(axis)
+                if abs(to_probe[i]) >= p.probe_unmoved * abs(self._probe_amount):
+                    # Time is up but the probe was hardly moved: it says nothing yet. Ask again, the
+                    # same way (turning the other way now would only change the words).
+                    self._probe = (target_p, target_r, now + p.probe_s, axis)
+                    return to_probe
             self._probe = None
             # The probe is over: did the belief stay where it was? Then that side is settled.
             self._confirmed[axis] = 0 if moved else self._confirmed[axis] + 1
@@ -216,6 +225,7 @@ class BeliefGuide:
         target_p = np.asarray(position) + np.asarray(rotation) @ move[:3]
         target_r = np.asarray(rotation) @ rotvecs_to_matrices(move[None, 3:])[0]
         self._probe = (target_p, target_r, now + p.probe_s, axis)
+        self._probe_amount = amount
         self._confirmed_pose = (estimate.position_mm.copy(), estimate.rotation.copy())
         return move
 
