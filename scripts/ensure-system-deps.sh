@@ -3,11 +3,12 @@
 # clients, libusb (librealsense loads it even to play back recordings), systemd's tools
 # (systemd-analyze, systemd-sysusers: the deployment tests), openssl (test certificates), and a C
 # compiler with libc headers (the tests build the protocol's C reference implementation,
-# firmware_bridge/c/). Installs them with apt-get when running as root; otherwise prints the exact
+# firmware_bridge/c/), Orthanc (the PACS and worklist the capture tests send to) and dicom3tools
+# (dciodvfy checks every DICOM file the device writes). Installs them with apt-get when running as root; otherwise prints the exact
 # command and fails.
 set -euo pipefail
 
-packages=(mosquitto mosquitto-clients libusb-1.0-0 systemd openssl gcc libc6-dev)
+packages=(mosquitto mosquitto-clients libusb-1.0-0 systemd openssl gcc libc6-dev orthanc dicom3tools)
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
@@ -16,6 +17,8 @@ ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || missing+=(libusb-1.0-0)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 [ -f /usr/include/stdio.h ] || missing+=(libc6-dev)
+command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
+command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

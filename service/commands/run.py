@@ -25,6 +25,23 @@ def load_model(config: Any, folder: str = "") -> Any:
     return load_onnx_model(folder or config.model.dir, config.model)
 
 
+def capture_services(config: Any, link: Any) -> tuple[Any, Any]:
+    """The capture store and forwarder, and the worklist client when [worklist] names a host."""
+    from service.daemon.captures import CaptureService
+    from service.daemon.probe import describe_info
+    from service.daemon.worklist import WorklistClient
+
+    captures = CaptureService(
+        config.captures,
+        config.pacs,
+        config.device.id,
+        event=lambda *a, **k: None,  # the daemon connects its events
+        probe_description=describe_info(getattr(link, "info", None)),
+    )
+    worklist = WorklistClient(config.worklist, config.pacs.calling_ae).find if config.worklist.host else None
+    return captures, worklist
+
+
 def run(args: argparse.Namespace) -> int:
     from service.daemon.app import Daemon
     from service.daemon.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
@@ -65,10 +82,13 @@ def run(args: argparse.Namespace) -> int:
             m.warmup()
             return m
 
+        captures, worklist = capture_services(config, link)
         daemon = Daemon(
             config,
             link,
             model,
+            captures=captures,
+            worklist=worklist,
             camera=camera,
             model_loader=loader,
             calibrator=camera.calibrate if camera is not None else None,

@@ -11,10 +11,11 @@ from typing import Any
 
 from firmware_bridge.devicelog import device_logger
 from service import __version__
+from service.daemon.captures import CaptureService
 from service.daemon.clock import Clock, MonotonicClock
 from service.daemon.config import Config
 from service.daemon.health import HealthMonitor, SdNotifier
-from service.daemon.mqtt_commands import Calibrator, CommandHandler, ModelLoader
+from service.daemon.mqtt_commands import Calibrator, CommandHandler, ModelLoader, WorklistFinder
 from service.daemon.pipeline import Pipeline
 from service.daemon.probe import describe_info
 from service.mqtt.client import MqttApi
@@ -35,6 +36,8 @@ class Daemon:
         notifier: SdNotifier | None = None,
         status_period_s: float = 2.0,
         mqtt_reconnect_delay_s: tuple[float, float] = (0.5, 10.0),
+        captures: CaptureService | None = None,
+        worklist: WorklistFinder | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or MonotonicClock()
@@ -49,7 +52,14 @@ class Daemon:
             good_quality=config.guidance.good_quality, capture_after_s=config.guidance.capture_after_s
         )
         self.pipeline = Pipeline(link, model, self.mqtt, self.clock, config.auto, guidance, camera=camera)
-        self.mqtt.command_handler = CommandHandler(self.pipeline, model_loader, calibrator)
+        # Captures: the pipeline hands frames to the store (never waits); events go out as the rest do.
+        self.captures = captures
+        if captures is not None:
+            captures.event = self.pipeline.state.event
+            self.pipeline.capture_sink = captures.submit
+        self.mqtt.command_handler = CommandHandler(
+            self.pipeline, model_loader, calibrator, captures=captures, worklist=worklist
+        )
         self.health = HealthMonitor(notifier or SdNotifier())
         self.model_warm = False
         self._stop = threading.Event()
@@ -60,6 +70,8 @@ class Daemon:
         self.log.info("warming up model %s %s (%s)", self.model.name, self.model.version, self.model.provider)
         self.model.warmup()
         self.model_warm = True
+        if self.captures is not None:
+            self.captures.start()
         self.mqtt.start()
         self.pipeline.state.publish_settings()
         self.publish_status()
@@ -76,6 +88,8 @@ class Daemon:
         self._stop.set()
         self.health.stopping()
         self.pipeline.stop()
+        if self.captures is not None:
+            self.captures.stop()  # what was captured is written; unsent files wait in the outbox
         if self._health_thread is not None:
             self._health_thread.join(3)
         self.publish_status(health="degraded", summary="stopped")
@@ -122,6 +136,7 @@ class Daemon:
             "health": health,
             "summary": summary,
             "dropped": self.pipeline.dropped(),
+            "captures": self.captures.status() if self.captures is not None else {"enabled": False},
             "uptime_s": round(max(0.0, now - self.started_at), 1),
             "version": __version__,
         }

@@ -1,0 +1,323 @@
+"""Captures as DICOM on the device and store-and-forward to a real PACS (docs/captures.md).
+
+Real pieces: pydicom writes the files, dciodvfy (Debian dicom3tools) checks every one, pynetdicom
+sends them to a real Orthanc (Debian orthanc) started on free loopback ports, and what arrived is read
+back through Orthanc's REST API.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+
+from service.daemon.capture_dicom import (
+    PRIVATE_CREATOR,
+    PRIVATE_GROUP,
+    Capture,
+    CaptureError,
+    Equipment,
+    build_capture,
+    deidentify,
+)
+from service.daemon.capture_exam import ExamBook, ExamError, validate_exam
+from service.daemon.capture_store import CaptureStore, QuotaFullError
+from service.daemon.captures import CaptureService
+from service.daemon.config import parse_config
+from service.daemon.pacs_client import PacsAddress, PacsUnavailableError, echo
+from service.tools.local_broker import free_port
+from service.tools.local_pacs import LocalPacs
+
+NAME = "Müller^Jörg"  # needs ISO_IR 192
+
+
+def dciodvfy(path: Path) -> list[str]:
+    """dciodvfy's error lines for ``path`` (warnings are not errors)."""
+    tool = shutil.which("dciodvfy")
+    assert tool, "dciodvfy missing: scripts/ensure-system-deps.sh installs dicom3tools"
+    out = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=30)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def frame(seed: int = 0, shape: tuple[int, int] = (96, 128)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+class Events:
+    """The event sink: the same (kind, message, **fields) calls ProbeState.event gets."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, kind: str, message: str, **fields: Any) -> None:
+        with self._lock:
+            self.items.append({"kind": kind, "message": message, **fields})
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.items if e["kind"] == kind]
+
+
+def wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def service(
+    folder: Path, pacs: LocalPacs | None, events: Events, port: int | None = None, **captures: Any
+) -> CaptureService:
+    sections: dict[str, Any] = {"captures": {"dir": str(folder), **captures}}
+    if pacs is not None or port is not None:
+        sections["pacs"] = {
+            "host": "127.0.0.1",
+            "port": port or (pacs.dicom_port if pacs else 104),
+            "called_ae": pacs.aet if pacs else "TESTPACS",
+            "timeout_s": 5.0,
+            "retry_initial_s": 0.2,
+            "retry_max_s": 1.0,
+        }
+    config = parse_config(sections, "<test>", env={})
+    return CaptureService(config.captures, config.pacs, "dev-test", events, probe_description="EMU, serial 1")
+
+
+PARAMS = {"gain_db": 48.0, "depth_mm": 120.0, "freq_mhz": 3.5, "tgc_db": [0.0, 2.0, 4.0, 6.0]}
+
+
+# --- the files --------------------------------------------------------------------------------------
+
+
+def test_every_capture_is_valid_dicom_with_the_frame_intact(tmp_path: Path) -> None:
+    events = Events()
+    svc = service(tmp_path / "cap", None, events)
+    image_auto, image_manual = frame(1), frame(2, (120, 160))
+    svc.exams.start({"patient_id": "P-001", "patient_name": NAME, "birth_date": "19800131", "sex": "M",
+                     "accession_number": "ACC42", "study_description": "Abdomen, Leber"})  # fmt: skip
+    model = type("M", (), {"name": "sonoguide-view", "version": "1.3.0"})()
+    svc.start()
+    try:
+        assert svc.submit(image_auto, 11, PARAMS, "auto", "quality held", quality=0.91, model=model)
+        assert svc.submit(image_manual, 12, PARAMS, "manual", "on request")
+        svc.exams.end()
+        assert svc.submit(image_auto, 13, {}, "probe", "probe button")  # no exam: unassigned, no settings
+        assert wait_for(lambda: len(events.of("capture_saved")) == 3, 10), events.items
+    finally:
+        svc.stop()
+    files = svc.store.pending()
+    assert len(files) == 3 and not events.of("capture_failed")
+    for path in files:
+        assert dciodvfy(path) == [], path
+    a, m, u = (pydicom.dcmread(p) for p in files)
+    assert np.array_equal(a.pixel_array, image_auto) and np.array_equal(m.pixel_array, image_manual)
+    assert np.array_equal(u.pixel_array, image_auto)
+    # who, which study, what, how, why
+    assert a.SOPClassUID == "1.2.840.10008.5.1.4.1.1.6.1" and a.Modality == "US"
+    assert str(a.PatientName) == NAME and a.SpecificCharacterSet == "ISO_IR 192" and a.PatientID == "P-001"
+    assert a.StudyInstanceUID == m.StudyInstanceUID != u.StudyInstanceUID
+    assert len({a.SOPInstanceUID, m.SOPInstanceUID, u.SOPInstanceUID}) == 3
+    assert all(x.SOPInstanceUID.startswith("2.25.") and len(x.SOPInstanceUID) <= 64 for x in (a, m, u))
+    assert a.AccessionNumber == "ACC42" and a.PatientBirthDate == "19800131"
+    assert a.Manufacturer == "sonoguide" and a.DeviceSerialNumber == "dev-test"
+    assert a.AcquisitionDateTime.startswith(datetime.now().strftime("%Y%m%d"))
+    assert a.DepthOfScanField == 120
+    region = a.SequenceOfUltrasoundRegions[0]
+    assert region.TransducerFrequency == 3500 and region.PhysicalDeltaY == pytest.approx(12.0 / 96)
+    block = a.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
+    assert float(block[0x01].value) == 48.0 and [float(v) for v in block[0x02].value] == PARAMS["tgc_db"]
+    assert (
+        block[0x03].value == "AUTO" and block[0x05].value == "sonoguide-view" and block[0x06].value == "1.3.0"
+    )
+    assert m.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)[0x03].value == "MANUAL"
+    assert "sonoguide-view 1.3.0" in a.ImageComments and "gain 48 dB" in a.ImageComments
+    assert u.PatientID == "UNASSIGNED" and "unassigned" in u.SeriesDescription
+    assert a.InstanceNumber < m.InstanceNumber < u.InstanceNumber
+
+    # de-identified copy (teaching/export): still valid, no identity, same pixels, consistent UIDs
+    anon = deidentify(a, salt="site")
+    out = tmp_path / "anon.dcm"
+    anon.save_as(out, enforce_file_format=True)
+    assert dciodvfy(out) == []
+    back = pydicom.dcmread(out)
+    assert back.PatientIdentityRemoved == "YES" and "Müller" not in str(back.PatientName)
+    assert back.PatientID != "P-001" and back.get("PatientBirthDate", "") == "" and back.AccessionNumber == ""
+    assert back.StudyInstanceUID != a.StudyInstanceUID
+    assert back.StudyInstanceUID == deidentify(m, salt="site").StudyInstanceUID
+    assert np.array_equal(back.pixel_array, image_auto)
+    assert not any(t.is_private for t in back)
+
+
+def test_a_frame_that_is_not_an_image_is_refused_with_its_reason(tmp_path: Path) -> None:
+    exam = ExamBook(tmp_path, "dev", "").current()
+    bad = Capture(np.zeros((4, 4, 3), np.uint8), 5, datetime.now(), "auto", "x")
+    with pytest.raises(CaptureError, match=r"frame 5: expected a uint8 \(H, W\) image"):
+        build_capture(bad, exam, Equipment("dev"), "", 1)
+    events = Events()
+    svc = service(tmp_path / "cap", None, events).start()
+    try:
+        svc.submit(np.zeros((4, 4, 3), np.uint8), 5, {}, "auto", "x")
+        assert wait_for(lambda: events.of("capture_failed"), 5)
+        assert "frame 5" in events.of("capture_failed")[0]["message"]
+        assert svc.submit(frame(), 6, {}, "auto", "x")  # the writer goes on
+        assert wait_for(lambda: events.of("capture_saved"), 5)
+    finally:
+        svc.stop()
+
+
+@pytest.mark.parametrize(
+    ("request_", "problem"),
+    [
+        ({}, "patient_id: required"),
+        ({"patient_id": "  "}, "patient_id: required"),
+        ({"patient_id": "x" * 65}, "patient_id: at most 64"),
+        ({"patient_id": "P1", "birth_date": "19801341"}, "birth_date: expected YYYYMMDD"),
+        ({"patient_id": "P1", "birth_date": "30000101"}, "plausible"),
+        ({"patient_id": "P1", "sex": "X"}, "sex: one of M, F, O"),
+        ({"patient_id": "P1", "patient_name": "a\\b"}, "patient_name: control characters"),
+        ({"patient_id": "P1", "study_instance_uid": "1.2.abc"}, "study_instance_uid: not a DICOM UID"),
+        ({"patient_id": "unassigned"}, "reserved"),
+        ({"patient_id": "P1", "ward": "3"}, "unknown exam field"),
+        ({"patient_id": 7}, "patient_id: expected a string"),
+    ],
+)
+def test_bad_exam_fields_are_named(request_: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ExamError, match=problem):
+        validate_exam(request_)
+
+
+def test_the_open_exam_and_the_unassigned_study_survive_a_restart(tmp_path: Path) -> None:
+    book = ExamBook(tmp_path, "dev-1", "")
+    unassigned = book.current()
+    assert (
+        unassigned.unassigned and ExamBook(tmp_path, "dev-1", "").current().study_uid == unassigned.study_uid
+    )
+    exam = book.start({"patient_id": "P9", "patient_name": NAME})
+    assert book.take_instance_number() == 1
+    again = ExamBook(tmp_path, "dev-1", "")
+    assert again.current().study_uid == exam.study_uid and again.current().patient.name == NAME
+    assert again.take_instance_number() == 2
+    (tmp_path / "exam.json").write_text("{not json")
+    broken = ExamBook(tmp_path, "dev-1", "")  # a damaged file: captures go on, unassigned
+    assert broken.current().unassigned and "unreadable" in broken.load_problem
+    assert (tmp_path / "exam.json.broken").is_file()
+
+
+def test_quota_full_refuses_new_captures_and_never_deletes_unsent(tmp_path: Path) -> None:
+    store = CaptureStore(tmp_path, quota_bytes=10_000, retention_s=3600)
+    a = store.write("1-a.dcm", b"a" * 4000)
+    b = store.write("2-b.dcm", b"b" * 4000)
+    store.mark_sent(a)  # the PACS has a: its room may be taken back
+    c = store.write("3-c.dcm", b"c" * 4000)
+    assert not (store.sent / a.name).exists() and b.exists() and c.exists()
+    with pytest.raises(QuotaFullError, match="quota full"):
+        store.write("4-d.dcm", b"d" * 4000)
+    assert [p.name for p in store.pending()] == ["2-b.dcm", "3-c.dcm"]
+    assert not list(store.tmp.iterdir())  # nothing half-written left behind
+    (store.tmp / "5-e.dcm.part").write_bytes(b"half")  # a kill mid-write: never taken, removed at start
+    assert not list(CaptureStore(tmp_path, 10_000, 3600).tmp.iterdir())
+
+    events = Events()
+    svc = service(tmp_path / "svc", None, events, quota_mb=0.01).start()  # 10 kB: a 12 kB frame does not fit
+    try:
+        svc.submit(frame(), 7, {}, "auto", "x")
+        assert wait_for(lambda: events.of("capture_failed"), 5)
+        assert "quota full" in events.of("capture_failed")[0]["message"]
+        assert svc.status()["refused"] == 1 and svc.status()["queued"] == 0
+    finally:
+        svc.stop()
+
+
+# --- the PACS -------------------------------------------------------------------------------------
+
+
+def _arrived(pacs: LocalPacs, patient_id: str) -> list[dict[str, Any]]:
+    return pacs.find({"PatientID": patient_id})
+
+
+def test_captures_reach_the_pacs_with_the_right_patient_and_study(orthanc: LocalPacs, tmp_path: Path) -> None:
+    events = Events()
+    svc = service(tmp_path / "cap", orthanc, events, retention_days=1.0)
+    patient = f"P-{uuid.uuid4().hex[:8]}"
+    exam = svc.exams.start({"patient_id": patient, "patient_name": NAME, "accession_number": "A7"})
+    svc.start()
+    try:
+        for i in range(3):
+            assert svc.submit(frame(i), 100 + i, PARAMS, "auto", "quality held")
+        assert wait_for(lambda: len(_arrived(orthanc, patient)) == 3 and not svc.store.pending(), 20)
+        assert wait_for(lambda: len(events.of("capture_sent")) == 3, 5)
+    finally:
+        svc.stop()
+    arrived = _arrived(orthanc, patient)
+    study = orthanc.get(f"/instances/{arrived[0]['ID']}/study")
+    assert study["MainDicomTags"]["StudyInstanceUID"] == exam.study_uid
+    assert study["MainDicomTags"]["AccessionNumber"] == "A7"
+    assert study["PatientMainDicomTags"]["PatientName"] == NAME  # UTF-8 end to end
+    sent = sorted(p.name.split("-", 1)[1].removesuffix(".dcm") for p in svc.store.all_captures()["sent"])
+    assert sorted(orthanc.tags(i["ID"])["SOPInstanceUID"] for i in arrived) == sent  # kept: retention
+    assert svc.status()["pacs"] == "ok" and svc.status()["queued"] == 0
+    assert echo(PacsAddress("127.0.0.1", orthanc.dicom_port, orthanc.aet, "SONOGUIDE", 5)).endswith("ok")
+
+
+def test_pacs_down_then_back_everything_arrives_once(orthanc: LocalPacs, tmp_path: Path) -> None:
+    """The PACS is down at start and for a while (the "minute" scaled by retry_initial/max_s)."""
+    events = Events()
+    orthanc.stop()
+    svc = service(tmp_path / "cap", orthanc, events, retention_days=0.0)
+    patient = f"P-{uuid.uuid4().hex[:8]}"
+    svc.exams.start({"patient_id": patient})
+    svc.start()
+    try:
+        for i in range(5):
+            assert svc.submit(frame(i), i, PARAMS, "auto", "quality held")
+        assert wait_for(lambda: len(events.of("capture_failed")) >= 2, 10)  # retried with backoff
+        status = svc.status()
+        assert status["queued"] == 5 and status["pacs"] == "down" and status["oldest_unsent_s"] is not None
+        assert "not listening" in events.of("capture_failed")[0]["message"]
+        orthanc.start()
+        assert wait_for(lambda: not svc.store.pending(), 20), svc.status()
+        for i in range(5, 8):  # and captures taken after it came back
+            svc.submit(frame(i), i, PARAMS, "auto", "quality held")
+        assert wait_for(lambda: len(_arrived(orthanc, patient)) == 8 and not svc.store.pending(), 20)
+    finally:
+        svc.stop()
+    uids = [orthanc.tags(i["ID"])["SOPInstanceUID"] for i in _arrived(orthanc, patient)]
+    assert len(set(uids)) == len(uids) == 8
+    assert len(events.of("capture_sent")) == 8  # each confirmed once
+    assert not svc.store.all_captures()["sent"]  # retention 0: deleted after confirmation
+
+
+def test_a_refused_association_keeps_everything_queued_with_the_reason(
+    orthanc: LocalPacs, tmp_path: Path
+) -> None:
+    events = Events()
+    sections = {
+        "captures": {"dir": str(tmp_path / "cap")},
+        "pacs": {"host": "127.0.0.1", "port": orthanc.dicom_port, "called_ae": "WRONGAE",
+                 "timeout_s": 5.0, "retry_initial_s": 0.2, "retry_max_s": 0.5},
+    }  # fmt: skip
+    config = parse_config(sections, "<test>", env={})
+    svc = CaptureService(config.captures, config.pacs, "dev", events).start()
+    try:
+        svc.submit(frame(), 1, {}, "manual", "x")
+        assert wait_for(lambda: events.of("capture_failed"), 10)
+        assert "refused the association" in events.of("capture_failed")[0]["message"]
+        assert "WRONGAE" in events.of("capture_failed")[0]["message"]
+        assert svc.status()["queued"] == 1
+    finally:
+        svc.stop()
+    with pytest.raises(PacsUnavailableError, match="refused the association"):
+        echo(PacsAddress("127.0.0.1", orthanc.dicom_port, "WRONGAE", "SONOGUIDE", 5))
+    with pytest.raises(PacsUnavailableError, match="not listening"):
+        echo(PacsAddress("127.0.0.1", free_port(), "X", "SONOGUIDE", 2))
