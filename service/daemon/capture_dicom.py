@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, UltrasoundImageStorage
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, UltrasoundImageStorage
 
 from service import __version__
 
@@ -32,7 +31,7 @@ MANUFACTURER = "sonoguide"
 MODEL_NAME = "sonoguide acquisition assistant"
 PRIVATE_CREATOR = "SONOGUIDE 1"
 PRIVATE_GROUP = 0x0009
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.1"  # pydicom's registered root, class "1"
+IMPLEMENTATION_CLASS_UID = PYDICOM_IMPLEMENTATION_UID  # the files are written by pydicom
 IMPLEMENTATION_VERSION = f"SONOGUIDE_{__version__}"[:16]
 UNASSIGNED_PATIENT_ID = "UNASSIGNED"
 CAPTURE_REASONS = ("auto", "manual", "probe")
@@ -163,8 +162,6 @@ def build_capture(
     meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
     ds = FileDataset("capture", {}, file_meta=meta, preamble=b"\0" * 128)
-    if int(pydicom.__version__.split(".")[0]) < 3:  # pydicom 3 writes by the meta's transfer syntax
-        ds.is_little_endian, ds.is_implicit_VR = True, False
 
     p = exam.patient
     charset = character_set(

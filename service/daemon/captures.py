@@ -196,7 +196,7 @@ class CaptureService:
         if self.config.deidentify:
             ds = deidentify(ds, salt=self.equipment.device_id, uid_root=self.config.uid_root)
         buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True) if _PYDICOM3 else ds.save_as(buf, write_like_original=False)
+        ds.save_as(buf, enforce_file_format=True)
         stamp = capture.acquired.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
         name = f"{stamp}-{ds.SOPInstanceUID}.dcm"
         try:
@@ -311,9 +311,6 @@ class CaptureService:
             "pacs": self.pacs_state,
             "exam": "open" if self.exams.open else "unassigned",
         }
-
-
-_PYDICOM3 = int(__import__("pydicom").__version__.split(".")[0]) >= 3
 
 
 def read_capture(path: Path) -> Any:

@@ -7,6 +7,7 @@ Orthanc (and, for "slow", a pynetdicom storage SCP that takes its time over each
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -172,7 +173,7 @@ def test_guidance_keeps_every_frame_while_the_pacs_is_down_or_slow(
     # waiting on disk or network would show as a hole of seconds (tens of frames); allow the odd
     # frame lost to a busy shared machine, no stall.
     expected = ids[-1] - ids[0] + 1
-    gaps = [b - a - 1 for a, b in zip(ids, ids[1:])]
+    gaps = [b - a - 1 for a, b in itertools.pairwise(ids)]
     assert len(ids) >= 0.9 * expected and max(gaps) <= 5, (len(ids), expected, max(gaps))
 
 
