@@ -170,8 +170,8 @@ def find_worklist(addr: PacsAddress, query: Dataset, max_results: int) -> list[D
     try:
         responses = assoc.send_c_find(query, ModalityWorklistInformationFind)
         for status, identifier in responses:
-            if status is None:
-                raise PacsUnavailableError(f"{addr.describe()}: worklist query got no response")
+            if status is None or "Status" not in status:  # pynetdicom: aborted, timed out, bad reply
+                raise PacsUnavailableError(f"{addr.describe()}: worklist query got no valid response")
             code = int(status.Status)
             if code in (0xFF00, 0xFF01) and identifier is not None:
                 found.append(identifier)

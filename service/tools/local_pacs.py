@@ -80,6 +80,7 @@ class LocalPacs:
             "WebDavEnabled": False,
             "DicomAlwaysAllowEcho": True,
             "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowFindWorklist": True,  # any modality may ask the worklist
             "DefaultEncoding": "Utf8",
             "Plugins": [plugin] if plugin else [],
             "Worklists": {"Enable": bool(plugin), "Database": str(self.worklist_dir)},

@@ -187,8 +187,9 @@ def _files(folder: Path) -> dict[str, list[str]]:
 def test_daemon_sigkilled_while_capturing_and_sending_every_capture_arrives_once(
     orthanc: LocalPacs, broker: LocalBroker, tmp_path: Path
 ) -> None:
-    """SONOGUIDE_KILLS (default 8; the acceptance run uses 20) SIGKILLs at random moments."""
-    kills = int(os.environ.get("SONOGUIDE_KILLS", "8"))
+    """SONOGUIDE_KILLS SIGKILLs at random moments: 6 in the suite (its time budget), 20 for the
+    acceptance run (docs/captures.md: ``SONOGUIDE_KILLS=20 pytest -k sigkilled``, ~60 s here)."""
+    kills = int(os.environ.get("SONOGUIDE_KILLS", "6"))
     folder, patient = tmp_path / "captures", f"K-{uuid.uuid4().hex[:8]}"
     rng = random.Random(18)
     command = [

@@ -321,3 +321,80 @@ def test_a_refused_association_keeps_everything_queued_with_the_reason(
         echo(PacsAddress("127.0.0.1", orthanc.dicom_port, "WRONGAE", "SONOGUIDE", 5))
     with pytest.raises(PacsUnavailableError, match="not listening"):
         echo(PacsAddress("127.0.0.1", free_port(), "X", "SONOGUIDE", 2))
+
+
+# --- the worklist ----------------------------------------------------------------------------------
+
+
+def _worklist_item(
+    folder: Path, n: int, patient_id: str, birth_date: str = "19700101", name: str = NAME
+) -> None:
+    ds = pydicom.Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = name, patient_id, birth_date, "F"
+    ds.AccessionNumber = f"AC{n:04d}"
+    ds.StudyInstanceUID = f"1.2.826.0.1.3680043.8.498.{10_000 + n}"
+    ds.RequestedProcedureDescription = "Abdomen US"
+    ds.ReferringPhysicianName = "Who^Doctor"
+    step = pydicom.Dataset()
+    step.Modality = "US"
+    step.ScheduledStationAETitle = "SONOGUIDE"
+    step.ScheduledProcedureStepStartDate = "20261202"
+    step.ScheduledProcedureStepDescription = "liver"
+    ds.ScheduledProcedureStepSequence = [step]
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.31"
+    ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(folder / f"{patient_id}-{n}.wl", enforce_file_format=True)
+
+
+def test_the_worklist_gives_exam_fields_skips_malformed_items_and_cuts_huge_answers(
+    orthanc: LocalPacs,
+) -> None:
+    from service.daemon.worklist import WorklistClient
+
+    assert orthanc.worklist_served, "the Debian orthanc package ships libModalityWorklists"
+    prefix = f"W{uuid.uuid4().hex[:6]}"
+    _worklist_item(orthanc.worklist_dir, 1, f"{prefix}-ok")
+    with pytest.warns(UserWarning, match="Invalid value for VR DA"):  # pydicom writes it, warning
+        _worklist_item(orthanc.worklist_dir, 2, f"{prefix}-bad", birth_date="19991399")  # not a date
+    for n in range(3, 28):
+        _worklist_item(orthanc.worklist_dir, n, f"{prefix}-many{n}")
+    config = parse_config(
+        {
+            "worklist": {
+                "host": "127.0.0.1",
+                "port": orthanc.dicom_port,
+                "called_ae": orthanc.aet,
+                "max_results": 10,
+            }
+        },
+        "<test>",
+        env={},
+    ).worklist
+    client = WorklistClient(config, "SONOGUIDE")
+    items, truncated = client.find({"patient_id": f"{prefix}-ok"})
+    assert not truncated and len(items) == 1
+    item = items[0]
+    assert (
+        item["patient_name"] == NAME
+        and item["birth_date"] == "19700101"
+        and item["accession_number"] == "AC0001"
+    )
+    assert item["study_instance_uid"] == "1.2.826.0.1.3680043.8.498.10001"
+    assert item["study_description"] == "Abdomen US"
+    assert validate_exam(item) == item  # what the worklist gives, cmd/exam_start takes
+    items, truncated = client.find({"patient_id": f"{prefix}-bad"})
+    assert items == [] and not truncated  # malformed: skipped, not passed on
+    items, truncated = client.find({"patient_id": f"{prefix}-many*"})
+    assert truncated and len(items) == 10
+    down = WorklistClient(replace_port(config, free_port()), "SONOGUIDE")
+    with pytest.raises(PacsUnavailableError, match="not listening"):
+        down.find({})
+
+
+def replace_port(config: Any, port: int) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(config, port=port)

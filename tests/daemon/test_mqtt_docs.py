@@ -56,6 +56,9 @@ def test_schemas_are_valid_and_only_use_supported_keywords() -> None:
         "calibrate_camera",
         "reload_model",
         "ping",
+        "exam_start",
+        "exam_end",
+        "worklist",
     }
 
 
