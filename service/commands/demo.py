@@ -45,10 +45,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7, help="phantom, start pose and novice seed (default 7)")
     parser.add_argument("--noise", type=float, default=0.3, help="novice imprecision 0..1 (default 0.3)")
     parser.add_argument("--plain", action="store_true", help="one line a second, even on a terminal")
+    parser.add_argument(
+        "--captures", type=Path, default=None,
+        help="keep the DICOM captures in this folder (default: a temporary one, removed at the end)",
+    )  # fmt: skip
 
 
-def demo_config(probe_port: str, broker_port: int, camera_recording: str = "") -> str:
+def demo_config(
+    probe_port: str,
+    broker_port: int,
+    camera_recording: str = "",
+    captures_dir: str = "",
+    pacs_port: int | None = None,
+    pacs_aet: str = "",
+) -> str:
     """The daemon's config for the bench (the contract in docs/architecture.md)."""
+    captures = f'\n[captures]\ndir = "{captures_dir}"\nretention_days = 1.0\n' if captures_dir else ""
+    if pacs_port is not None:
+        captures += (
+            f'\n[pacs]\nhost = "127.0.0.1"\nport = {pacs_port}\ncalled_ae = "{pacs_aet}"\n'
+            "retry_initial_s = 1.0\nretry_max_s = 5.0\n"
+        )
     camera = (
         f'source = "recording"\nrecording = "{camera_recording}"\n'
         if camera_recording
@@ -57,7 +74,7 @@ def demo_config(probe_port: str, broker_port: int, camera_recording: str = "") -
     return (
         f'[device]\nid = "{DEVICE_ID}"\n\n[probe]\nport = "{probe_port}"\n\n[camera]\n{camera}\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\n\n[auto]\ngain = true\ndepth = true\n'
-        "manual_pause_s = 10.0\n"
+        "manual_pause_s = 10.0\n" + captures
     )
 
 
@@ -128,6 +145,22 @@ def _start_settings(source: Any, start_pose: Any) -> dict[str, float]:
     return {"gain_db": float(min(max(round(best - 15.0), lo), hi)), "depth_mm": depth}
 
 
+def _captures_line(folder: Path, pacs: Any) -> str:
+    """How many captures are DICOM files on the device, and how many reached the local PACS."""
+    outbox = folder / "outbox"
+    deadline = time.monotonic() + 10.0
+    while pacs is not None and any(outbox.glob("*.dcm")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the sender is at it
+    files = [p for sub in ("outbox", "sent") for p in (folder / sub).glob("*.dcm")]
+    line = f"{len(files)} DICOM capture(s) in {folder}"
+    if pacs is not None:
+        try:
+            line += f", {len(pacs.instances())} in the local PACS"
+        except Exception as e:
+            line += f" (PACS unreadable: {e})"
+    return line
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -194,8 +227,28 @@ def run(args: argparse.Namespace) -> int:
             write_recording(recording, args.seed, 2.0)
         else:
             view.state.extra.append("camera: none (camera tracking is not in this build)")
+        # The automatic captures become DICOM files, sent to a real local PACS when Orthanc is installed.
+        from service.tools.local_pacs import LocalPacs, PacsError
+
+        captures_dir = Path(args.captures or work / "captures").resolve()
+        pacs: LocalPacs | None = None
+        try:
+            pacs = LocalPacs(workdir=work / "pacs", aet="DEMOPACS", name="demo-pacs").start()
+            cleanup.append(pacs.close)
+            view.state.extra.append(f"PACS: Orthanc on 127.0.0.1:{pacs.dicom_port} (HTTP {pacs.http_port})")
+        except PacsError:
+            view.state.extra.append("PACS: none (Orthanc not installed): captures stay on the device")
         config = work / "config.toml"
-        config.write_text(demo_config(endpoint.path, broker.port, recording))
+        config.write_text(
+            demo_config(
+                endpoint.path,
+                broker.port,
+                recording,
+                str(captures_dir),
+                pacs.dicom_port if pacs else None,
+                pacs.aet if pacs else "",
+            )
+        )
         repo = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
         daemon_log = work / "daemon.log"
@@ -227,6 +280,8 @@ def run(args: argparse.Namespace) -> int:
             summary = (
                 f"demo over: {view.state.guidance_count} guidance messages, {view.state.captures} captures; "
                 + novice.truth_line()
+                + "; "
+                + _captures_line(captures_dir, pacs)
             )
             print(summary, flush=True)
     finally:

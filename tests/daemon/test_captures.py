@@ -398,3 +398,44 @@ def replace_port(config: Any, port: int) -> Any:
     import dataclasses
 
     return dataclasses.replace(config, port=port)
+
+
+def test_the_automatic_capture_becomes_a_dicom_file(tmp_path: Path) -> None:
+    """The pipeline's own automatic capture (quality held) on simulated time with the shipped model."""
+    from service.daemon.clock import SimClock
+    from service.daemon.config import AutoConfig, ModelConfig
+    from service.daemon.onnx_model import load_model
+    from service.daemon.pipeline import Pipeline
+    from service.policy.guidance import GuidanceParams
+    from service.seams import MemoryPublisher
+    from tests.service_bench import SimTimeProbe
+
+    model = load_model("", ModelConfig(providers=("cpu",)))
+    probe, clock, pub = SimTimeProbe(seed=2, initial={"depth_mm": 120.0}), SimClock(), MemoryPublisher()
+    # The shipped model rates the simulated standard view ~0.66: the threshold is set below that.
+    pipe = Pipeline(
+        probe, model, pub, clock, AutoConfig(), GuidanceParams(good_quality=0.6, capture_after_s=1.0)
+    )
+    events = Events()
+    svc = service(tmp_path / "cap", None, events).start()
+    pipe.capture_sink = svc.submit
+    frames = {}
+    try:
+        for _ in range(45):  # 1.5 simulated seconds
+            f = probe.frame(clock.now())
+            frames[f.frame_id] = f
+            pipe.step(f)
+            clock.advance(1 / 30)
+        auto = [e for e in pub.events if e["kind"] == "capture"]
+        assert len(auto) == 1 and auto[0]["source"] == "auto"
+        assert wait_for(lambda: events.of("capture_saved"), 10)
+    finally:
+        svc.stop()
+    (path,) = svc.store.pending()
+    assert dciodvfy(path) == []
+    ds = pydicom.dcmread(path)
+    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
+    assert block[0x03].value == "AUTO" and block[0x08].value == auto[0]["frame_id"]
+    assert block[0x05].value == model.name and block[0x06].value == model.version
+    assert np.array_equal(ds.pixel_array, frames[auto[0]["frame_id"]].image)
+    assert events.of("capture_saved")[0]["source"] == "auto"
