@@ -97,7 +97,9 @@ class ExamBook:
     def __init__(self, folder: Path, device_id: str, uid_root: str) -> None:
         self.path = Path(folder) / "exam.json"
         self.device_id, self.uid_root = device_id, uid_root
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the state in memory, never held over disk I/O
+        self._save_lock = threading.Lock()
+        self._version = self._saved_version = 0
         self._fields: dict[str, str] | None = None
         self._study_uid = self._series_uid = ""
         self._started = datetime(1970, 1, 1)
@@ -124,7 +126,8 @@ class ExamBook:
             return
         self.load_problem = ""
 
-    def _save(self) -> None:
+    def _snapshot(self) -> bytes:
+        """The state to persist (under ``_lock``: memory only)."""
         exam = None
         if self._fields is not None:
             exam = {
@@ -133,8 +136,16 @@ class ExamBook:
                 "series_uid": self._series_uid,
                 "started": self._started.isoformat(),
             }
-        body = json.dumps({"exam": exam, "next_instance": self._next_instance}, indent=1)
-        atomic_write(self.path, body.encode())
+        self._version += 1
+        return json.dumps({"exam": exam, "next_instance": self._next_instance}, indent=1).encode()
+
+    def _save(self, version: int, body: bytes) -> None:
+        """Write outside ``_lock``, so the frame loop's ``current()`` never waits for an fsync; a
+        snapshot older than one already written is skipped (two writers, out of order)."""
+        with self._save_lock:
+            if version > self._saved_version:
+                atomic_write(self.path, body)
+                self._saved_version = version
 
     def start(self, request: Mapping[str, Any], now: datetime | None = None) -> Exam:
         fields = validate_exam(request)
@@ -143,15 +154,17 @@ class ExamBook:
             self._study_uid = fields["study_instance_uid"] or new_uid(self.uid_root)
             self._series_uid = new_uid(self.uid_root)
             self._started = now or datetime.now()
-            self._save()
-            return self.current()
+            body, version, exam = self._snapshot(), self._version, self.current()
+        self._save(version, body)
+        return exam
 
     def end(self) -> Exam | None:
         with self._lock:
             ended = self.current() if self._fields is not None else None
             self._fields = None
-            self._save()
-            return ended
+            body, version = self._snapshot(), self._version
+        self._save(version, body)
+        return ended
 
     def current(self, now: datetime | None = None) -> Exam:
         """The open exam, or today's unassigned study."""
@@ -177,8 +190,9 @@ class ExamBook:
         with self._lock:
             n = self._next_instance
             self._next_instance += 1
-            self._save()
-            return n
+            body, version = self._snapshot(), self._version
+        self._save(version, body)
+        return n
 
     def describe(self) -> dict[str, Any]:
         exam = self.current()

@@ -50,11 +50,16 @@ def fsync_dir(path: Path) -> None:
 def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never half."""
     tmp = (tmp_dir or path.parent) / (path.name + ".part")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # disk full, I/O error: leave nothing half-written
+            tmp.unlink()
+        raise
     fsync_dir(path.parent)
 
 

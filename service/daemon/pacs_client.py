@@ -84,7 +84,10 @@ def _associate(ae: AE, addr: PacsAddress) -> Any:
             f"{addr.describe()} refused the association (check the AE titles: we are {addr.calling_ae!r}, "
             f"calling {addr.called_ae!r})"
         )
-    raise PacsUnavailableError(f"{addr.describe()}: no association (not listening, or it timed out)")
+    # pynetdicom reports a refused connection as an abort too, so both are named.
+    raise PacsUnavailableError(
+        f"{addr.describe()}: no association (not listening, timed out, or aborted by the peer)"
+    )
 
 
 # Failure statuses a retry of the same file cannot fix (PS3.4 B.2.3: A9xx, Cxxx; 0122 SOP class not
@@ -101,6 +104,9 @@ def store_files(addr: PacsAddress, paths: Iterable[Path]) -> Iterator[StoreOutco
     """
     ae = _ae(addr)
     ae.add_requested_context(UltrasoundImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    # Verification too: a PACS without ultrasound then still associates, and says so by rejecting
+    # this one context, instead of aborting without a word.
+    ae.add_requested_context(Verification)
     assoc = _associate(ae, addr)
     try:
         accepted = [c for c in assoc.accepted_contexts if c.abstract_syntax == UltrasoundImageStorage]

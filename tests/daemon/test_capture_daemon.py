@@ -130,6 +130,7 @@ class SlowPacs:
         self.ae = AE(ae_title="SLOWPACS")
         self.ae.add_supported_context(UltrasoundImageStorage)
         self._stop = threading.Event()
+        self._closed = False
 
         def on_store(event: Any) -> int:
             self._stop.wait(delay_s)
@@ -140,9 +141,17 @@ class SlowPacs:
             ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
         )
 
+    def go_down(self) -> None:
+        """Gone mid-transfer: every association aborted while an image is in flight."""
+        for assoc in list(self.server.active_associations):
+            assoc.abort()
+        self.close()
+
     def close(self) -> None:
         self._stop.set()
-        self.server.shutdown()
+        if not self._closed:
+            self._closed = True
+            self.server.shutdown()
 
 
 @pytest.mark.parametrize("pacs_state", ["down", "slow"])
@@ -163,7 +172,11 @@ def test_guidance_keeps_every_frame_while_the_pacs_is_down_or_slow(
         status = bench.captures.status()
         assert status["saved"] >= 20 and status["queued"] >= 20 and status["sent"] == 0, status
         if slow is not None:
-            assert rec.wait_for(lambda: bench.captures.pacs_state == "unknown", 1)  # still on the first
+            assert bench.captures.pacs_state == "unknown" and slow.received == 0  # still on the first
+            slow.go_down()  # and now the PACS goes away in the middle of that transfer
+            assert rec.wait_for(lambda: bench.captures.pacs_state == "down", 10)
+            after = bench.captures.status()
+            assert after["sent"] == 0 and after["queued"] == after["saved"] >= status["saved"]
         else:
             assert status["pacs"] == "down" and bench.events("capture_failed")
     finally:

@@ -319,6 +319,24 @@ def test_a_refused_association_keeps_everything_queued_with_the_reason(
         svc.stop()
     with pytest.raises(PacsUnavailableError, match="refused the association"):
         echo(PacsAddress("127.0.0.1", orthanc.dicom_port, "WRONGAE", "SONOGUIDE", 5))
+    # A PACS that stores CT but not ultrasound: the SOP class refused, the file stays queued.
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+
+    from service.daemon.pacs_client import store_files
+
+    ct_only = AE(ae_title="CTONLY")
+    ct_only.add_supported_context(CTImageStorage)
+    ct_only.add_supported_context(Verification)
+    port = free_port()
+    server = ct_only.start_server(("127.0.0.1", port), block=False)
+    try:
+        queued = svc.store.pending()
+        with pytest.raises(PacsUnavailableError, match="does not accept Ultrasound Image Storage"):
+            list(store_files(PacsAddress("127.0.0.1", port, "CTONLY", "SONOGUIDE", 5), queued))
+        assert svc.store.pending() == queued
+    finally:
+        server.shutdown()
     with pytest.raises(PacsUnavailableError, match="not listening"):
         echo(PacsAddress("127.0.0.1", free_port(), "X", "SONOGUIDE", 2))
 
