@@ -4,6 +4,7 @@ Layout under the captures folder (``[captures] dir``, by default ``$STATE_DIRECT
 
     tmp/      files being written (``*.part``); whatever is here at start was never taken: removed
     outbox/   written, fsynced, not yet confirmed by the PACS: the send queue, oldest name first
+    stored/   stored on the PACS, waiting for its Storage Commitment ([pacs] commitment = true)
     sent/     confirmed by the PACS, kept ``retention_days`` (or until the quota needs the room)
     failed/   refused by the PACS for good (the instance itself); kept until a technician acts
 
@@ -22,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-FOLDERS = ("tmp", "outbox", "sent", "failed")
+FOLDERS = ("tmp", "outbox", "stored", "sent", "failed")
 
 
 class QuotaFullError(RuntimeError):
@@ -33,6 +34,7 @@ class QuotaFullError(RuntimeError):
 class StoreStats:
     queued: int  # in outbox/
     oldest_unsent_age_s: float | None
+    awaiting_commitment: int
     sent_kept: int
     failed: int
     used_bytes: int
@@ -70,7 +72,7 @@ class CaptureStore:
         self.retention_s = float(retention_s)
         for name in FOLDERS:
             (self.root / name).mkdir(parents=True, exist_ok=True)
-        self.tmp, self.outbox, self.sent, self.failed = (self.root / n for n in FOLDERS)
+        self.tmp, self.outbox, self.stored, self.sent, self.failed = (self.root / n for n in FOLDERS)
         for partial in self.tmp.iterdir():  # a write the daemon did not finish: never taken
             with contextlib.suppress(OSError):
                 partial.unlink()
@@ -117,6 +119,28 @@ class CaptureStore:
         except FileNotFoundError:
             pass  # another sender (``sonoguide captures send``) got there first
 
+    def mark_stored(self, path: Path) -> Path:
+        """C-STORE succeeded, Storage Commitment asked for: wait in stored/ (still not deleted)."""
+        target = self.stored / path.name
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, target)
+            fsync_dir(self.stored)
+            fsync_dir(self.outbox)
+        return target
+
+    def awaiting_commitment(self) -> list[Path]:
+        return self._files(self.stored)
+
+    def find_stored(self, sop_instance_uid: str) -> Path | None:
+        found = list(self.stored.glob(f"*-{sop_instance_uid}.dcm"))
+        return found[0] if found else None
+
+    def requeue(self, path: Path) -> None:
+        """Back to the outbox (the PACS could not commit it: send it again)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, self.outbox / path.name)
+            fsync_dir(self.outbox)
+
     def mark_failed(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.replace(path, self.failed / path.name)
@@ -149,10 +173,16 @@ class CaptureStore:
     # --- looking ----------------------------------------------------------------------------------
 
     def all_captures(self) -> dict[str, list[Path]]:
-        return {"outbox": self.pending(), "sent": self._files(self.sent), "failed": self._files(self.failed)}
+        return {
+            "outbox": self.pending(),
+            "stored": self.awaiting_commitment(),
+            "sent": self._files(self.sent),
+            "failed": self._files(self.failed),
+        }
 
     def used_bytes(self) -> int:
-        return sum(_size(p) for folder in (self.outbox, self.sent, self.failed) for p in self._files(folder))
+        folders = (self.outbox, self.stored, self.sent, self.failed)
+        return sum(_size(p) for folder in folders for p in self._files(folder))
 
     def stats(self, now: float | None = None) -> StoreStats:
         now = time.time() if now is None else now
@@ -164,6 +194,7 @@ class CaptureStore:
         return StoreStats(
             queued=len(pending),
             oldest_unsent_age_s=oldest,
+            awaiting_commitment=len(self.awaiting_commitment()),
             sent_kept=len(self._files(self.sent)),
             failed=len(self._files(self.failed)),
             used_bytes=self.used_bytes(),

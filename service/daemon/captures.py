@@ -36,11 +36,17 @@ import numpy as np
 from pydicom import dcmread
 
 from firmware_bridge.devicelog import device_logger
-from service.daemon.capture_dicom import Capture, Equipment, build_capture, deidentify
+from service.daemon.capture_dicom import Capture, Equipment, build_capture, deidentify, new_uid
 from service.daemon.capture_exam import ExamBook
 from service.daemon.capture_store import CaptureStore, QuotaFullError
 from service.daemon.config import CapturesConfig, PacsConfig
-from service.daemon.pacs_client import PacsAddress, PacsUnavailableError, store_files
+from service.daemon.pacs_client import (
+    CommitmentListener,
+    PacsAddress,
+    PacsUnavailableError,
+    request_commitment,
+    store_files,
+)
 
 EventSink = Callable[..., None]  # (kind, message, **fields), e.g. ProbeState.event
 QUEUE_SIZE = 32
@@ -100,6 +106,10 @@ class CaptureService:
         self.last_error = ""
         self._failures = 0
         self._next_try = 0.0
+        # Storage Commitment: None = not yet known whether the PACS offers it; uid -> when last asked
+        self.commitment_offered: bool | None = None if pacs.commitment else False
+        self._asked: dict[str, float] = {}
+        self._listener: CommitmentListener | None = None
 
     # --- the frame loop's side: never blocks ------------------------------------------------------
 
@@ -150,6 +160,10 @@ class CaptureService:
     # --- threads ----------------------------------------------------------------------------------
 
     def start(self) -> CaptureService:
+        if self.pacs_config.commitment and self.address is not None:
+            self._listener = CommitmentListener(
+                self.pacs_config.calling_ae, self.pacs_config.commitment_port, self._on_commitment
+            ).start()
         for name, target in (("capture-writer", self._writer_loop), ("capture-sender", self._sender_loop)):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -163,6 +177,9 @@ class CaptureService:
         for t in self._threads:
             t.join(timeout)
         self._threads.clear()
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
 
     def wake(self) -> None:
         """Try the PACS now (``sonoguide captures send`` does it from outside; tests too)."""
@@ -233,6 +250,7 @@ class CaptureService:
                 self._wake.wait(max(0.01, min(1.0, self._next_try - now)) if self.address else 1.0)
                 self._wake.clear()
                 continue
+            self._ask_again()
             pending = self.store.pending()
             if not pending:
                 self._wake.wait(1.0)
@@ -241,18 +259,19 @@ class CaptureService:
             self.send_batch(pending[:SEND_BATCH])
 
     def send_batch(self, paths: list[Path]) -> int:
-        """Send these files over one association; returns how many the PACS confirmed."""
+        """Send these files over one association; returns how many the PACS stored."""
         assert self.address is not None
         confirmed = 0
+        to_commit: list[Path] = []
         try:
             for outcome in store_files(self.address, paths):
-                uid = outcome.path.stem.split("-", 1)[-1]
+                uid = _uid_of(outcome.path)
                 if outcome.ok:
-                    self.store.mark_sent(outcome.path)
                     confirmed += 1
-                    self.sent += 1
-                    self.event("capture_sent", f"capture {uid} stored on {self.address.describe()}",
-                               sop_instance_uid=uid)  # fmt: skip
+                    if self.commitment_offered is False:
+                        self._confirmed(outcome.path, uid, "stored on")
+                    else:
+                        to_commit.append(self.store.mark_stored(outcome.path))
                 elif outcome.permanent:
                     self.store.mark_failed(outcome.path)
                     self.log.warning("capture %s refused by the PACS: %s", uid, outcome.reason)
@@ -270,10 +289,72 @@ class CaptureService:
             self.log.exception("sending captures failed")
             self._failed(f"unexpected error: {e}")
             return confirmed
+        finally:
+            if to_commit:
+                self._ask_commitment(to_commit)
         if self.pacs_state != "ok":
             self.log.info("PACS %s reachable", self.address.describe())
         self.pacs_state, self._failures, self.last_error = "ok", 0, ""
         return confirmed
+
+    def _confirmed(self, path: Path, uid: str, how: str) -> None:
+        assert self.address is not None
+        self.store.mark_sent(path)
+        self.sent += 1
+        self.event("capture_sent", f"capture {uid} {how} {self.address.describe()}", sop_instance_uid=uid)
+
+    # --- Storage Commitment ([pacs] commitment = true) -----------------------------------------------
+
+    def _ask_commitment(self, paths: list[Path]) -> None:
+        """Ask the PACS to commit these stored files; the answer arrives in :meth:`_on_commitment`."""
+        assert self.address is not None
+        refs = [("1.2.840.10008.5.1.4.1.1.6.1", _uid_of(p)) for p in paths]
+        try:
+            offered = request_commitment(self.address, refs, new_uid(self.config.uid_root))
+        except PacsUnavailableError as e:
+            self.log.warning("storage commitment not requested yet: %s", e)
+            offered = True  # asked again after commitment_timeout_s
+        now = time.monotonic()
+        for _, uid in refs:
+            self._asked[uid] = now
+        if not offered:  # the PACS stores but does not commit: its C-STORE status is the confirmation
+            if self.commitment_offered is not False:
+                self.log.info("PACS %s does not offer Storage Commitment", self.address.describe())
+            self.commitment_offered = False
+            for path in paths:
+                self._confirmed(path, _uid_of(path), "stored (no storage commitment offered) on")
+        else:
+            self.commitment_offered = True
+
+    def _ask_again(self) -> None:
+        """Stored files whose commitment did not come within the timeout (or before a restart)."""
+        if self.commitment_offered is False:
+            for path in self.store.awaiting_commitment():  # commitment switched off since
+                self._confirmed(path, _uid_of(path), "stored on")
+            return
+        now, timeout = time.monotonic(), self.pacs_config.commitment_timeout_s
+        due = [
+            p for p in self.store.awaiting_commitment() if now - self._asked.get(_uid_of(p), -1e18) > timeout
+        ]
+        if due:
+            self._ask_commitment(due[:SEND_BATCH])
+
+    def _on_commitment(self, committed: list[str], failed: list[tuple[str, int]]) -> None:
+        """The PACS's N-EVENT-REPORT (its own association, pynetdicom's thread)."""
+        for uid in committed:
+            path = self.store.find_stored(uid)
+            if path is not None:
+                self._asked.pop(uid, None)
+                self._confirmed(path, uid, "committed by")
+        for uid, reason in failed:
+            path = self.store.find_stored(uid)
+            if path is not None:
+                self._asked.pop(uid, None)
+                self.store.requeue(path)
+                self.event("capture_failed", f"capture {uid}: the PACS could not commit it "
+                           f"(reason 0x{reason:04X}); sending it again", sop_instance_uid=uid,
+                           reason=f"commitment failed 0x{reason:04X}")  # fmt: skip
+        self._wake.set()
 
     def _failed(self, reason: str) -> None:
         self._failures += 1
@@ -301,6 +382,7 @@ class CaptureService:
         return {
             "enabled": True,
             "queued": stats.queued,
+            "awaiting_commitment": stats.awaiting_commitment,
             "oldest_unsent_s": None if oldest is None else round(oldest, 1),
             "failed": stats.failed,
             "saved": self.saved,
@@ -319,3 +401,8 @@ def read_capture(path: Path) -> Any:
 
 def deidentified_copy(path: Path, salt: str, uid_root: str = "") -> Any:
     return deidentify(dcmread(path), salt, uid_root)
+
+
+def _uid_of(path: Path) -> str:
+    """The SOP Instance UID in a capture's file name (``<UTC time>-<UID>.dcm``)."""
+    return path.stem.split("-", 1)[-1]

@@ -154,6 +154,11 @@ class PacsConfig:
     timeout_s: float = _key(30.0, _range(0.5, 600.0))
     retry_initial_s: float = _key(5.0, _range(0.05, 3600.0))
     retry_max_s: float = _key(300.0, _range(0.05, 86400.0))
+    # Storage Commitment: ask the PACS to commit what it stored, and delete only after it did. Its
+    # answer comes to our SCP on commitment_port (the PACS must know calling_ae at this address).
+    commitment: bool = False
+    commitment_port: int = _key(11112, _range(1, 65535))
+    commitment_timeout_s: float = _key(600.0, _range(0.1, 86400.0))
     tls: bool = False
     ca_file: str = ""
     cert_file: str = ""

@@ -18,7 +18,11 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UltrasoundImageStorage
 from pynetdicom import AE
-from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ModalityWorklistInformationFind,
+    StorageCommitmentPushModel,
+    Verification,
+)
 
 log = logging.getLogger(__name__)
 for _noisy in ("pynetdicom", "pynetdicom.assoc", "pynetdicom.acse", "pynetdicom.dimse"):
@@ -93,7 +97,7 @@ def _associate(ae: AE, addr: PacsAddress) -> Any:
 # Failure statuses a retry of the same file cannot fix (PS3.4 B.2.3: A9xx, Cxxx; 0122 SOP class not
 # supported, 0124 not authorised). A7xx (out of resources) and the rest are retried.
 def _permanent(status: int) -> bool:
-    return (status & 0xFF00) in (0xA900, 0xC000) or status in (0x0122, 0x0124)
+    return (status & 0xFF00) == 0xA900 or (status & 0xF000) == 0xC000 or status in (0x0122, 0x0124)
 
 
 def store_files(addr: PacsAddress, paths: Iterable[Path]) -> Iterator[StoreOutcome]:
@@ -147,6 +151,79 @@ def store_files(addr: PacsAddress, paths: Iterable[Path]) -> Iterator[StoreOutco
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # the well-known SOP instance (PS3.4 J.3)
+
+
+def request_commitment(addr: PacsAddress, refs: list[tuple[str, str]], transaction_uid: str) -> bool:
+    """N-ACTION Storage Commitment for ``refs`` (SOP class, SOP instance UIDs); the answer comes
+    later as an N-EVENT-REPORT to our own SCP. False when the PACS does not offer Storage Commitment."""
+    ae = _ae(addr)
+    ae.add_requested_context(StorageCommitmentPushModel)
+    ae.add_requested_context(Verification)
+    assoc = _associate(ae, addr)
+    try:
+        if not any(c.abstract_syntax == StorageCommitmentPushModel for c in assoc.accepted_contexts):
+            return False
+        info = Dataset()
+        info.TransactionUID = transaction_uid
+        items = []
+        for sop_class, sop_instance in refs:
+            item = Dataset()
+            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
+            items.append(item)
+        info.ReferencedSOPSequence = items
+        status, _ = assoc.send_n_action(info, 1, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE)
+        if status is None or "Status" not in status:
+            raise PacsUnavailableError(f"{addr.describe()}: no answer to the storage commitment request")
+        if int(status.Status) != 0:
+            raise PacsUnavailableError(
+                f"{addr.describe()}: storage commitment request failed, status 0x{int(status.Status):04X}"
+            )
+        return True
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+class CommitmentListener:
+    """Our Storage Commitment SCP: receives the PACS's N-EVENT-REPORTs (committed, failed)."""
+
+    def __init__(self, ae_title: str, port: int, on_result: Any) -> None:
+        self.ae = AE(ae_title=ae_title)
+        self.ae.add_supported_context(StorageCommitmentPushModel)
+        self.ae.add_supported_context(Verification)
+        self.on_result = on_result  # (committed [uid], failed [(uid, reason)]) -> None
+        self.port = port
+        self.server: Any = None
+
+    def start(self) -> CommitmentListener:
+        from pynetdicom import evt
+
+        self.server = self.ae.start_server(
+            ("0.0.0.0", self.port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._report)]
+        )
+        return self
+
+    def _report(self, event: Any) -> tuple[int, None]:
+        try:
+            info = event.event_information
+            committed = [str(i.ReferencedSOPInstanceUID) for i in info.get("ReferencedSOPSequence", [])]
+            failed = [
+                (str(i.ReferencedSOPInstanceUID), int(i.get("FailureReason", 0)))
+                for i in info.get("FailedSOPSequence", [])
+            ]
+            self.on_result(committed, failed)
+            return 0x0000, None
+        except Exception:
+            log.exception("storage commitment report not understood")
+            return 0x0110, None  # processing failure
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
 
 
 def echo(addr: PacsAddress) -> str:

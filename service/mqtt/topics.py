@@ -131,6 +131,11 @@ STATUS_SCHEMA = _obj(
                 {
                     "enabled": {"type": "boolean", "description": "false: no capture store on this daemon"},
                     "queued": {"type": "integer", "minimum": 0, "description": "captures not yet sent"},
+                    "awaiting_commitment": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "stored on the PACS, its Storage Commitment not yet received",
+                    },
                     "oldest_unsent_s": {
                         "type": ["number", "null"],
                         "minimum": 0,

@@ -165,6 +165,16 @@ class LocalPacs:
         found = self.post("/tools/find", {"Level": level, "Query": query, "Expand": True})
         return [dict(item) for item in found]
 
+    def register_modality(self, name: str, aet: str, port: int, host: str = "127.0.0.1") -> None:
+        """Tell Orthanc where a modality listens (it sends Storage Commitment reports there)."""
+        request = urllib.request.Request(
+            f"{self.url}/modalities/{name}",
+            data=json.dumps({"AET": aet, "Host": host, "Port": port}).encode(),
+            method="PUT",
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
     def instances(self) -> list[str]:
         """Orthanc ids of every stored instance."""
         return list(self.get("/instances"))

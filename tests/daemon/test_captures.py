@@ -298,6 +298,104 @@ def test_pacs_down_then_back_everything_arrives_once(orthanc: LocalPacs, tmp_pat
     assert not svc.store.all_captures()["sent"]  # retention 0: deleted after confirmation
 
 
+def test_storage_commitment_confirms_before_anything_is_deleted(orthanc: LocalPacs, tmp_path: Path) -> None:
+    """[pacs] commitment: C-STORE, then N-ACTION; files wait in stored/ until Orthanc's N-EVENT-REPORT
+    (on its own association to our SCP) says they are committed."""
+    events, port = Events(), free_port()
+    aet = f"SG{uuid.uuid4().hex[:6].upper()}"
+    sections = {
+        "captures": {"dir": str(tmp_path / "cap"), "retention_days": 0.0},
+        "pacs": {"host": "127.0.0.1", "port": orthanc.dicom_port, "called_ae": orthanc.aet, "calling_ae": aet,
+                 "timeout_s": 5.0, "retry_initial_s": 0.2, "retry_max_s": 1.0, "commitment": True,
+                 "commitment_port": port, "commitment_timeout_s": 2.0},
+    }  # fmt: skip
+    config = parse_config(sections, "<test>", env={})
+    svc = CaptureService(config.captures, config.pacs, "dev", events)
+    patient = f"SC-{uuid.uuid4().hex[:8]}"
+    svc.exams.start({"patient_id": patient})
+    # Orthanc does not know where we listen yet: it stores, but its commitment report cannot reach us.
+    svc.start()
+    try:
+        for i in range(3):
+            svc.submit(frame(i), i, PARAMS, "auto", "quality held")
+        assert wait_for(lambda: len(_arrived(orthanc, patient)) == 3, 20)
+        assert wait_for(lambda: len(svc.store.awaiting_commitment()) == 3, 5)
+        assert not events.of("capture_sent") and svc.status()["awaiting_commitment"] == 3
+        orthanc.register_modality(aet.lower(), aet, port)  # now it can answer; asked again after 2 s
+        assert wait_for(lambda: len(events.of("capture_sent")) == 3, 20), events.items
+    finally:
+        svc.stop()
+    assert svc.commitment_offered is True
+    assert all("committed by" in e["message"] for e in events.of("capture_sent"))
+    assert not svc.store.awaiting_commitment() and not svc.store.pending()
+    assert not svc.store.all_captures()["sent"]  # retention 0: deleted once committed
+
+
+def test_without_storage_commitment_offered_the_store_status_confirms(tmp_path: Path) -> None:
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import UltrasoundImageStorage, Verification  # type: ignore[attr-defined]
+
+    plain = AE(ae_title="PLAIN")
+    plain.add_supported_context(UltrasoundImageStorage)
+    plain.add_supported_context(Verification)
+    port = free_port()
+    server = plain.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)]
+    )
+    events = Events()
+    sections = {
+        "captures": {"dir": str(tmp_path / "cap")},
+        "pacs": {"host": "127.0.0.1", "port": port, "called_ae": "PLAIN", "timeout_s": 5.0,
+                 "commitment": True, "commitment_port": free_port()},
+    }  # fmt: skip
+    config = parse_config(sections, "<test>", env={})
+    svc = CaptureService(config.captures, config.pacs, "dev", events).start()
+    try:
+        svc.submit(frame(), 1, {}, "manual", "x")
+        assert wait_for(lambda: events.of("capture_sent"), 10), events.items
+    finally:
+        svc.stop()
+        server.shutdown()
+    assert (
+        svc.commitment_offered is False
+        and "no storage commitment offered" in events.of("capture_sent")[0]["message"]
+    )
+    assert len(svc.store.all_captures()["sent"]) == 1 and not svc.store.awaiting_commitment()
+
+
+def test_an_instance_the_pacs_refuses_for_good_is_kept_in_failed(tmp_path: Path) -> None:
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import UltrasoundImageStorage  # type: ignore[attr-defined]
+
+    picky = AE(ae_title="PICKY")
+    picky.add_supported_context(UltrasoundImageStorage)
+    port = free_port()  # answers "data set does not match SOP class" (A900) to every image
+    server = picky.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda e: 0xA900)]
+    )
+    events = Events()
+    svc = service(tmp_path / "cap", None, events, port=port)
+    svc.pacs_config = replace_called(svc.pacs_config, "PICKY")
+    svc.address = replace_called(svc.address, "PICKY")
+    svc.start()
+    try:
+        svc.submit(frame(), 1, {}, "manual", "x")
+        assert wait_for(lambda: svc.store.all_captures()["failed"], 10), events.items
+    finally:
+        svc.stop()
+        server.shutdown()
+    (failed,) = events.of("capture_failed")
+    assert "status 0xA900" in failed["message"] and "failed/" in failed["message"]
+    assert svc.status()["failed"] == 1 and svc.status()["queued"] == 0
+    assert svc.store.requeue_failed() == 1 and len(svc.store.pending()) == 1  # `captures send --failed`
+
+
+def replace_called(obj: Any, called_ae: str) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(obj, called_ae=called_ae)
+
+
 def test_a_refused_association_keeps_everything_queued_with_the_reason(
     orthanc: LocalPacs, tmp_path: Path
 ) -> None:
