@@ -120,7 +120,8 @@ def _send(store: Any, config: Any, failed: bool) -> int:
     try:
         for outcome in store_files(address, pending):
             if outcome.ok:
-                store.mark_sent(outcome.path)
+                # With Storage Commitment the daemon asks for it and deletes only once committed.
+                store.mark_stored(outcome.path) if config.pacs.commitment else store.mark_sent(outcome.path)
                 sent += 1
             else:
                 refused += 1
@@ -130,7 +131,8 @@ def _send(store: Any, config: Any, failed: bool) -> int:
     except PacsUnavailableError as e:
         print(f"sonoguide: {e}; {len(store.pending())} capture(s) still queued", file=sys.stderr)
         return 1
-    print(f"{sent} of {len(pending)} capture(s) stored on {address.describe()}")
+    waiting = " (their storage commitment: asked by the daemon)" if config.pacs.commitment else ""
+    print(f"{sent} of {len(pending)} capture(s) stored on {address.describe()}{waiting}")
     return 0 if refused == 0 else 1
 
 
