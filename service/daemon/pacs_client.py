@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,17 +78,22 @@ def _tls(addr: PacsAddress) -> tuple[ssl.SSLContext, str] | None:
 
 
 def _associate(ae: AE, addr: PacsAddress) -> Any:
-    try:
-        assoc = ae.associate(addr.host, addr.port, ae_title=addr.called_ae, tls_args=_tls(addr))
-    except (OSError, ssl.SSLError) as e:
-        raise PacsUnavailableError(f"{addr.describe()}: {e}") from None
-    if assoc.is_established:
-        return assoc
-    if assoc.is_rejected:
-        raise PacsUnavailableError(
-            f"{addr.describe()} refused the association (check the AE titles: we are {addr.calling_ae!r}, "
-            f"calling {addr.called_ae!r})"
-        )
+    # A peer that rejects and closes at once can look like an abort to pynetdicom when the close wins
+    # the race with the A-ASSOCIATE-RJ; a second try names the real reason.
+    for attempt in range(2):
+        try:
+            assoc = ae.associate(addr.host, addr.port, ae_title=addr.called_ae, tls_args=_tls(addr))
+        except (OSError, ssl.SSLError) as e:
+            raise PacsUnavailableError(f"{addr.describe()}: {e}") from None
+        if assoc.is_established:
+            return assoc
+        if assoc.is_rejected:
+            raise PacsUnavailableError(
+                f"{addr.describe()} refused the association (check the AE titles: we are "
+                f"{addr.calling_ae!r}, calling {addr.called_ae!r})"
+            )
+        if attempt == 0:
+            time.sleep(0.05)
     # pynetdicom reports a refused connection as an abort too, so both are named.
     raise PacsUnavailableError(
         f"{addr.describe()}: no association (not listening, timed out, or aborted by the peer)"
