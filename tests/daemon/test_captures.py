@@ -555,3 +555,45 @@ def test_the_automatic_capture_becomes_a_dicom_file(tmp_path: Path) -> None:
     assert block[0x05].value == model.name and block[0x06].value == model.version
     assert np.array_equal(ds.pixel_array, frames[auto[0]["frame_id"]].image)
     assert events.of("capture_saved")[0]["source"] == "auto"
+
+
+def test_captures_over_dicom_tls_to_orthanc(tmp_path: Path) -> None:
+    """[pacs] tls: the PACS's certificate checked against a private CA, our client certificate shown."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30, cwd=tmp_path)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            "-days", "2", "-subj", "/CN=sonoguide test CA")  # fmt: skip
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.crt", "-days", "2", "-extfile", "san.ext")  # fmt: skip
+    pacs = LocalPacs(
+        workdir=tmp_path / "orthanc-tls", aet="TLSPACS", name="tls-pacs",
+        DicomTlsEnabled=True, DicomTlsCertificate=str(tmp_path / "server.crt"),
+        DicomTlsPrivateKey=str(tmp_path / "server.key"), DicomTlsTrustedCertificates=str(tmp_path / "ca.crt"),
+        DicomTlsRemoteCertificateRequired=True,
+    ).start()  # fmt: skip
+    try:
+        tls = {"tls": True, "ca_file": str(tmp_path / "ca.crt"), "cert_file": str(tmp_path / "client.crt"),
+               "key_file": str(tmp_path / "client.key")}  # fmt: skip
+        base = {"host": "127.0.0.1", "port": pacs.dicom_port, "called_ae": "TLSPACS", "timeout_s": 5.0}
+        config = parse_config(
+            {"captures": {"dir": str(tmp_path / "cap")}, "pacs": {**base, **tls}}, "<t>", env={}
+        )
+        events = Events()
+        svc = CaptureService(config.captures, config.pacs, "dev", events).start()
+        try:
+            svc.submit(frame(), 1, {}, "manual", "tls")
+            assert wait_for(lambda: events.of("capture_sent"), 20), events.items
+        finally:
+            svc.stop()
+        assert len(pacs.instances()) == 1 and "(TLS)" in events.of("capture_sent")[0]["message"]
+        plain = PacsAddress("127.0.0.1", pacs.dicom_port, "TLSPACS", "SONOGUIDE", 3.0)
+        with pytest.raises(PacsUnavailableError):  # without TLS the PACS does not talk to us
+            echo(plain)
+    finally:
+        pacs.close()
