@@ -14,7 +14,6 @@ import json
 import re
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -193,7 +192,3 @@ class ExamBook:
             body, version = self._snapshot(), self._version
         self._save(version, body)
         return n
-
-    def describe(self) -> dict[str, Any]:
-        exam = self.current()
-        return {"open": self.open, "study_uid": exam.study_uid, **({"patient": asdict(exam.patient)})}

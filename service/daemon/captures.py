@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom import dcmread
 
 from firmware_bridge.devicelog import device_logger
 from service.daemon.capture_dicom import Capture, Equipment, build_capture, deidentify, new_uid
@@ -393,14 +392,6 @@ class CaptureService:
             "pacs": self.pacs_state,
             "exam": "open" if self.exams.open else "unassigned",
         }
-
-
-def read_capture(path: Path) -> Any:
-    return dcmread(path)
-
-
-def deidentified_copy(path: Path, salt: str, uid_root: str = "") -> Any:
-    return deidentify(dcmread(path), salt, uid_root)
 
 
 def _uid_of(path: Path) -> str:
