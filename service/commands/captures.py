@@ -55,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     from service.daemon.capture_store import CaptureStore
 
-    store = CaptureStore(folder, int(config.captures.quota_mb * 1e6), config.captures.retention_days * 86400)
+    # Not the owner: the daemon may be writing into tmp/ right now, its .part files are left alone.
+    store = CaptureStore(
+        folder, int(config.captures.quota_mb * 1e6), config.captures.retention_days * 86400, owner=False
+    )
     if args.action == "list":
         return _list(store, args.json)
     if args.action == "send":

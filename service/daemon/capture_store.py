@@ -66,14 +66,16 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
 
 
 class CaptureStore:
-    def __init__(self, root: Path, quota_bytes: int, retention_s: float) -> None:
+    def __init__(self, root: Path, quota_bytes: int, retention_s: float, owner: bool = True) -> None:
+        """``owner``: the daemon, which removes unfinished writes at start; the CLI is not (the daemon
+        may be writing right now)."""
         self.root = Path(root)
         self.quota_bytes = int(quota_bytes)
         self.retention_s = float(retention_s)
         for name in FOLDERS:
             (self.root / name).mkdir(parents=True, exist_ok=True)
         self.tmp, self.outbox, self.stored, self.sent, self.failed = (self.root / n for n in FOLDERS)
-        for partial in self.tmp.iterdir():  # a write the daemon did not finish: never taken
+        for partial in self.tmp.iterdir() if owner else ():  # a write the daemon did not finish
             with contextlib.suppress(OSError):
                 partial.unlink()
 

@@ -226,6 +226,7 @@ def test_quota_full_refuses_new_captures_and_never_deletes_unsent(tmp_path: Path
     assert [p.name for p in store.pending()] == ["2-b.dcm", "3-c.dcm"]
     assert not list(store.tmp.iterdir())  # nothing half-written left behind
     (store.tmp / "5-e.dcm.part").write_bytes(b"half")  # a kill mid-write: never taken, removed at start
+    assert list(CaptureStore(tmp_path, 10_000, 3600, owner=False).tmp.iterdir())  # not by the CLI
     assert not list(CaptureStore(tmp_path, 10_000, 3600).tmp.iterdir())
 
     events = Events()
