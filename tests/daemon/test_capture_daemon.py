@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -225,15 +226,20 @@ def test_daemon_sigkilled_while_capturing_and_sending_every_capture_arrives_once
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for _ in range(kills):
         child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.5, 3.5))  # during start-up, capturing, writing or sending
+        if rng.random() < 0.2:  # during start-up (recovering the outbox, connecting)
+            time.sleep(rng.uniform(0.2, 1.5))
+        else:  # while capturing, writing and sending: timed from "started", however slow start-up is
+            assert child.stdout is not None
+            ready, _, _ = select.select([child.stdout], [], [], 60)
+            assert ready and child.stdout.readline() == b"started\n", child.stderr
+            time.sleep(rng.uniform(0.1, 1.5))
         child.send_signal(signal.SIGKILL)
         child.communicate(timeout=10)
         if rng.random() < 0.3:  # sometimes the PACS is gone too when the daemon comes back
             orthanc.stop()
             orthanc.start()
     taken = _files(folder)
-    # The runs did capture (on a loaded machine many kills land during start-up, before any capture).
-    assert taken["outbox"] or taken["sent"], taken
+    assert len(taken["outbox"]) + len(taken["sent"]) >= kills // 2, taken  # the runs did capture
     drain = subprocess.run([*command, "--drain"], cwd=ROOT, env=env, capture_output=True, timeout=60)
     assert drain.returncode == 0, drain.stderr.decode()[-3000:]
     after = _files(folder)
