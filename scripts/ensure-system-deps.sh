@@ -3,14 +3,16 @@
 # clients, libusb (librealsense loads it even to play back recordings), systemd's tools
 # (systemd-analyze, systemd-sysusers: the deployment tests), openssl (test certificates), a C
 # compiler with libc headers (the tests build the protocol's C reference implementation,
-# firmware_bridge/c/), Node.js with npm (the real AsyncAPI parser checks docs/mqtt/asyncapi.yaml) and
-# headless Chromium with its driver (the reference display's browser tests). Installs them with
-# apt-get when running as root; otherwise prints the exact command and fails. Then installs the
-# pinned npm dev tooling (scripts/node/package-lock.json) with `npm ci` when it is missing or stale.
+# firmware_bridge/c/), Node.js with npm (the real AsyncAPI parser checks docs/mqtt/asyncapi.yaml),
+# headless Chromium with its driver (the reference display's browser tests), Orthanc (the PACS and
+# worklist the capture tests send to) and dicom3tools (dciodvfy checks every DICOM file the device
+# writes). Installs them with apt-get when running as root; otherwise prints the exact command and
+# fails. Then installs the pinned npm dev tooling (scripts/node/package-lock.json) with `npm ci` when
+# it is missing or stale.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-packages=(mosquitto mosquitto-clients libusb-1.0-0 systemd openssl gcc libc6-dev nodejs npm chromium chromium-driver)
+packages=(mosquitto mosquitto-clients libusb-1.0-0 systemd openssl gcc libc6-dev nodejs npm chromium chromium-driver orthanc dicom3tools)
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
@@ -23,6 +25,8 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
+command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -35,6 +35,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "service.commands.doctor",
         "check the probe, camera, model, broker and credentials; say what to fix",
     ),
+    "captures": (
+        "service.commands.captures",
+        "the DICOM captures on this device: list, send to the PACS now, export (de-identified)",
+    ),
+    "exam": (
+        "service.commands.exam",
+        "open or close an exam on a device, or query its worklist (over MQTT)",
+    ),
     "calibrate-camera": (
         "service.commands.calibrate_camera",
         "find the skin stickers and write the camera-to-patient calibration",

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real mosquitto broker, extra brokers with custom configs, and pty pairs.
+"""Shared fixtures: a real mosquitto broker, extra brokers with custom configs, pty pairs, and a real
+Orthanc PACS (with its worklist plugin) on free loopback ports.
 
 Later test modules reuse these; nothing here is mocked.
 """
@@ -12,9 +13,11 @@ import pytest
 
 from firmware_bridge.ptyport import PtyPair
 from service.tools.local_broker import DEFAULT_CONFIG, LocalBroker
+from service.tools.local_pacs import LocalPacs
 
-# Brokers started for the running test, so their logs can be attached when it fails.
+# Brokers and PACS started for the running test, so their logs can be attached when it fails.
 _brokers_in_test: list[LocalBroker] = []
+_pacs_in_test: list[LocalPacs] = []
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +88,25 @@ def start_broker(tmp_path: Path) -> Iterator[Callable[..., LocalBroker]]:
         _brokers_in_test.remove(b)
 
 
+@pytest.fixture(scope="session")
+def orthanc_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPacs]:
+    """One real Orthanc for the session (DICOM and HTTP on free loopback ports, generated config)."""
+    pacs = LocalPacs(workdir=tmp_path_factory.mktemp("orthanc"), name="session-pacs").start()
+    yield pacs
+    pacs.close()
+
+
+@pytest.fixture
+def orthanc(orthanc_session: LocalPacs) -> Iterator[LocalPacs]:
+    """The session Orthanc, running, with its log attached to this test's report if the test fails.
+    Tests tell their instances apart by patient or study (nothing is deleted between tests)."""
+    if not orthanc_session.running:  # a previous test may have stopped it to test an outage
+        orthanc_session.start()
+    _pacs_in_test.append(orthanc_session)
+    yield orthanc_session
+    _pacs_in_test.remove(orthanc_session)
+
+
 @pytest.fixture
 def pty_pair() -> Iterator[PtyPair]:
     """A pseudo-terminal: ``.device_fd`` plays the probe, ``.host_path`` is opened with pyserial."""
@@ -100,3 +122,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if report.failed:
         for b in _brokers_in_test:
             report.sections.append((f"mosquitto log ({b.name}, port {b.port})", b.log_text()[-8000:]))
+        for p in _pacs_in_test:
+            report.sections.append((f"orthanc log ({p.name}, DICOM {p.dicom_port})", p.log_text()[-8000:]))

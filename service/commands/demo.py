@@ -53,11 +53,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="port of the reference display's page (default: a free one)",
     )
+    parser.add_argument(
+        "--captures", type=Path, default=None,
+        help="keep the DICOM captures in this folder (default: a temporary one, removed at the end)",
+    )  # fmt: skip
 
 
-def demo_config(probe_port: str, broker_port: int, camera_socket: str = "", calibration: str = "") -> str:
+def demo_config(
+    probe_port: str,
+    broker_port: int,
+    camera_socket: str = "",
+    calibration: str = "",
+    captures_dir: str = "",
+    pacs_port: int | None = None,
+    pacs_aet: str = "",
+) -> str:
     """The daemon's config for the bench (the contract in docs/architecture.md): the probe emulator's
-    pty and, when given, the camera emulator's socket and the calibration file it is calibrated into."""
+    pty; when given, the camera emulator's socket and the calibration file it is calibrated into, the
+    captures' folder and the local PACS."""
+    captures = f'\n[captures]\ndir = "{captures_dir}"\nretention_days = 1.0\n' if captures_dir else ""
+    if pacs_port is not None:
+        captures += (
+            f'\n[pacs]\nhost = "127.0.0.1"\nport = {pacs_port}\ncalled_ae = "{pacs_aet}"\n'
+            "retry_initial_s = 1.0\nretry_max_s = 5.0\n"
+        )
     camera = (
         f'source = "emulator"\nsocket = "{camera_socket}"\ncalibration = "{calibration}"\n'
         if camera_socket
@@ -66,7 +85,7 @@ def demo_config(probe_port: str, broker_port: int, camera_socket: str = "", cali
     return (
         f'[device]\nid = "{DEVICE_ID}"\n\n[probe]\nport = "{probe_port}"\n\n[camera]\n{camera}\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\n\n[auto]\ngain = true\ndepth = true\n'
-        "manual_pause_s = 10.0\n"
+        "manual_pause_s = 10.0\n" + captures
     )
 
 
@@ -133,6 +152,22 @@ def _start_settings(source: Any, start_pose: Any) -> dict[str, float]:
     best = ground_truth(source.phantom, start_pose, settings).best_gain_db
     lo, hi = p.gain_range_db
     return {"gain_db": float(min(max(round(best - 15.0), lo), hi)), "depth_mm": depth}
+
+
+def _captures_line(folder: Path, pacs: Any) -> str:
+    """How many captures are DICOM files on the device, and how many reached the local PACS."""
+    outbox = folder / "outbox"
+    deadline = time.monotonic() + 10.0
+    while pacs is not None and any(outbox.glob("*.dcm")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the sender is at it
+    files = [p for sub in ("outbox", "sent") for p in (folder / sub).glob("*.dcm")]
+    line = f"{len(files)} DICOM capture(s) in {folder}"
+    if pacs is not None:
+        try:
+            line += f", {len(pacs.instances())} in the local PACS"
+        except Exception as e:
+            line += f" (PACS unreadable: {e})"
+    return line
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -224,8 +259,29 @@ def run(args: argparse.Namespace) -> int:
             cleanup.append(camera.stop)
         else:
             view.state.extra.append("camera: none (camera tracking is not in this build)")
+        # The automatic captures become DICOM files, sent to a real local PACS when Orthanc is installed.
+        from service.tools.local_pacs import LocalPacs, PacsError
+
+        captures_dir = Path(args.captures or work / "captures").resolve()
+        pacs: LocalPacs | None = None
+        try:
+            pacs = LocalPacs(workdir=work / "pacs", aet="DEMOPACS", name="demo-pacs").start()
+            cleanup.append(pacs.close)
+            view.state.extra.append(f"PACS: Orthanc on 127.0.0.1:{pacs.dicom_port} (HTTP {pacs.http_port})")
+        except PacsError:
+            view.state.extra.append("PACS: none (Orthanc not installed): captures stay on the device")
         config = work / "config.toml"
-        config.write_text(demo_config(endpoint.path, broker.port, camera_socket, calibration))
+        config.write_text(
+            demo_config(
+                endpoint.path,
+                broker.port,
+                camera_socket,
+                calibration,
+                str(captures_dir),
+                pacs.dicom_port if pacs else None,
+                pacs.aet if pacs else "",
+            )
+        )
         repo = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
         if camera_socket:
@@ -270,6 +326,8 @@ def run(args: argparse.Namespace) -> int:
             summary = (
                 f"demo over: {view.state.guidance_count} guidance messages, {view.state.captures} captures; "
                 + novice.truth_line()
+                + "; "
+                + _captures_line(captures_dir, pacs)
             )
             print(summary, flush=True)
     finally:

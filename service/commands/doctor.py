@@ -21,6 +21,7 @@ from service.tools.doctor_checks import (
     check_broker,
     check_camera,
     check_credentials,
+    check_dicom_peer,
     check_model_files,
     check_model_keys,
     check_model_runtime,
@@ -104,6 +105,33 @@ def run_checks(
             timeout=timeout,
         )
     )
+    pacs, worklist = config.get("pacs"), config.get("worklist")
+    if pacs is not None:
+        results.append(
+            check_dicom_peer(
+                "pacs",
+                str(pacs["host"]),
+                int(pacs["port"]),
+                str(pacs["called_ae"]),
+                str(pacs["calling_ae"]),
+                timeout,
+                bool(pacs["tls"]),
+                str(pacs["ca_file"]),
+                str(pacs["cert_file"]),
+                str(pacs["key_file"]),
+            )
+        )
+    if worklist is not None and pacs is not None:
+        results.append(
+            check_dicom_peer(
+                "worklist",
+                str(worklist["host"]),
+                int(worklist["port"]),
+                str(worklist["called_ae"]),
+                str(pacs["calling_ae"]),
+                timeout,
+            )
+        )
     return results
 
 

@@ -54,6 +54,23 @@ def open_model_store(config: Any) -> tuple[Any, str, list[str]]:
     return store, str(folder), notes
 
 
+def capture_services(config: Any, link: Any) -> tuple[Any, Any]:
+    """The capture store and forwarder, and the worklist client when [worklist] names a host."""
+    from service.daemon.captures import CaptureService
+    from service.daemon.probe import describe_info
+    from service.daemon.worklist import WorklistClient
+
+    captures = CaptureService(
+        config.captures,
+        config.pacs,
+        config.device.id,
+        event=lambda *a, **k: None,  # the daemon connects its events
+        probe_description=describe_info(getattr(link, "info", None)),
+    )
+    worklist = WorklistClient(config.worklist, config.pacs.calling_ae).find if config.worklist.host else None
+    return captures, worklist
+
+
 def run(args: argparse.Namespace) -> int:
     from service.daemon.app import Daemon
     from service.daemon.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
@@ -93,10 +110,13 @@ def run(args: argparse.Namespace) -> int:
         def loader(folder: Path) -> Any:
             return load_model(config, str(folder))  # warmed up at load
 
+        captures, worklist = capture_services(config, link)
         daemon = Daemon(
             config,
             link,
             model,
+            captures=captures,
+            worklist=worklist,
             camera=camera,
             model_loader=loader,
             model_store=store,

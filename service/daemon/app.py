@@ -12,11 +12,12 @@ from typing import Any
 
 from firmware_bridge.devicelog import device_logger
 from service import __version__
+from service.daemon.captures import CaptureService
 from service.daemon.clock import Clock, MonotonicClock
 from service.daemon.config import Config
 from service.daemon.health import HealthMonitor, SdNotifier
 from service.daemon.model_updates import FolderLoader, ModelUpdates
-from service.daemon.mqtt_commands import Calibrator, CommandHandler
+from service.daemon.mqtt_commands import Calibrator, CommandHandler, WorklistFinder
 from service.daemon.pipeline import Pipeline
 from service.daemon.probe import describe_info
 from service.model_store.store import ModelStore
@@ -40,6 +41,8 @@ class Daemon:
         notifier: SdNotifier | None = None,
         status_period_s: float = 2.0,
         mqtt_reconnect_delay_s: tuple[float, float] = (0.5, 10.0),
+        captures: CaptureService | None = None,
+        worklist: WorklistFinder | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or MonotonicClock()
@@ -61,8 +64,18 @@ class Daemon:
             else None
         )
         self.store_notes = list(store_notes or [])
+        # Captures: the pipeline hands frames to the store (never waits); events go out as the rest do.
+        self.captures = captures
+        if captures is not None:
+            captures.event = self.pipeline.state.event
+            self.pipeline.capture_sink = captures.submit
         self.mqtt.command_handler = CommandHandler(
-            self.pipeline, self.model_updates, calibrator, progress=self.mqtt.progress
+            self.pipeline,
+            self.model_updates,
+            calibrator,
+            progress=self.mqtt.progress,
+            captures=captures,
+            worklist=worklist,
         )
         self.health = HealthMonitor(notifier or SdNotifier())
         self.model_warm = False
@@ -74,6 +87,8 @@ class Daemon:
         self.log.info("warming up model %s %s (%s)", self.model.name, self.model.version, self.model.provider)
         self.model.warmup()
         self.model_warm = True
+        if self.captures is not None:
+            self.captures.start()
         self.mqtt.start()
         self.pipeline.state.publish_settings()
         self.publish_status()
@@ -94,6 +109,8 @@ class Daemon:
         if self.model_updates is not None:
             self.model_updates.stop()
         self.pipeline.stop()
+        if self.captures is not None:
+            self.captures.stop()  # what was captured is written; unsent files wait in the outbox
         if self._health_thread is not None:
             self._health_thread.join(3)
         self.publish_status(health="degraded", summary="stopped")
@@ -145,6 +162,7 @@ class Daemon:
             "health": health,
             "summary": summary,
             "dropped": self.pipeline.dropped(),
+            "captures": self.captures.status() if self.captures is not None else {"enabled": False},
             "uptime_s": round(max(0.0, now - self.started_at), 1),
             "version": __version__,
         }

@@ -68,6 +68,24 @@ def _not_empty(v: str) -> str | None:
     return None if v.strip() else "must not be empty"
 
 
+_AE_TITLE = re.compile(r"^[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]{0,15}$")
+_UID_ROOT = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
+
+
+def _ae_title(v: str) -> str | None:
+    if _AE_TITLE.match(v) and v == v.rstrip():
+        return None
+    return f"must be a DICOM AE title (1-16 printable ASCII characters, no backslash), got {v!r}"
+
+
+def _uid_root(v: str) -> str | None:
+    if not v:
+        return None
+    if _UID_ROOT.match(v) and len(v) <= 40:
+        return None
+    return f"must be empty (UUID-derived UIDs, 2.25) or a registered UID root of at most 40 characters, got {v!r}"
+
+
 def _key(default: Any, check: Check | None = None) -> Any:
     """A config key: its default and the check its value must pass."""
     return field(default=default, metadata={"check": check})
@@ -134,6 +152,50 @@ class GuidanceConfig:
 
 
 @dataclass(frozen=True)
+class PacsConfig:
+    """Where captures go (DICOM C-STORE). No host: captures stay on the device (docs/captures.md)."""
+
+    host: str = ""
+    port: int = _key(104, _range(1, 65535))
+    called_ae: str = _key("PACS", _ae_title)
+    calling_ae: str = _key("SONOGUIDE", _ae_title)
+    timeout_s: float = _key(30.0, _range(0.5, 600.0))
+    retry_initial_s: float = _key(5.0, _range(0.05, 3600.0))
+    retry_max_s: float = _key(300.0, _range(0.05, 86400.0))
+    # Storage Commitment: ask the PACS to commit what it stored, and delete only after it did. Its
+    # answer comes to our SCP on commitment_port (the PACS must know calling_ae at this address).
+    commitment: bool = False
+    commitment_port: int = _key(11112, _range(1, 65535))
+    commitment_timeout_s: float = _key(600.0, _range(0.1, 86400.0))
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+
+@dataclass(frozen=True)
+class WorklistConfig:
+    """The Modality Worklist (DICOM C-FIND). No host: exams are entered by hand."""
+
+    host: str = ""
+    port: int = _key(104, _range(1, 65535))
+    called_ae: str = _key("WORKLIST", _ae_title)
+    timeout_s: float = _key(10.0, _range(0.5, 600.0))
+    max_results: int = _key(200, _range(1, 5000))
+
+
+@dataclass(frozen=True)
+class CapturesConfig:
+    # Empty: $STATE_DIRECTORY/captures (systemd's StateDirectory), else /var/lib/sonoguide/captures.
+    dir: str = ""
+    quota_mb: float = _key(2048.0, _range(0.01, 1e7))
+    retention_days: float = _key(7.0, _range(0.0, 3650.0))
+    deidentify: bool = False
+    uid_root: str = _key("", _uid_root)
+    institution: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     device: DeviceConfig = DeviceConfig()
     probe: ProbeConfig = ProbeConfig()
@@ -142,6 +204,9 @@ class Config:
     mqtt: MqttConfig = MqttConfig()
     auto: AutoConfig = AutoConfig()
     guidance: GuidanceConfig = GuidanceConfig()
+    pacs: PacsConfig = PacsConfig()
+    worklist: WorklistConfig = WorklistConfig()
+    captures: CapturesConfig = CapturesConfig()
     source: str = "<defaults>"  # the file it came from, for messages
 
 
@@ -223,6 +288,17 @@ def parse_config(
                 raise ConfigError(
                     f"{source}: [mqtt] {key}: no such file {mqtt[key]!r} (needed with tls = true)"
                 )
+    pacs = sections["pacs"]
+    if pacs.get("tls"):
+        for key in ("ca_file", "cert_file", "key_file"):
+            if pacs.get(key) and not Path(pacs[key]).is_file():
+                raise ConfigError(
+                    f"{source}: [pacs] {key}: no such file {pacs[key]!r} (needed with tls = true)"
+                )
+    if pacs.get("retry_max_s", PacsConfig.retry_max_s) < pacs.get(
+        "retry_initial_s", PacsConfig.retry_initial_s
+    ):
+        raise ConfigError(f"{source}: [pacs] retry_max_s: must not be less than retry_initial_s")
     camera = sections["camera"]
     if camera.get("source") == "realsense" and not camera.get("serial"):
         raise ConfigError(f'{source}: [camera] serial: required when source = "realsense"')

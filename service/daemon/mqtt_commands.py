@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from service import __version__
+from service.daemon.capture_exam import ExamError
+from service.daemon.captures import CaptureService
 from service.daemon.model_updates import ModelUpdates, UpdateError
 from service.daemon.pipeline import Pipeline
 from service.daemon.probe import DEPTH, FREQUENCY, GAIN
@@ -34,6 +36,8 @@ PRESET_SETTINGS: dict[str, dict[str, float]] = {
 }
 
 Calibrator = Callable[[], dict[str, Any]]
+# worklist query -> (items as exam fields, truncated); service.daemon.worklist.WorklistClient.find
+WorklistFinder = Callable[[dict[str, Any]], tuple[list[dict[str, str]], bool]]
 
 
 def step_value(limits: ProbeLimits, param: str, current: float, steps: int) -> float:
@@ -67,9 +71,12 @@ class CommandHandler:
         calibrator: Calibrator | None = None,
         started_at: float | None = None,
         progress: Callable[[str], None] | None = None,
+        captures: CaptureService | None = None,
+        worklist: WorklistFinder | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.model_updates = model_updates
+        self.captures, self.worklist = captures, worklist
         self.calibrator = calibrator
         self.progress = progress or (lambda _m: None)  # a step of a long command, to its requester
         self.started_at = time.monotonic() if started_at is None else started_at
@@ -154,7 +161,9 @@ class CommandHandler:
         return {"frozen": frozen}
 
     def cmd_capture(self, request: dict[str, Any]) -> dict[str, Any]:
-        frame_id = self.pipeline.last_frame_id
+        frame_id = self.pipeline.capture_latest("manual", "on request from the display")
+        if frame_id is None:
+            frame_id = self.pipeline.last_frame_id
         self.pipeline.state.event(
             "capture",
             f"capture of frame {frame_id} on request",
@@ -162,6 +171,40 @@ class CommandHandler:
             **({"frame_id": frame_id} if frame_id is not None else {}),
         )
         return {"frame_id": frame_id}
+
+    def cmd_exam_start(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.captures is None:
+            raise CommandError("this daemon keeps no captures ([captures]): there is no exam to open")
+        try:
+            exam = self.captures.exams.start(request)
+        except ExamError as e:
+            raise CommandError(f"exam not opened: {e}") from None
+        self.pipeline.state.event("exam", "exam opened", source="command")
+        return {"study_instance_uid": exam.study_uid, "patient_id": exam.patient.id, "unassigned": False}
+
+    def cmd_exam_end(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.captures is None:
+            raise CommandError("this daemon keeps no captures ([captures]): there is no exam to close")
+        ended = self.captures.exams.end()
+        if ended is not None:
+            self.pipeline.state.event(
+                "exam", "exam closed; captures now go to the unassigned study", source="command"
+            )
+        exam = ended or self.captures.exams.current()
+        return {
+            "study_instance_uid": exam.study_uid,
+            "patient_id": exam.patient.id,
+            "unassigned": ended is None,
+        }
+
+    def cmd_worklist(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.worklist is None:
+            raise CommandError("no worklist configured ([worklist] host): enter the patient by hand")
+        try:
+            items, truncated = self.worklist(request)
+        except Exception as e:
+            raise CommandError(f"worklist query failed: {e}") from None
+        return {"items": items, "truncated": truncated}
 
     def cmd_calibrate_camera(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.calibrator is None:

@@ -109,6 +109,9 @@ class Pipeline:
         self.fps = 0.0
         self.errors = 0
         self.on_guided: Callable[[dict[str, Any]], None] | None = None  # e.g. health bookkeeping
+        # Where captured frames go (service.daemon.captures.CaptureService.submit: never blocks).
+        self.capture_sink: Callable[..., bool] | None = None
+        self.last_guided: Work | None = None  # the newest frame guided: what a manual capture keeps
         add_listener = getattr(link, "add_event_listener", None)
         if add_listener is not None:  # buttons on the probe and link health arrive as events
             add_listener(self.on_link_event)
@@ -234,7 +237,27 @@ class Pipeline:
                 source="auto",
                 reason=f"quality >= {self.guidance.params.good_quality} for {self.guidance.params.capture_after_s} s",
             )
+            self._keep(work, "auto", "quality held")
+        self.last_guided = work
         return message
+
+    def _keep(self, work: Work, reason: str, reason_text: str) -> bool:
+        """Hand the frame to the capture store (copies and queues; no disk or network here)."""
+        if self.capture_sink is None:
+            return False
+        out = work.output
+        return self.capture_sink(
+            work.frame.image, int(work.frame.frame_id), work.params, reason, reason_text,
+            quality=None if out is None else round(_unit(out.quality), 3), model=self.model,
+        )  # fmt: skip
+
+    def capture_latest(self, reason: str, reason_text: str) -> int | None:
+        """Keep the newest guided frame (a capture on request or from the probe's button)."""
+        work = self.last_guided
+        if work is None:
+            return None
+        self._keep(work, reason, reason_text)
+        return int(work.frame.frame_id)
 
     def _belief_correction(
         self, taken_at: float, pose: TrackedPose | None, out: ModelOutput, now: float
@@ -370,6 +393,8 @@ class Pipeline:
     def on_link_event(self, event: dict[str, Any]) -> None:
         """A probe-link event, on the link's reader thread (see :mod:`service.daemon.link_events`)."""
         handle_link_event(self.state, event, lambda: self.last_frame_id)
+        if event.get("type") == "capture_button":
+            self.capture_latest("probe", "probe button")
 
     def set_frozen(self, frozen: bool, source: str = "command") -> bool:
         """Freeze or unfreeze the probe (``link.freeze``, read back); returns the probe's state."""

@@ -154,6 +154,38 @@ STATUS_SCHEMA = _obj(
             "additionalProperties": {"type": "integer", "minimum": 0},
             "description": "frames dropped per stage hand-off (latest value wins)",
         },
+        "captures": {
+            **_obj(
+                {
+                    "enabled": {"type": "boolean", "description": "false: no capture store on this daemon"},
+                    "queued": {"type": "integer", "minimum": 0, "description": "captures not yet sent"},
+                    "awaiting_commitment": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "stored on the PACS, its Storage Commitment not yet received",
+                    },
+                    "oldest_unsent_s": {
+                        "type": ["number", "null"],
+                        "minimum": 0,
+                        "description": "age of the oldest unsent capture (s)",
+                    },
+                    "failed": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "refused by the PACS for good",
+                    },
+                    "saved": {"type": "integer", "minimum": 0},
+                    "sent": {"type": "integer", "minimum": 0},
+                    "refused": {"type": "integer", "minimum": 0, "description": "not taken (quota, disk)"},
+                    "used_mb": {"type": "number", "minimum": 0},
+                    "quota_mb": {"type": "number", "minimum": 0},
+                    "pacs": {"type": "string", "enum": ["ok", "down", "none", "unknown"]},
+                    "exam": {"type": "string", "enum": ["open", "unassigned"]},
+                },
+                required=["enabled"],
+            ),
+            "description": "store-and-forward of captures to the PACS (docs/captures.md)",
+        },
         "uptime_s": {"type": "number", "minimum": 0},
         "version": _STR,
     }
@@ -178,7 +210,20 @@ EVENT_SCHEMA = _obj(
         "time": _NUM,
         "kind": {
             "type": "string",
-            "enum": ["auto_change", "manual_change", "capture", "warning", "info", "model"],
+            "enum": [
+                "auto_change",
+                "manual_change",
+                "capture",
+                "capture_saved",
+                "capture_sent",
+                "capture_failed",
+                "exam",
+                "warning",
+                "info",
+                "model",
+            ],
+            "description": "capture: a frame chosen; capture_saved: its DICOM file is on the device's disk; "
+            "capture_sent: the PACS confirmed it; capture_failed: refused or not sent yet (reason)",
         },
         "message": _STR,
         "param": {"type": "string", "enum": _PARAM_NAMES},
@@ -195,6 +240,7 @@ EVENT_SCHEMA = _obj(
         "model_version": _STR,
         "key_id": {**_STR, "description": "the vendor key that signed the version"},
         "at": {**_STR, "description": "UTC wall-clock time of a model update step (audit)"},
+        "sop_instance_uid": {"type": "string", "maxLength": 64},
     },
     required=["seq", "time", "kind", "message"],
 )
@@ -225,6 +271,22 @@ _MODEL_RESULT = _obj(
     required=["version"],
     extra=True,
 )
+_TEXT = {"type": "string", "maxLength": 64}
+EXAM_REQUEST_SCHEMA = _obj(
+    {
+        "patient_id": {"type": "string", "minLength": 1, "maxLength": 64},
+        "patient_name": {**_TEXT, "description": "DICOM person name, Family^Given^Middle^Prefix^Suffix"},
+        "birth_date": {"type": "string", "maxLength": 8, "description": "YYYYMMDD"},
+        "sex": {"type": "string", "enum": ["M", "F", "O", ""]},
+        "accession_number": {"type": "string", "maxLength": 16},
+        "study_id": {"type": "string", "maxLength": 16},
+        "study_description": _TEXT,
+        "referring_physician": _TEXT,
+        "study_instance_uid": {**_TEXT, "description": "from the worklist; a new one when absent"},
+    },
+    required=["patient_id"],
+)
+_EXAM_RESULT = _obj({"study_instance_uid": _STR, "patient_id": _STR, "unassigned": {"type": "boolean"}})
 
 
 def _cmd(name: str, request: Schema, result: Schema, description: str) -> Topic:
@@ -320,6 +382,32 @@ TOPICS: tuple[Topic, ...] = (
     ),
     _cmd(
         "capture", _EMPTY, _obj({"frame_id": {"type": ["integer", "null"]}}), "Capture the current frame now."
+    ),
+    _cmd(
+        "exam_start",
+        EXAM_REQUEST_SCHEMA,
+        _EXAM_RESULT,
+        "Open an exam: the captures from now on belong to this patient and study (entered by hand or "
+        "picked from `cmd/worklist`). An exam already open is closed first.",
+    ),
+    _cmd(
+        "exam_end",
+        _EMPTY,
+        _EXAM_RESULT,
+        'Close the open exam; later captures go to the device\'s "unassigned" study of the day.',
+    ),
+    _cmd(
+        "worklist",
+        _obj(
+            {
+                "patient_id": {"type": "string", "maxLength": 64},
+                "patient_name": {**_TEXT, "description": "DICOM wildcards * and ? allowed"},
+                "date": {"type": "string", "maxLength": 8, "description": "scheduled date, YYYYMMDD"},
+            },
+            required=[],
+        ),
+        _obj({"items": {"type": "array", "items": {"type": "object"}}, "truncated": {"type": "boolean"}}),
+        "Query the Modality Worklist ([worklist]); each item holds the fields `cmd/exam_start` takes.",
     ),
     _cmd(
         "calibrate_camera",

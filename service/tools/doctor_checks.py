@@ -578,3 +578,28 @@ def check_model_store(store_dir: str, keys_dir: str, pinned_dir: str = "") -> Ch
         else ""
     )
     return CheckResult(name, True, detail, hint)
+
+
+# --- PACS and worklist (DICOM) ------------------------------------------------------------------------
+
+
+def check_dicom_peer(name: str, host: str, port: int, called_ae: str, calling_ae: str, timeout: float = 3.0,
+                     tls: bool = False, ca_file: str = "", cert_file: str = "", key_file: str = "") -> CheckResult:  # fmt: skip
+    """An association and a C-ECHO with the configured AE titles (what a capture's C-STORE needs)."""
+    if not host:
+        return CheckResult(
+            name, True, "none configured: captures stay on the device" if name == "pacs" else "none configured",
+            f"set [{name}] host, port and called_ae to the hospital's {'PACS' if name == 'pacs' else 'worklist'}",
+        )  # fmt: skip
+    from service.daemon.pacs_client import PacsAddress, PacsUnavailableError, echo
+
+    address = PacsAddress(host, port, called_ae, calling_ae, timeout, tls, ca_file, cert_file, key_file)
+    try:
+        return CheckResult(name, True, echo(address))
+    except PacsUnavailableError as exc:
+        return CheckResult(
+            name, False, str(exc),
+            f"check [{name}] host, port and called_ae, and that the {name.upper()} lists us as AE title "
+            f"{calling_ae!r}; the systemd unit allows only localhost unless a drop-in adds "
+            "IPAddressAllow= (docs/captures.md)",
+        )  # fmt: skip

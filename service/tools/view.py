@@ -157,9 +157,22 @@ def render_view(state: ViewState, now: float | None = None) -> str:
     if st is not None:
         lines.append(f"  camera: {st.get('camera', {}).get('state', '?')}   health: {st.get('health')}")
         lines.append(f"  status: {st.get('summary', '')}")
-    lines.append(f"  captures: {state.captures}")
+    lines.append(f"  captures: {state.captures}{_capture_queue(st)}")
     lines.extend(f"  {x}" for x in state.extra if x)
     return "\n".join(lines)
+
+
+def _capture_queue(status: dict[str, Any] | None) -> str:
+    """The store-and-forward state from ``status.captures`` (docs/captures.md), or nothing."""
+    c = (status or {}).get("captures") or {}
+    if not c.get("enabled"):
+        return ""
+    oldest = c.get("oldest_unsent_s")
+    return (
+        f"   saved {c.get('saved', 0)}, sent {c.get('sent', 0)}, queued {c.get('queued', 0)}"
+        + (f" (oldest {oldest:.0f} s)" if oldest is not None else "")
+        + f", PACS {c.get('pacs', '?')}, exam {c.get('exam', '?')}"
+    )
 
 
 def render_line(state: ViewState, now: float | None = None) -> str:

@@ -59,6 +59,9 @@ def test_schemas_are_valid_and_only_use_supported_keywords() -> None:
         "rollback_model",
         "ping",
         "step_param",
+        "exam_start",
+        "exam_end",
+        "worklist",
     }
 
 

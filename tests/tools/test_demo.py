@@ -70,6 +70,12 @@ def test_view_state_and_rendering_are_pure_and_say_what_happens() -> None:
     line = render_line(state, now=3.0)
     assert "\n" not in line and "\x1b" not in line + text
     assert "Slide toward the head 12 mm" in line and "gain 26 dB depth 120 mm" in line and "30.0/s" in line
+    status = {"captures": {"enabled": True, "saved": 3, "sent": 1, "queued": 2, "oldest_unsent_s": 41.0,
+                           "pacs": "down", "exam": "open"}}  # fmt: skip
+    assert state.update("sonoguide/dev-1/status", _msg(status), 3.0)
+    assert "captures: 0   saved 3, sent 1, queued 2 (oldest 41 s), PACS down, exam open" in render_view(
+        state, now=3.0
+    )
 
 
 def test_parse_broker_urls() -> None:

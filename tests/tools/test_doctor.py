@@ -38,6 +38,7 @@ def test_doctor_names_every_missing_piece_in_plain_words(tmp_path: Path) -> None
         '[camera]\nsource = "realsense"\nserial = "123456789012"\n'
         f'[model]\ndir = "{tmp_path}/no-model"\n'
         f'[mqtt]\nport = {free_port()}\nusername = "sonoguide"\n'
+        f'[pacs]\nhost = "127.0.0.1"\nport = {free_port()}\n'
     )
     (tmp_path / "creds").mkdir()
     env = {
@@ -55,6 +56,7 @@ def test_doctor_names_every_missing_piece_in_plain_words(tmp_path: Path) -> None
         "model runtime": "no model to load",
         "credentials": "no password was found",
         "broker": "cannot reach the MQTT broker",
+        "pacs": "no association (not listening",
     }
     assert by_name["config"]["ok"] is True
     for name, words in expected_words.items():
@@ -66,7 +68,9 @@ def test_doctor_names_every_missing_piece_in_plain_words(tmp_path: Path) -> None
     assert human.returncode == 1
     fail_lines = [line for line in human.stdout.splitlines() if line.startswith("[FAIL]")]
     assert [line.split(":")[0][7:] for line in fail_lines] == list(expected_words)
-    assert "3 of 9 checks passed" in human.stdout  # model keys and store: not used with [model] dir
+    assert (
+        "4 of 11 checks passed" in human.stdout
+    )  # config, model keys and store (not used with [model] dir), worklist (none)
 
 
 def test_doctor_without_a_config_file_says_so(tmp_path: Path) -> None:
