@@ -13,6 +13,7 @@ framing (``ScriptedDevice``) plays the probe; the host side is the real ProbeLin
 
 from __future__ import annotations
 
+import itertools
 import os
 import select
 import threading
@@ -185,7 +186,7 @@ def test_an_unanswered_request_is_resent_with_the_same_req_after_a_growing_backo
         link.get_param("depth_mm")
     sends = device.of(m.GET_PARAM)
     assert len(sends) == 4 and len({msg.fields["req"] for _, msg in sends}) == 1
-    gaps = [b[0] - a[0] for a, b in zip(sends, sends[1:], strict=False)]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(sends)]
     for gap, backoff in zip(gaps, (0.04, 0.08, 0.16), strict=True):
         # lower bounds only: a loaded machine may be late, never early
         assert gap >= link.request_timeout + backoff - 0.01, (gaps, backoff)
