@@ -139,3 +139,9 @@ def test_unreliable_axes_fall_back_to_the_fp32_figures() -> None:
     assert unreliable_axes({"precision": "int8", "evaluation": both}) == {"dx"}
     assert unreliable_axes({"evaluation": {"fp32": {"direction_sign_by_axis": {"zz": 0.1}}}}) == frozenset()
     assert unreliable_axes({"evaluation": fp32}, threshold=0.95) == {"dy", "dx"}
+
+
+def test_a_step_at_exactly_min_fraction_is_still_searched() -> None:
+    search = AxisSearch(params(min_fraction=0.25))
+    # worse, worse: the step is a quarter, not below min_fraction: dy goes on; a third time hands over
+    assert decide(search, [0.0, -1.0, -2.0, -3.0]) == [("dy", 8.0), ("dy", -4.0), ("dy", 2.0), ("rz", 12.0)]
