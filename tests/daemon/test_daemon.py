@@ -1,8 +1,9 @@
 """The daemon end to end with real pieces: the reference emulator rendering with the simulator on a real
 pty, the real ProbeLink, real mosquitto, real paho clients, the real pipeline threads.
 
-The model is the HeuristicModel placeholder (the ONNX model lands separately); decisions are checked
-against the simulator's ground truth (``EmulatedProbe.truth``). Every message the recorder receives is
+Auto gain and depth run the shipped ONNX model (their outcome is its judgement); the other tests are
+about plumbing and run the HeuristicModel placeholder. Decisions are checked against the simulator's
+ground truth (``EmulatedProbe.truth``). Every message the recorder receives is
 validated with jsonschema against docs/mqtt/*.schema.json.
 """
 
@@ -29,13 +30,26 @@ def _config(port: int, **sections: dict[str, Any]) -> Config:
     return parse_config(data, "<test>", env={})
 
 
+def shipped_model() -> Any:
+    """The shipped ONNX model: for the tests whose outcome is the model's judgement (gain, depth)."""
+    from service.daemon.onnx_model import load_model
+
+    return load_model(config=None)
+
+
 class Bench:
-    def __init__(self, broker: LocalBroker, probe: EmulatedProbe, **sections: dict[str, Any]) -> None:
+    def __init__(
+        self, broker: LocalBroker, probe: EmulatedProbe, model: Any = None, **sections: dict[str, Any]
+    ) -> None:
         self.config = _config(broker.port, **sections)
         self.probe = probe
         self.recorder = Recorder(broker.port, self.config.device.id)
         self.daemon = Daemon(
-            self.config, probe.link, HeuristicModel(), status_period_s=0.5, mqtt_reconnect_delay_s=(0.2, 1.0)
+            self.config,
+            probe.link,
+            model or HeuristicModel(),
+            status_period_s=0.5,
+            mqtt_reconnect_delay_s=(0.2, 1.0),
         )
         self.daemon.start()
         assert self.daemon.mqtt.wait_connected(5)
@@ -57,8 +71,8 @@ class Bench:
 def make_bench(broker: LocalBroker) -> Iterator[Any]:
     benches: list[Bench] = []
 
-    def _make(probe: EmulatedProbe | None = None, **sections: dict[str, Any]) -> Bench:
-        b = Bench(broker, probe or EmulatedProbe(), **sections)
+    def _make(probe: EmulatedProbe | None = None, model: Any = None, **sections: dict[str, Any]) -> Bench:
+        b = Bench(broker, probe or EmulatedProbe(), model, **sections)
         benches.append(b)
         return b
 
@@ -113,8 +127,8 @@ def test_guidance_flows_retained_state_and_clean_exit(broker: LocalBroker, make_
 def test_auto_gain_converges_from_15_db_too_low(make_bench) -> None:
     probe = EmulatedProbe(gain_offset_db=-15.0)
     start = probe.params["gain_db"]
-    bench = make_bench(probe, auto={"depth": False})
-    assert bench.recorder.wait_for(lambda: abs(probe.truth().gain_error_db) <= 3.0, 10), (
+    bench = make_bench(probe, shipped_model(), auto={"depth": False})
+    assert bench.recorder.wait_for(lambda: abs(probe.truth().gain_error_db) <= 3.0, 20), (
         probe.params,
         probe.truth().gain_error_db,
     )
@@ -124,10 +138,8 @@ def test_auto_gain_converges_from_15_db_too_low(make_bench) -> None:
     assert abs(probe.truth().gain_error_db) <= 3.0
     gains = probe.host_sets("gain_db")
     assert gains == sorted(gains) and gains[0] > start, f"gain went back and forth: {start} -> {gains}"
-    # coarse steps most of the way (the model's estimate), then fine steps. The placeholder model
-    # reads a frame 15 dB too dark — mostly black with tissue at grey 40 — as less dark than it is,
-    # so it may take two coarse steps; the last step is a fine one.
-    assert len(gains) <= 5 and gains[-1] - (gains[-2] if len(gains) > 1 else start) <= 6.0, (start, gains)
+    # a coarse step most of the way (the model's estimate), perhaps fine steps after it: few changes
+    assert len(gains) <= 5, (start, gains)
     changes = bench.events("auto_change", "gain_db")
     assert changes and "too dark" in changes[0]["reason"] and changes[0]["source"] == "auto"
     assert [c["new"] for c in changes] == gains  # every automatic change published with its reason
@@ -139,8 +151,14 @@ def test_auto_gain_converges_from_15_db_too_low(make_bench) -> None:
 def test_depth_too_shallow_deepens(make_bench) -> None:
     probe = EmulatedProbe(gain_offset_db=0.0, depth_mm=60.0)
     assert probe.truth().best_depth_mm > 60.0  # the target does not fit at 60 mm
-    bench = make_bench(probe, auto={"gain": False})
-    assert bench.recorder.wait_for(lambda: probe.params["depth_mm"] >= 100.0, 8), probe.params
+    bench = make_bench(probe, shipped_model(), auto={"gain": False})
+    steps = probe.caps.depths_mm
+    best = min(range(len(steps)), key=lambda i: abs(steps[i] - probe.truth().best_depth_mm))
+    # deeper, to within one step of the truth's best (the model's held-out accuracy, docs/model.md)
+    assert bench.recorder.wait_for(lambda: abs(steps.index(probe.params["depth_mm"]) - best) <= 1, 20), (
+        probe.params
+    )
+    assert bench.recorder.wait_for(lambda: bench.events("auto_change", "depth_mm"), 10)
     changes = bench.events("auto_change", "depth_mm")
     assert changes[0]["old"] == 60.0 and changes[0]["new"] > 60.0 and "deeper" in changes[0]["reason"]
     assert all(d in probe.caps.depths_mm for d in probe.host_sets("depth_mm"))  # the probe's own steps
