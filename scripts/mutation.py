@@ -47,7 +47,11 @@ class Target:
 
 
 TARGETS = [
-    Target("control", "service/policy/autotune.py", ("tests/daemon/test_autotune.py",)),
+    Target(
+        "control",
+        "service/policy/autotune.py",
+        ("tests/daemon/test_autotune.py", "tests/daemon/test_autotune_rules.py"),
+    ),
     Target(
         "guidance",
         "service/policy/guidance.py",
