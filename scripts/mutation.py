@@ -57,6 +57,7 @@ TARGETS = [
         "service/policy/guidance.py",
         (
             "tests/daemon/test_guidance.py",
+            "tests/daemon/test_guidance_words.py",
             "tests/daemon/test_guidance_rules.py",
             "tests/daemon/test_guidance_search.py",
         ),
