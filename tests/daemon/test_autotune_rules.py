@@ -183,3 +183,12 @@ def test_the_change_detector_edges_are_inclusive() -> None:
     det.expect("gain_db", 46.0, 2.0)
     assert det.observe("depth_mm", 60.0, 2.1) is False  # first value: known now
     assert not det.observe("depth_mm", 80.0, 2.2)  # the announcement for depth still stands
+
+
+def test_a_read_back_ends_the_announcement_and_cancelling_nothing_is_harmless() -> None:
+    det = ManualChangeDetector()
+    det.cancel("gain_db")  # nothing announced: nothing to do
+    det.observe("gain_db", 40.0, 0.0)
+    det.announce("gain_db", 50.0)
+    det.expect("gain_db", 49.0, 0.5)  # the probe snapped it: 49 read back, the announcement is over
+    assert det.observe("gain_db", 50.0, 3.0)  # a frame at 50 later is somebody else's change
