@@ -197,11 +197,11 @@ def _diff(shown: str) -> str:
     )
 
 
-def write_report(new_rows: list[dict], command: str) -> None:
+def write_report(new_rows: list[dict], command: str, out: Path = OUT) -> None:
     """The report of every module run so far: this run's rows replace earlier rows of the same module."""
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     earlier = (
-        json.loads((OUT / "report.json").read_text())["modules"] if (OUT / "report.json").is_file() else []
+        json.loads((out / "report.json").read_text())["modules"] if (out / "report.json").is_file() else []
     )
     fresh = {r["module"] for r in new_rows}
     order = [t.name for t in TARGETS]
@@ -211,7 +211,7 @@ def write_report(new_rows: list[dict], command: str) -> None:
     killed = sum(r["killed"] for r in rows)
     counted = sum(r["ran"] - len(r["equivalent"]) for r in rows)
     total = {"score": round(killed / counted, 4) if counted else None, "killed": killed, "counted": counted}
-    (OUT / "report.json").write_text(
+    (out / "report.json").write_text(
         json.dumps({"command": command, "total": total, "modules": rows}, indent=1)
     )
     lines = [
@@ -236,7 +236,7 @@ def write_report(new_rows: list[dict], command: str) -> None:
             lines += [f"## Surviving in {r['module']} (`{r['file']}`)", ""]
             for name, diff in r["survived"].items():
                 lines += [f"- `{name}`", "", "```diff", diff, "```", ""]
-    (OUT / "report.md").write_text("\n".join(lines))
+    (out / "report.md").write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("modules", nargs="*", help=f"some of: {', '.join(t.name for t in TARGETS)}")
     ap.add_argument("--budget-s", type=float, default=1800.0, help="per module; the rest is reported partial")
     ap.add_argument("--children", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    ap.add_argument("--out", type=Path, default=OUT, help="report folder (default build/mutation)")
     args = ap.parse_args(argv)
     by_name = {t.name: t for t in TARGETS}
     unknown = [m for m in args.modules if m not in by_name]
@@ -272,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
             rows,
             "make mutation"
             + (f" MUTATION_ARGS='{' '.join(argv or sys.argv[1:])}'" if (argv or sys.argv[1:]) else ""),
+            args.out,
         )
-    print(f"mutation: report in {OUT / 'report.md'}", file=sys.stderr)
+    print(f"mutation: report in {args.out / 'report.md'}", file=sys.stderr)
     return 0
 
 
