@@ -216,3 +216,32 @@ def test_daemon_load_path_and_bench_numbers(tmp_path: Path) -> None:
     bench = bench_precisions("", runs=40)
     assert set(bench) == {"int8", "fp32"}
     assert all(0 < v["median_ms"] <= v["p90_ms"] for v in bench.values())
+
+
+def test_manifest_reader_names_each_problem(tmp_path: Path) -> None:
+    from service.daemon.onnx_model import read_manifest
+
+    with pytest.raises(ModelLoadError, match=r"manifest\.json is missing: not a model folder"):
+        read_manifest(tmp_path)
+    folder = _copy(tmp_path)
+    good = json.loads((folder / "manifest.json").read_text())
+
+    def refused(manifest: dict) -> str:
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ModelLoadError) as e:
+            read_manifest(folder)
+        return str(e.value)
+
+    assert refused({k: v for k, v in good.items() if k != "outputs"}).endswith("lacks the key 'outputs'")
+    unlisted = {**good, "files": {k: v for k, v in good["files"].items() if k != good["model_file"]}}
+    assert refused(unlisted).endswith(
+        f"'files' must list the model file {good['model_file']!r} with its sha256"
+    )
+    assert "'files' must list" in refused({**good, "files": [good["model_file"]]})  # not a table
+    digest = {**good, "files": {**good["files"], "MODEL_CARD.md": "0" * 64}}
+    assert refused(digest).endswith("(damaged or changed); reinstall the model version")
+    units = {**good, "outputs": [dict(o, unit="%") if o["name"] == "contact" else o for o in good["outputs"]]}
+    expected = next(o["unit"] for o in good["outputs"] if o["name"] == "contact")
+    assert refused(units).endswith(f"output 'contact' must be declared in {expected!r}, got '%'")
+    (folder / "manifest.json").write_text(json.dumps(good))
+    assert read_manifest(folder)["version"] == good["version"]
