@@ -81,7 +81,11 @@ TARGETS = [
     Target(
         "manifest",
         "service/daemon/onnx_model.py",
-        ("tests/models/test_model.py", "-k", "tampered or wrong_units or loads_verifies or describes or reader"),
+        (
+            "tests/models/test_model.py",
+            "-k",
+            "tampered or wrong_units or loads_verifies or describes or reader",
+        ),
         only="service.daemon.onnx_model.x_read_manifest__mutmut_*",
     ),
 ]
