@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: setup sysdeps test demo lint model bundle eval bench clean
+.PHONY: setup sysdeps test demo lint model bundle eval bench mutation clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,11 @@ eval: sysdeps setup
 
 bench: sysdeps setup
 	$(VENV)/bin/sonoguide bench $(BENCH_ARGS)
+
+# Mutation report on the core pure modules, each with its own tests (docs/testing.md): slow, so not
+# part of `make test`. Writes build/mutation/report.md; MUTATION_ARGS="protocol search" for some.
+mutation: sysdeps setup
+	$(PY) scripts/mutation.py $(MUTATION_ARGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -32,12 +32,11 @@ def test_slot_wakes_waiter_and_close_unblocks() -> None:
     slot.put("frame")
     t.join(2)
     assert got == ["frame"]
-    t = threading.Thread(target=lambda: got.append(slot.get(timeout=5)))
+    t = threading.Thread(target=lambda: got.append(slot.get(timeout=120)))
     t.start()
-    start = time.monotonic()
     slot.close()
-    t.join(2)
-    assert got[-1] is None and time.monotonic() - start < 1
+    t.join(30)
+    assert not t.is_alive() and got[-1] is None  # woken by close, long before its timeout
 
 
 @pytest.fixture(params=["path", "abstract"])

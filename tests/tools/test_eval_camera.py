@@ -16,6 +16,7 @@ def model():  # type: ignore[no-untyped-def]
     return m
 
 
+@pytest.mark.timeout(600)  # four simulated episodes: past the default 120 s on a loaded 2-core machine
 def test_camera_arm_brings_the_novice_to_the_view(model) -> None:  # type: ignore[no-untyped-def]
     """Four episodes (the guided arm without the camera reaches 0-1 of such starts): at least three
     reach the view within the 60 s limit. The whole figure is `sonoguide eval`'s, not a test's."""

@@ -253,3 +253,28 @@ def test_daemon_reports_camera_state_and_calibrates_over_mqtt(
         probe.close()
         recorder.close()
     assert not recorder.invalid, recorder.invalid
+
+
+@pytest.mark.parametrize(("moved_mm", "accepted"), [(9.0, True), (12.0, False)])
+def test_calibration_refuses_stickers_more_than_6_mm_rms_from_their_places(
+    parked: Recording, moved_mm: float, accepted: bool
+) -> None:
+    """The magenta sticker stuck ``moved_mm`` toward the patient's left of its place: the axes come
+    from yellow and cyan, so only magenta is off and the RMS over three is moved_mm / √3
+    (9 mm → 5.2 mm, accepted; 12 mm → 6.9 mm, over the 6 mm limit)."""
+    frames = []
+    for f in parked.frames[:6]:
+        measured = cal.measure_frame(f.rgb, f.depth_mm, parked.intrinsics)
+        assert not isinstance(measured, str), measured
+        left_cam = parked.T_patient_cam[0, :3]  # patient +x in camera coordinates
+        stickers = dict(measured.stickers, magenta=measured.stickers["magenta"] + moved_mm * left_cam)
+        frames.append(cal.CalibrationFrame(stickers, measured.skin_points))
+    expected = moved_mm / np.sqrt(3)
+    if accepted:
+        assert cal.solve(frames).residual_mm == pytest.approx(expected, abs=0.8)
+    else:
+        with pytest.raises(
+            cal.CalibrationError, match=r"mm \(RMS\) from their expected places \(limit 6 mm\)"
+        ) as e:
+            cal.solve(frames)
+        assert float(str(e.value).split(" mm")[0].split()[-1]) == pytest.approx(expected, abs=0.8)

@@ -1,0 +1,109 @@
+"""The guidance rules the design promises, one test each: urgent words skip the wait, the jitter filter
+smooths, the view search stays off while the camera tracks, no capture off the skin, the sign threshold.
+
+Each test was written against a deliberately planted bug (docs/testing.md, "mutants that survived")
+and fails with it: the numbers come from the rule's definition, not from a run of the code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from service.policy.guidance import (
+    Correction,
+    CorrectionFilter,
+    GuidanceEngine,
+    GuidanceParams,
+    Instruction,
+    Stabilizer,
+)
+from service.policy.search import unreliable_axes
+
+
+def instruction(ident: str) -> Instruction:
+    return Instruction(ident, 0.0, "", 1.0, "test")
+
+
+def corr(t=(0.0, 0.0, 0.0), r=(0.0, 0.0, 0.0), sigma=2.0) -> Correction:
+    return Correction(t, r, sigma, sigma)
+
+
+@pytest.mark.parametrize("urgent", sorted(Stabilizer.URGENT))
+def test_contact_problems_are_shown_at_once_other_changes_wait(urgent: str) -> None:
+    st = Stabilizer(switch_s=0.3)
+    assert st.update(instruction("slide_head"), 0.0).id == "slide_head"
+    assert st.update(instruction(urgent), 0.01).id == urgent  # the same frame: no 0.3 s wait
+    # leaving the urgent word is an ordinary change: it waits switch_s
+    assert st.update(instruction("slide_head"), 0.02).id == urgent
+    assert st.update(instruction("slide_head"), 0.30).id == urgent
+    assert st.update(instruction("slide_head"), 0.33).id == "slide_head"
+    # an ordinary change waits too
+    assert st.update(instruction("rotate_cw"), 0.40).id == "slide_head"
+    assert st.update(instruction("rotate_cw"), 0.71).id == "rotate_cw"
+
+
+def test_one_contact_problem_replacing_another_waits() -> None:
+    st = Stabilizer(switch_s=0.3)
+    st.update(instruction("more_gel"), 0.0)
+    assert st.update(instruction("press"), 0.1).id == "more_gel"
+    assert st.update(instruction("press"), 0.45).id == "press"
+
+
+def test_correction_filter_is_first_order_smoothing_with_its_time_constant() -> None:
+    f = CorrectionFilter(time_constant_s=0.2)
+    assert f.update(corr(t=(0.0, 0.0, 0.0)), 0.0).translation_mm == (0.0, 0.0, 0.0)
+    out = f.update(corr(t=(10.0, -20.0, 0.0), r=(0.0, 0.0, 30.0)), 0.1)
+    a = 1.0 - math.exp(-0.1 / 0.2)
+    assert out.translation_mm == pytest.approx((10.0 * a, -20.0 * a, 0.0))
+    assert out.rotation_deg == pytest.approx((0.0, 0.0, 30.0 * a))
+    # after many time constants the filter has followed
+    out = f.update(corr(t=(10.0, -20.0, 0.0), r=(0.0, 0.0, 30.0)), 5.0)
+    assert out.translation_mm == pytest.approx((10.0, -20.0, 0.0), abs=1e-6)
+    # an unknown correction passes through and restarts the filter
+    assert not f.update(Correction(), 5.1).known
+    assert f.update(corr(t=(3.0, 0.0, 0.0)), 5.2).translation_mm == (3.0, 0.0, 0.0)
+
+
+def test_the_engine_smooths_a_jump_in_the_correction() -> None:
+    engine = GuidanceEngine()
+    for i in range(30):
+        shown, _ = engine.update(corr(t=(20.0, 0.0, 0.0)), 0.3, 1.0, i / 30)
+    assert shown.id == "slide_head" and shown.magnitude == 20.0
+    shown, _ = engine.update(corr(t=(40.0, 0.0, 0.0)), 0.3, 1.0, 30 / 30)  # one frame later: a jump
+    expected = 20.0 + 20.0 * (1.0 - math.exp(-(1 / 30) / 0.2))  # ≈ 23.1 mm, not 40
+    assert shown.magnitude == pytest.approx(expected, abs=0.1)
+
+
+def test_no_view_search_while_the_camera_tracks() -> None:
+    """Unreliable axes, the followed ones done, the view not good: the image alone searches; with a
+    camera correction the camera tells the sign, so the engine holds still instead of searching."""
+    params = GuidanceParams(unreliable_axes=frozenset({"dy"}))
+    done = corr(t=(1.0, 0.0, 0.0))  # inside the tolerance on every followed axis
+    camera = corr(t=(1.0, 0.0, 0.0), sigma=1.0)
+    alone = GuidanceEngine(params)
+    ids = {alone.update(done, 0.3, 1.0, i / 10, visible=0.8)[0].id for i in range(40)}
+    assert ids & {"slide_left", "slide_right"}  # the search asks for sweeps along dy
+    tracked = GuidanceEngine(params)
+    ids = {tracked.update(done, 0.3, 1.0, i / 10, camera=camera, visible=0.8)[0].id for i in range(40)}
+    assert ids == {"hold_still"}
+    assert tracked.search.move is None
+
+
+def test_no_capture_without_skin_contact() -> None:
+    engine = GuidanceEngine(GuidanceParams(good_quality=0.8, capture_after_s=1.0, contact_min=0.5))
+    fired = [engine.update(corr(), 0.95, 0.3, i / 30)[1] for i in range(90)]  # 3 s, pressed too lightly
+    assert not any(fired)
+    assert engine.update(corr(), 0.95, 0.3, 3.0)[0].id == "press"
+    times = [i / 30 for i in range(91, 180) if engine.update(corr(), 0.95, 1.0, i / 30)[1]]
+    assert len(times) == 1  # in contact: one capture, a second after contact came back
+    assert times[0] - 91 / 30 == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "searched"), [(0.50, True), (0.62, True), (0.6499, True), (0.65, False), (0.80, False)]
+)
+def test_an_axis_is_searched_below_65_percent_sign_accuracy(accuracy: float, searched: bool) -> None:
+    manifest = {"precision": "int8", "evaluation": {"int8": {"direction_sign_by_axis": {"dy": accuracy}}}}
+    assert (unreliable_axes(manifest) == {"dy"}) is searched
