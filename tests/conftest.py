@@ -6,14 +6,22 @@ Later test modules reuse these; nothing here is mocked.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from firmware_bridge.ptyport import PtyPair
 from service.tools.local_broker import DEFAULT_CONFIG, LocalBroker
 from service.tools.local_pacs import LocalPacs
+
+# Property tests draw the same examples on every run (`make test` must not pass or fail by the dice);
+# `HYPOTHESIS_PROFILE=explore` draws fresh ones, which is how a counterexample is found and added.
+settings.register_profile("fixed", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
 
 # Brokers and PACS started for the running test, so their logs can be attached when it fails.
 _brokers_in_test: list[LocalBroker] = []
