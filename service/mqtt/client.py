@@ -28,6 +28,7 @@ from paho.mqtt.properties import Properties
 
 from firmware_bridge.devicelog import device_logger
 from service.daemon.config import MqttConfig
+from service.mqtt.bounded_json import InputError, loads_bounded, quote
 from service.mqtt.topics import BY_NAME, COMMANDS, topic_path
 from service.mqtt.validate import validate
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUED = 200  # outgoing messages paho may hold while the broker is slow or away
 MAX_PENDING_COMMANDS = 16
+MAX_NAME_CHARS = 64
 
 
 class CommandError(Exception):
@@ -189,7 +191,7 @@ class MqttApi:
         correlation = getattr(props, "CorrelationData", None)
         problem, request = parse_command(name, bytes(msg.payload))
         if problem is not None:
-            self.log.warning("rejected command %r: %s", name, problem)
+            self.log.warning("rejected command %s: %s", quote(name), problem)
             self._respond(name, response_topic, correlation, {"ok": False, "command": name, "error": problem})
             return
         try:
@@ -220,7 +222,11 @@ class MqttApi:
                 reply = {"ok": False, "command": name, "error": str(e)}
             except Exception as e:  # a bug must not end the worker; the requester still hears back
                 self.log.exception("command %s failed", name)
-                reply = {"ok": False, "command": name, "error": f"internal error: {type(e).__name__}: {e}"}
+                reply = {
+                    "ok": False,
+                    "command": name,
+                    "error": f"internal error: {type(e).__name__}: {quote(str(e), 200)}",
+                }
             try:
                 self._respond(name, response_topic, correlation, reply)
             except Exception:
@@ -233,6 +239,8 @@ class MqttApi:
             if not reply["ok"]:
                 self.log.warning("command %s without a response topic failed: %s", name, reply["error"])
             return
+        if len(reply["command"]) > MAX_NAME_CHARS:  # an unknown command's name is the requester's text
+            reply = {**reply, "command": reply["command"][:MAX_NAME_CHARS] + "…"}
         props = Properties(PacketTypes.PUBLISH)
         if correlation is not None:
             props.CorrelationData = correlation
@@ -275,19 +283,24 @@ class MqttApi:
         return info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
 
 
+MAX_PROBLEMS_QUOTED = 5
+
+
 def parse_command(name: str, payload: bytes) -> tuple[str | None, dict[str, Any]]:
-    """(problem, request): the problem names what is wrong, for the error response."""
+    """(problem, request): the problem names what is wrong, for the error response (bounded)."""
     topic = COMMANDS.get(name)
     if topic is None:
-        return f"unknown command '{name}'; known: {', '.join(sorted(COMMANDS))}", {}
+        return f"unknown command {quote(name)}; known: {', '.join(sorted(COMMANDS))}", {}
     if not payload.strip():
         request: Any = {}
     else:
         try:
-            request = json.loads(payload.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            return f"payload is not UTF-8 JSON: {e}", {}
+            request = loads_bounded(payload)
+        except InputError as e:
+            return str(e), {}
     problems = validate(request, topic.schema, "")
     if problems:
-        return "invalid request: " + "; ".join(problems), {}
+        more = len(problems) - MAX_PROBLEMS_QUOTED
+        shown = problems[:MAX_PROBLEMS_QUOTED] + ([f"and {more} more"] if more > 0 else [])
+        return "invalid request: " + "; ".join(shown), {}
     return None, request

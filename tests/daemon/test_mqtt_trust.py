@@ -1,0 +1,77 @@
+"""Hostile and careless MQTT clients against the real daemon (real pty + emulator, real mosquitto).
+
+Each request gets an answer that names the problem; nothing a requester sends is echoed unbounded
+into a reply or the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from service.mqtt.bounded_json import MAX_PAYLOAD_BYTES, InputError, loads_bounded
+from service.tools.local_broker import LocalBroker
+from tests.daemon.test_daemon import Bench
+from tests.service_bench import EmulatedProbe
+
+
+@pytest.fixture
+def bench(broker: LocalBroker) -> Iterator[Bench]:
+    b = Bench(broker, EmulatedProbe(), auto={"gain": False, "depth": False})
+    yield b
+    b.close()
+    assert not b.recorder.invalid, b.recorder.invalid
+
+
+def test_hostile_payloads_get_bounded_answers_naming_the_problem(
+    bench: Bench, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec, emu = bench.recorder, bench.probe.emulator
+    gain_before = emu.params.gain_db
+    huge = "A" * (16 * 1024 * 1024)
+    cases: dict[str, tuple[bytes, str]] = {
+        "deep nesting": (b'{"param": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nests"),
+        "5000 digits": (b'{"param": "gain_db", "value": ' + b"9" * 5000 + b"}", "too long"),
+        "400 digits": (b'{"param": "gain_db", "value": ' + b"9" * 400 + b"}", "too long"),
+        "1e999": (b'{"param": "gain_db", "value": 1e999}', "not finite"),
+        "NaN": (b'{"param": "gain_db", "value": NaN}', "NaN is not a JSON number"),
+        "Infinity": (b'{"param": "gain_db", "value": -Infinity}', "-Infinity is not a JSON number"),
+        "16 MB string": (('{"name": "' + huge + '"}').encode(), "too large"),
+        "long enum value": (('{"param": "' + "x" * 10_000 + '", "value": 1}').encode(), "is not one of"),
+        "many unknown fields": (("{" + ",".join(f'"k{i}": 1' for i in range(1000)) + "}").encode(), "more"),
+    }
+    caplog.set_level(logging.DEBUG)
+    for label, (raw, fragment) in cases.items():
+        command = "preset" if label == "16 MB string" else "set_param"
+        reply = rec.request(command, raw=raw, timeout=10)
+        assert reply["ok"] is False, label
+        assert fragment in reply["error"], (label, reply["error"])
+        assert "internal error" not in reply["error"], (label, reply["error"])
+        assert len(reply["error"]) < 600, (label, len(reply["error"]))
+    long_name = "x" * 5000
+    reply = rec.request(long_name, raw=b"{}")
+    assert reply["ok"] is False and "unknown command" in reply["error"]
+    assert len(reply["command"]) <= 65 and len(reply["error"]) < 600
+    assert len(caplog.text) < 20_000, "hostile input was echoed into the log"
+    assert emu.params.gain_db == gain_before  # nothing was applied
+    assert rec.request("ping")["ok"]  # and the daemon still serves
+
+
+def test_bounded_json_accepts_ordinary_requests_and_names_each_refusal() -> None:
+    assert loads_bounded(b'{"param": "gain_db", "value": 42.5, "n": [1, {"a": null}]}') == {
+        "param": "gain_db",
+        "value": 42.5,
+        "n": [1, {"a": None}],
+    }
+    assert loads_bounded(b'{"s": "[[[[[[[[[[[[[[[[[[[[[[[\\""}') == {"s": '[[[[[[[[[[[[[[[[[[[[[[["'}
+    for raw, fragment in [
+        (b"[" * 9 + b"]" * 9, "nests 9 levels"),
+        (b"1" * 33, "too long"),
+        (b"NaN", "NaN is not"),
+        (b"\xff{}", "not UTF-8"),
+        (b" " * (MAX_PAYLOAD_BYTES + 1), "too large"),
+    ]:
+        with pytest.raises(InputError, match=fragment):
+            loads_bounded(raw)
