@@ -25,6 +25,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from firmware_bridge.devicelog import device_logger
 from service.daemon.config import MqttConfig
@@ -90,6 +91,7 @@ class MqttApi:
             "connects": 0,
             "commands": 0,
             "queue_full": 0,
+            "retained_refused": 0,
         }
         self.client = self._make_client(reconnect_delay_s)
 
@@ -164,7 +166,9 @@ class MqttApi:
             return
         self.stats["connects"] += 1
         self.log.info("connected (connection %d)", self.stats["connects"])
-        client.subscribe(self.topic("cmd/+"), qos=1)
+        # retainAsPublished: a command published with the retain flag arrives flagged even live, so it
+        # can be refused (a retained command would otherwise re-run on every start and reconnect).
+        client.subscribe(self.topic("cmd/+"), options=SubscribeOptions(qos=1, retainAsPublished=True))
         client.publish(self.topic("available"), b"online", qos=1, retain=True)
         with self._lock:
             retained = dict(self._retained)
@@ -189,6 +193,9 @@ class MqttApi:
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None) or None
         correlation = getattr(props, "CorrelationData", None)
+        if msg.retain:
+            self._refuse_retained(client, msg, name, response_topic, correlation)
+            return
         problem, request = parse_command(name, bytes(msg.payload))
         if problem is not None:
             self.log.warning("rejected command %s: %s", quote(name), problem)
@@ -203,6 +210,17 @@ class MqttApi:
                 correlation,
                 {"ok": False, "command": name, "error": "busy: too many pending commands"},
             )
+
+    def _refuse_retained(
+        self, client: mqtt.Client, msg: mqtt.MQTTMessage, name: str, topic: str | None, corr: bytes | None
+    ) -> None:
+        """A retained command is refused, never run, and cleared from the broker's store."""
+        self.stats["retained_refused"] += 1
+        if msg.payload:  # an empty retained payload is the clearing itself, coming back
+            self.log.warning("refused retained command %s; clearing it from the broker", quote(name))
+            client.publish(msg.topic, b"", qos=1, retain=True)
+            error = "retained commands are refused: publish commands without the retain flag"
+            self._respond(name, topic, corr, {"ok": False, "command": name, "error": error})
 
     # --- commands (worker thread) -------------------------------------------------------------------
 

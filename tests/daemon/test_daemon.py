@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -30,9 +30,17 @@ def _config(port: int, **sections: dict[str, Any]) -> Config:
 
 
 class Bench:
-    def __init__(self, broker: LocalBroker, probe: EmulatedProbe, **sections: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        broker: LocalBroker,
+        probe: EmulatedProbe,
+        before_start: Callable[[Config], None] | None = None,
+        **sections: dict[str, Any],
+    ) -> None:
         self.config = _config(broker.port, **sections)
         self.probe = probe
+        if before_start is not None:  # e.g. a retained message already waiting on the broker
+            before_start(self.config)
         self.recorder = Recorder(broker.port, self.config.device.id)
         self.daemon = Daemon(
             self.config, probe.link, HeuristicModel(), status_period_s=0.5, mqtt_reconnect_delay_s=(0.2, 1.0)

@@ -7,8 +7,12 @@ into a reply or the log.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from service.mqtt.bounded_json import MAX_PAYLOAD_BYTES, InputError, loads_bounded
@@ -75,3 +79,55 @@ def test_bounded_json_accepts_ordinary_requests_and_names_each_refusal() -> None
     ]:
         with pytest.raises(InputError, match=fragment):
             loads_bounded(raw)
+
+
+def _publish_once(port: int, topic: str, payload: bytes, retain: bool) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+    client.loop_stop()
+    client.disconnect()
+
+
+def _retained_on(port: int, topic: str, wait_s: float = 1.0) -> list[bytes]:
+    """What the broker still keeps retained on ``topic`` (a fresh subscriber's view)."""
+    got: list[bytes] = []
+    subscribed = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_message = lambda c, u, m: got.append(bytes(m.payload)) if m.retain else None
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.subscribe(topic, qos=1)
+    assert subscribed.wait(5)
+    time.sleep(wait_s)  # retained messages come right after SUBACK; nothing else to wait on
+    client.loop_stop()
+    client.disconnect()
+    return got
+
+
+def test_retained_commands_are_refused_and_cleared(broker: LocalBroker) -> None:
+    gain_zero = b'{"param": "gain_db", "value": 0}'
+    cmd = ""
+
+    def leave_a_retained_command(config: Any) -> None:
+        nonlocal cmd
+        cmd = f"sonoguide/{config.device.id}/cmd/set_param"
+        _publish_once(broker.port, cmd, gain_zero, retain=True)
+
+    bench = Bench(broker, EmulatedProbe(), before_start=leave_a_retained_command, auto={"gain": False})
+    try:
+        mqtt_api = bench.daemon.mqtt
+        assert bench.recorder.wait_for(lambda: mqtt_api.stats.get("retained_refused", 0) >= 1, 5)
+        assert bench.probe.emulator.params.gain_db != 0  # the retained command never ran
+        assert _retained_on(broker.port, cmd) == []  # and it is gone from the broker's store
+        # Published retained while the daemon runs: refused the same way.
+        _publish_once(broker.port, cmd, gain_zero, retain=True)
+        assert bench.recorder.wait_for(lambda: mqtt_api.stats.get("retained_refused", 0) >= 2, 5)
+        assert bench.probe.emulator.params.gain_db != 0
+        assert _retained_on(broker.port, cmd) == []
+        assert bench.recorder.request("set_param", {"param": "gain_db", "value": 10})["ok"]  # plain: runs
+        assert bench.probe.emulator.params.gain_db == 10
+    finally:
+        bench.close()
