@@ -30,7 +30,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from firmware_bridge.devicelog import device_logger
 from service.daemon.config import MqttConfig
 from service.mqtt.bounded_json import InputError, loads_bounded, quote
-from service.mqtt.topics import BY_NAME, COMMANDS, topic_path
+from service.mqtt.topics import BY_NAME, COMMAND_FILTERS, COMMANDS, reply_problem, split_command, topic_path
 from service.mqtt.validate import validate
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ class MqttApi:
             "commands": 0,
             "queue_full": 0,
             "retained_refused": 0,
+            "replies_refused": 0,
         }
         self.client = self._make_client(reconnect_delay_s)
 
@@ -168,7 +169,8 @@ class MqttApi:
         self.log.info("connected (connection %d)", self.stats["connects"])
         # retainAsPublished: a command published with the retain flag arrives flagged even live, so it
         # can be refused (a retained command would otherwise re-run on every start and reconnect).
-        client.subscribe(self.topic("cmd/+"), options=SubscribeOptions(qos=1, retainAsPublished=True))
+        options = SubscribeOptions(qos=1, retainAsPublished=True)
+        client.subscribe([(self.topic(f), options) for f in COMMAND_FILTERS])
         client.publish(self.topic("available"), b"online", qos=1, retain=True)
         with self._lock:
             retained = dict(self._retained)
@@ -189,12 +191,19 @@ class MqttApi:
             self.log.warning("disconnected from the broker (%s); reconnecting with backoff", rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        name = msg.topic.removeprefix(self.topic("cmd/"))
+        name, requester = split_command(msg.topic.removeprefix(self.topic("")))
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None) or None
         correlation = getattr(props, "CorrelationData", None)
+        misdirected = response_topic and reply_problem(self.device_id, requester, response_topic, correlation)
+        if misdirected:  # not run, and no reply: there is nowhere the requester may be answered
+            self.stats["replies_refused"] += 1
+            self.log.warning("refused command %s from %s: %s", quote(name), quote(requester), misdirected)
+            response_topic = None
         if msg.retain:
             self._refuse_retained(client, msg, name, response_topic, correlation)
+            return
+        if misdirected:
             return
         problem, request = parse_command(name, bytes(msg.payload))
         if problem is not None:

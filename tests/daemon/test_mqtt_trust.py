@@ -14,6 +14,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from service.mqtt.bounded_json import MAX_PAYLOAD_BYTES, InputError, loads_bounded
 from service.tools.local_broker import LocalBroker
@@ -131,3 +133,19 @@ def test_retained_commands_are_refused_and_cleared(broker: LocalBroker) -> None:
         assert bench.probe.emulator.params.gain_db == 10
     finally:
         bench.close()
+
+
+def test_replies_only_under_the_reply_namespace_and_unanswered_elsewhere(bench: Bench) -> None:
+    rec = bench.recorder
+    stats = bench.daemon.mqtt.stats
+    for target in ["guidance", "status", "events", "available", "reply", "reply/x"]:
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = rec.root + target
+        props.CorrelationData = b"c" * 10
+        rec.client.publish(rec.root + "cmd/capture", b"{}", qos=1, properties=props).wait_for_publish(5)
+    assert rec.wait_for(lambda: stats.get("replies_refused", 0) >= 6, 5)
+    assert rec.request("ping")["ok"]  # after the refused ones: had they been answered, it would show
+    for name in ["guidance", "status", "events"]:
+        assert not [m for m in rec.of(name) if "command" in m.payload], name
+    assert not [m for m in rec.of("available") if m.payload not in ("online", "offline", "stopped")]
+    assert not bench.events("capture")  # the misdirected commands did not run
