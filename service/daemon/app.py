@@ -122,6 +122,7 @@ class Daemon:
             "health": health,
             "summary": summary,
             "dropped": self.pipeline.dropped(),
+            "mqtt": self.mqtt.losses(),
             "uptime_s": round(max(0.0, now - self.started_at), 1),
             "version": __version__,
         }

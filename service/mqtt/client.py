@@ -30,6 +30,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from firmware_bridge.devicelog import device_logger
 from service.daemon.config import MqttConfig
 from service.mqtt.bounded_json import InputError, loads_bounded, quote
+from service.mqtt.rate_limit import RateLimiter
 from service.mqtt.topics import BY_NAME, COMMAND_FILTERS, COMMANDS, reply_problem, split_command, topic_path
 from service.mqtt.validate import validate
 
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 MAX_QUEUED = 200  # outgoing messages paho may hold while the broker is slow or away
 MAX_PENDING_COMMANDS = 16
 MAX_NAME_CHARS = 64
+# Per requester: a display's buttons send a few commands a second; a flood beyond this is answered busy.
+COMMAND_RATE_PER_S = 20.0
+COMMAND_BURST = 40
 
 
 class CommandError(Exception):
@@ -93,7 +97,11 @@ class MqttApi:
             "queue_full": 0,
             "retained_refused": 0,
             "replies_refused": 0,
+            "events_dropped": 0,
+            "replies_dropped": 0,
+            "commands_busy": 0,
         }
+        self.rate = RateLimiter(COMMAND_RATE_PER_S, COMMAND_BURST, time.monotonic)
         self.client = self._make_client(reconnect_delay_s)
 
     def topic(self, name: str) -> str:
@@ -205,6 +213,16 @@ class MqttApi:
             return
         if misdirected:
             return
+        wait_s = self.rate.admit(requester or _reply_client(self.topic("reply/"), response_topic))
+        if wait_s > 0:
+            self._busy(
+                name,
+                response_topic,
+                correlation,
+                f"more than {COMMAND_RATE_PER_S:g} commands a second from this client",
+                wait_s,
+            )
+            return
         problem, request = parse_command(name, bytes(msg.payload))
         if problem is not None:
             self.log.warning("rejected command %s: %s", quote(name), problem)
@@ -213,12 +231,15 @@ class MqttApi:
         try:
             self._commands.put_nowait((name, request, response_topic, correlation))
         except queue.Full:
-            self._respond(
-                name,
-                response_topic,
-                correlation,
-                {"ok": False, "command": name, "error": "busy: too many pending commands"},
-            )
+            self._busy(name, response_topic, correlation, "too many pending commands", 0.5)
+
+    def _busy(self, name: str, topic: str | None, corr: bytes | None, why: str, retry_after_s: float) -> None:
+        self.stats["commands_busy"] += 1
+        retry = max(0.01, round(retry_after_s, 2))
+        error = f"busy: {why}; retry after {retry:g} s"
+        self._respond(
+            name, topic, corr, {"ok": False, "command": name, "error": error, "retry_after_s": retry}
+        )
 
     def _refuse_retained(
         self, client: mqtt.Client, msg: mqtt.MQTTMessage, name: str, topic: str | None, corr: bytes | None
@@ -271,7 +292,10 @@ class MqttApi:
         props = Properties(PacketTypes.PUBLISH)
         if correlation is not None:
             props.CorrelationData = correlation
-        self.client.publish(response_topic, json.dumps(reply).encode(), qos=1, properties=props)
+        info = self.client.publish(response_topic, json.dumps(reply).encode(), qos=1, properties=props)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            self.stats["replies_dropped"] += 1
+            self.log.warning("outgoing queue full: the reply to %s was dropped", quote(name))
 
     # --- publishing (any thread) ---------------------------------------------------------------------
 
@@ -299,7 +323,17 @@ class MqttApi:
 
     def publish_event(self, message: dict[str, Any]) -> bool:
         """QoS 1: paho queues it (bounded) across a short disconnection."""
-        return self._publish("events", json.dumps(message, separators=(",", ":")).encode())
+        ok = self._publish("events", json.dumps(message, separators=(",", ":")).encode())
+        if not ok:
+            self.stats["events_dropped"] += 1
+            self.log.warning("outgoing queue full: event %s dropped", message.get("seq"))
+        return ok
+
+    def losses(self) -> dict[str, int]:
+        """What was not delivered or not run, by kind (the ``mqtt`` field of ``status``)."""
+        keys = ("guidance_dropped", "events_dropped", "replies_dropped", "commands_busy",
+                "replies_refused", "retained_refused")  # fmt: skip
+        return {k: self.stats[k] for k in keys}
 
     def _publish(self, name: str, payload: bytes, props: Properties | None = None) -> bool:
         t = BY_NAME[name]
@@ -311,6 +345,13 @@ class MqttApi:
 
 
 MAX_PROBLEMS_QUOTED = 5
+
+
+def _reply_client(reply_prefix: str, response_topic: str | None) -> str:
+    """The requester a bare command names through its (already checked) response topic."""
+    if not response_topic:
+        return "-"
+    return response_topic.removeprefix(reply_prefix).partition("/")[0]
 
 
 def parse_command(name: str, payload: bytes) -> tuple[str | None, dict[str, Any]]:

@@ -129,6 +129,14 @@ STATUS_SCHEMA = _obj(
         },
         "uptime_s": {"type": "number", "minimum": 0},
         "version": _STR,
+        "mqtt": {
+            "type": "object",
+            "additionalProperties": {"type": "integer", "minimum": 0},
+            "description": "messages the MQTT side did not deliver or run, by kind, since start: "
+            "guidance_dropped, events_dropped, replies_dropped (outgoing queue full or no connection), "
+            "commands_busy (over the per-client rate or the pending limit; answered 'busy'), "
+            "replies_refused (response topic outside the requester's namespace), retained_refused",
+        },
     }
 )
 
@@ -167,6 +175,11 @@ RESPONSE_SCHEMA = _obj(
         "command": _STR,
         "result": {"type": "object"},
         "error": _STR,
+        "retry_after_s": {
+            "type": "number",
+            "minimum": 0,
+            "description": "with a 'busy' error: send again after this many seconds",
+        },
     },
     required=["ok", "command"],
 )

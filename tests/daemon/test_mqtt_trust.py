@@ -6,6 +6,7 @@ into a reply or the log.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from service.mqtt.bounded_json import MAX_PAYLOAD_BYTES, InputError, loads_bounded
+from service.mqtt.rate_limit import RateLimiter
 from service.tools.local_broker import LocalBroker
 from tests.daemon.test_daemon import Bench
 from tests.service_bench import EmulatedProbe
@@ -149,3 +151,41 @@ def test_replies_only_under_the_reply_namespace_and_unanswered_elsewhere(bench: 
         assert not [m for m in rec.of(name) if "command" in m.payload], name
     assert not [m for m in rec.of("available") if m.payload not in ("online", "offline", "stopped")]
     assert not bench.events("capture")  # the misdirected commands did not run
+
+
+def test_a_flood_of_commands_is_answered_busy_and_nothing_is_lost_uncounted(bench: Bench) -> None:
+    rec = bench.recorder
+    n = 2000
+    corrs = [f"flood-{i}".encode() for i in range(n)]
+    seq_before = max((m.payload["seq"] for m in rec.of("events")), default=0)  # seq starts at 1
+    for i, corr in enumerate(corrs):
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = rec.reply_topic
+        props.CorrelationData = corr
+        body = json.dumps({"param": "gain_db", "value": 10.0 + 10.0 * (i % 2)}).encode()
+        rec.client.publish(rec.root + "cmd/set_param", body, qos=1, properties=props)
+    assert rec.wait_for(lambda: all(c in rec.replies for c in corrs), 120), (
+        f"{sum(c not in rec.replies for c in corrs)} of {n} requests got no reply"
+    )
+    replies = [rec.replies[c] for c in corrs]
+    busy = [r for r in replies if not r["ok"]]
+    assert busy and all(r["error"].startswith("busy") and r["retry_after_s"] > 0 for r in busy), busy[:3]
+    assert sum(r["ok"] for r in replies) >= 40  # the burst, then the steady rate, ran
+    # Every change event either arrived or is counted in status.
+    t = time.monotonic()
+    assert rec.wait_for(lambda: bool(rec.of("status", since=t + 0.6)), 10)
+    losses = rec.of("status")[-1].payload["mqtt"]
+    seqs = sorted(m.payload["seq"] for m in rec.of("events") if m.payload["seq"] > seq_before)
+    missing = (seqs[-1] - seq_before) - len(seqs) if seqs else 0
+    assert missing == losses["events_dropped"], (missing, losses)
+    assert losses["commands_busy"] == len(busy) and losses["replies_dropped"] == 0, losses
+
+
+def test_rate_limiter_bursts_then_holds_the_rate_per_client() -> None:
+    now = [0.0]
+    limiter = RateLimiter(rate_per_s=10, burst=3, clock=lambda: now[0])
+    assert [limiter.admit("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.admit("a") == pytest.approx(0.1)  # retry after one token's time
+    assert limiter.admit("b") == 0.0  # another client is not held up by "a"
+    now[0] = 0.1
+    assert limiter.admit("a") == 0.0 and limiter.admit("a") > 0
