@@ -151,6 +151,11 @@ class MqttApi:
         return self._connected.wait(timeout) and self._listening.wait(max(0.0, deadline - time.monotonic()))
 
     @property
+    def worker_alive(self) -> bool:
+        """The command worker thread runs (a command may take long; only its death is a hang)."""
+        return self._worker is not None and self._worker.is_alive()
+
+    @property
     def connected(self) -> bool:
         return self._connected.is_set()
 

@@ -98,7 +98,15 @@ GUIDANCE_SCHEMA = _obj(
 STATUS_SCHEMA = _obj(
     {
         "probe": _obj(
-            {"state": {"type": "string", "enum": ["ok", "no_frames", "error"]}, "port": _STR, "info": _STR}
+            {
+                "state": {
+                    "type": "string",
+                    "enum": ["ok", "frozen", "no_frames", "error"],
+                    "description": "frozen: the probe is frozen, so no frames come (a state, not a fault)",
+                },
+                "port": _STR,
+                "info": _STR,
+            }
         ),
         "camera": _obj(
             {

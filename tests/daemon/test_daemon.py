@@ -18,6 +18,7 @@ import pytest
 
 from service.daemon.app import Daemon
 from service.daemon.config import Config, parse_config
+from service.daemon.health import SdNotifier
 from service.daemon.inference import HeuristicModel
 from service.tools.local_broker import LocalBroker
 from tests.service_bench import EmulatedProbe, Recorder
@@ -35,6 +36,7 @@ class Bench:
         broker: LocalBroker,
         probe: EmulatedProbe,
         before_start: Callable[[Config], None] | None = None,
+        notifier: SdNotifier | None = None,
         **sections: dict[str, Any],
     ) -> None:
         self.config = _config(broker.port, **sections)
@@ -43,7 +45,12 @@ class Bench:
             before_start(self.config)
         self.recorder = Recorder(broker.port, self.config.device.id)
         self.daemon = Daemon(
-            self.config, probe.link, HeuristicModel(), status_period_s=0.5, mqtt_reconnect_delay_s=(0.2, 1.0)
+            self.config,
+            probe.link,
+            HeuristicModel(),
+            status_period_s=0.5,
+            mqtt_reconnect_delay_s=(0.2, 1.0),
+            notifier=notifier,
         )
         self.daemon.start()
         assert self.daemon.mqtt.wait_connected(5)
