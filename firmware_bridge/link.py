@@ -232,7 +232,11 @@ class ProbeLink:
     # --- connection --------------------------------------------------------------------------------
     def _open(self) -> None:
         try:
-            port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0.05, write_timeout=2)
+            # exclusive (flock): a second opener (doctor, a terminal program) is refused instead of
+            # taking the probe's bytes from us.
+            port = serial.serial_for_url(
+                self.url, baudrate=self.baudrate, timeout=0.05, write_timeout=2, exclusive=True
+            )
         except (OSError, serial.SerialException, ValueError) as exc:
             raise ProbeError(f"cannot open probe port {self.url}: {exc}") from exc
         self.decoder.reset()
