@@ -68,6 +68,7 @@ class ProbeLink:
         self.assembler = FrameAssembler(frame_timeout)
         self.timesync = TimeSync()
         self.traffic = TrafficRing()
+        self._swapped: dict[str, Any] | None = None  # set by a handshake that met another probe
         self.counters: collections.Counter[str] = collections.Counter()
         self._port: serial.Serial | None = None
         self._write_lock = threading.Lock()
@@ -267,6 +268,15 @@ class ProbeLink:
             )
         if self.info is not None and info.boot_id != self.info.boot_id:
             self.assembler.reset()
+        old = self.info
+        if old is not None and (old.model, old.serial, old.capabilities) != (
+            info.model,
+            info.serial,
+            info.capabilities,
+        ):
+            # Another probe on the same port: none of the old one's settings or limits apply to it.
+            self._known.clear()
+            self._swapped = {"old": old.as_dict(), "new": info.as_dict()}
         self.info = info
         self.timesync.reset()
         self._last_heartbeat = self.clock()
@@ -311,6 +321,11 @@ class ProbeLink:
                 self._stopping.wait(delay)
                 delay = min(delay * 2, 2.0)
                 continue
+            swapped, self._swapped = self._swapped, None
+            if swapped is not None:
+                self.log.warning("a different probe is connected: %s serial %s", swapped["new"]["model"],
+                                 swapped["new"]["serial"])  # fmt: skip
+                self._emit({"type": "probe_changed", **swapped})
             self.log.warning("link restored")
             self._emit({"type": "link_restored"})
             return
