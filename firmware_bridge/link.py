@@ -94,16 +94,29 @@ class ProbeLink:
         self._threads: list[threading.Thread] = []
 
     # --- public API --------------------------------------------------------------------------------
-    def start(self) -> ProbeLink:
-        """Open, identify (refusing an incompatible major version) and sync time; then run."""
-        self._open()
+    def start(self, wait_for_device: bool = False) -> ProbeLink:
+        """Open, identify (refusing an incompatible major version) and sync time; then run.
+
+        ``wait_for_device``: an absent or silent probe is not an error; the link keeps trying in the
+        background (as after a loss) and ``connected`` says when it is there.
+        """
         self._threads = [threading.Thread(target=self._reader, name=f"{self.name}-reader", daemon=True)]
-        self._threads[0].start()
         try:
+            self._open()
+            self._threads[0].start()
             self._handshake()
-        except ProbeError:
+        except ProbeIncompatible:
             self.stop()
             raise
+        except ProbeError as exc:
+            if not wait_for_device:
+                self.stop()
+                raise
+            self._close()
+            if not self._threads[0].is_alive():
+                self._threads[0].start()
+            self._down_reason = f"waiting for the probe: {exc}"
+            self.log.warning("%s; retrying in the background", self._down_reason)
         sup = threading.Thread(target=self._supervisor, name=f"{self.name}-supervisor", daemon=True)
         self._threads.append(sup)
         sup.start()
@@ -302,8 +315,9 @@ class ProbeLink:
 
     def _reconnect(self, reason: str) -> None:
         self.log.warning("link lost (%s); reconnecting", reason)
-        self.counters["reconnects"] += 1
-        self._emit({"type": "link_lost", "reason": reason})
+        if self.info is not None:  # never connected yet: nothing was lost
+            self.counters["reconnects"] += 1
+            self._emit({"type": "link_lost", "reason": reason})
         self._close()
         delay = 0.1
         while not self._stopping.is_set():

@@ -76,6 +76,8 @@ class Daemon:
 
     def _read_frozen(self) -> None:
         """A probe frozen before we started (e.g. across a restart) sends no frames: say so, not 'no frames'."""
+        if not getattr(self.link, "connected", True):
+            return  # absent: read when it connects (a frozen probe then reports it with its events)
         try:
             if self.link.get_param("frozen"):
                 self.pipeline.state.set_frozen(True, "probe", "the probe is frozen (found at start)")
@@ -108,7 +110,8 @@ class Daemon:
         now = self.clock.now()
         flowing = self.health.frames_flowing(self.pipeline.last_frame_time, now)
         frozen = self.pipeline.state.frozen
-        probe_state = "ok" if flowing else ("frozen" if frozen else "no_frames")
+        absent = not getattr(self.link, "connected", True)
+        probe_state = "ok" if flowing else ("absent" if absent else "frozen" if frozen else "no_frames")
         camera_state = "none" if self.camera is None else self.camera.state
         if health is None:
             health = (
@@ -118,6 +121,8 @@ class Daemon:
             )
         model = self.pipeline.model
         fps = round(self.pipeline.fps, 1) if flowing else 0.0
+        if summary is None and absent:
+            summary = f"waiting for the probe on {self.config.probe.port}"
         if summary is None:
             summary = (
                 f"probe {probe_state}, {fps:g} fps, camera {camera_state}"

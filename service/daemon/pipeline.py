@@ -359,9 +359,11 @@ class Pipeline:
 
     def on_link_event(self, event: dict[str, Any]) -> None:
         """A probe-link event, on the link's reader thread (see :mod:`service.daemon.link_events`)."""
-        if event.get("type") == "probe_changed":  # another probe: its own limits, nothing of the old
-            self.limits = limits_from_info(getattr(self.link, "info", None))
-            self.auto_gain, self.auto_depth = AutoGain(self.limits), AutoDepth(self.limits)
+        if event.get("type") in ("probe_changed", "link_restored"):  # another probe, or the first one
+            limits = limits_from_info(getattr(self.link, "info", None))
+            if limits != self.limits:  # its own limits, nothing of the old (or the defaults)
+                self.limits = limits
+                self.auto_gain, self.auto_depth = AutoGain(limits), AutoDepth(limits)
         handle_link_event(self.state, event, lambda: self.last_frame_id)
 
     def set_frozen(self, frozen: bool, source: str = "command") -> bool:

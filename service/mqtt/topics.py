@@ -101,8 +101,9 @@ STATUS_SCHEMA = _obj(
             {
                 "state": {
                     "type": "string",
-                    "enum": ["ok", "frozen", "no_frames", "error"],
-                    "description": "frozen: the probe is frozen, so no frames come (a state, not a fault)",
+                    "enum": ["ok", "frozen", "absent", "no_frames", "error"],
+                    "description": "frozen: the probe is frozen, so no frames come (a state, not a fault); "
+                    "absent: no probe answers on the port; the daemon waits for it",
                 },
                 "port": _STR,
                 "info": _STR,
