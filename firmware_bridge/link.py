@@ -68,6 +68,7 @@ class ProbeLink:
         self.assembler = FrameAssembler(frame_timeout)
         self.timesync = TimeSync()
         self.traffic = TrafficRing()
+        self._swapped: dict[str, Any] | None = None  # set by a handshake that met another probe
         self.counters: collections.Counter[str] = collections.Counter()
         self._port: serial.Serial | None = None
         self._write_lock = threading.Lock()
@@ -93,16 +94,29 @@ class ProbeLink:
         self._threads: list[threading.Thread] = []
 
     # --- public API --------------------------------------------------------------------------------
-    def start(self) -> ProbeLink:
-        """Open, identify (refusing an incompatible major version) and sync time; then run."""
-        self._open()
+    def start(self, wait_for_device: bool = False) -> ProbeLink:
+        """Open, identify (refusing an incompatible major version) and sync time; then run.
+
+        ``wait_for_device``: an absent or silent probe is not an error; the link keeps trying in the
+        background (as after a loss) and ``connected`` says when it is there.
+        """
         self._threads = [threading.Thread(target=self._reader, name=f"{self.name}-reader", daemon=True)]
-        self._threads[0].start()
         try:
+            self._open()
+            self._threads[0].start()
             self._handshake()
-        except ProbeError:
+        except ProbeIncompatible:
             self.stop()
             raise
+        except ProbeError as exc:
+            if not wait_for_device:
+                self.stop()
+                raise
+            self._close()
+            if not self._threads[0].is_alive():
+                self._threads[0].start()
+            self._down_reason = f"waiting for the probe: {exc}"
+            self.log.warning("%s; retrying in the background", self._down_reason)
         sup = threading.Thread(target=self._supervisor, name=f"{self.name}-supervisor", daemon=True)
         self._threads.append(sup)
         sup.start()
@@ -232,7 +246,11 @@ class ProbeLink:
     # --- connection --------------------------------------------------------------------------------
     def _open(self) -> None:
         try:
-            port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0.05, write_timeout=2)
+            # exclusive (flock): a second opener (doctor, a terminal program) is refused instead of
+            # taking the probe's bytes from us.
+            port = serial.serial_for_url(
+                self.url, baudrate=self.baudrate, timeout=0.05, write_timeout=2, exclusive=True
+            )
         except (OSError, serial.SerialException, ValueError) as exc:
             raise ProbeError(f"cannot open probe port {self.url}: {exc}") from exc
         self.decoder.reset()
@@ -263,6 +281,15 @@ class ProbeLink:
             )
         if self.info is not None and info.boot_id != self.info.boot_id:
             self.assembler.reset()
+        old = self.info
+        if old is not None and (old.model, old.serial, old.capabilities) != (
+            info.model,
+            info.serial,
+            info.capabilities,
+        ):
+            # Another probe on the same port: none of the old one's settings or limits apply to it.
+            self._known.clear()
+            self._swapped = {"old": old.as_dict(), "new": info.as_dict()}
         self.info = info
         self.timesync.reset()
         self._last_heartbeat = self.clock()
@@ -288,8 +315,9 @@ class ProbeLink:
 
     def _reconnect(self, reason: str) -> None:
         self.log.warning("link lost (%s); reconnecting", reason)
-        self.counters["reconnects"] += 1
-        self._emit({"type": "link_lost", "reason": reason})
+        if self.info is not None:  # never connected yet: nothing was lost
+            self.counters["reconnects"] += 1
+            self._emit({"type": "link_lost", "reason": reason})
         self._close()
         delay = 0.1
         while not self._stopping.is_set():
@@ -307,6 +335,11 @@ class ProbeLink:
                 self._stopping.wait(delay)
                 delay = min(delay * 2, 2.0)
                 continue
+            swapped, self._swapped = self._swapped, None
+            if swapped is not None:
+                self.log.warning("a different probe is connected: %s serial %s", swapped["new"]["model"],
+                                 swapped["new"]["serial"])  # fmt: skip
+                self._emit({"type": "probe_changed", **swapped})
             self.log.warning("link restored")
             self._emit({"type": "link_restored"})
             return

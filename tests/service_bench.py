@@ -137,7 +137,7 @@ class Recorder:
 
     def __init__(self, port: int, device_id: str) -> None:
         self.root = f"sonoguide/{device_id}/"
-        self.reply_topic = f"test/{uuid.uuid4().hex}/reply"
+        self.reply_topic = f"{self.root}reply/test-{uuid.uuid4().hex[:8]}/r"  # the daemon answers only here
         self.messages: list[Received] = []
         self.replies: dict[bytes, dict[str, Any]] = {}
         self.reply_log: list[tuple[bytes, dict[str, Any]]] = []

@@ -29,11 +29,26 @@ from service.tools.doctor_checks import (
     check_probe_port,
     find_shipped_model,
 )
+from service.tools.doctor_service import RunningService, ask_running_service
 
 DEFAULT_CONFIG_PATH = Path("/etc/sonoguide/config.toml")
 # Where systemd's LoadCredential= takes the secrets from (the service sees $CREDENTIALS_DIRECTORY).
 DEFAULT_CREDSTORE = Path("/etc/credstore")
 MODELS_ROOT = Path(__file__).resolve().parents[2] / "models"
+
+
+def probe_seen_by_service(port: str, running: RunningService) -> CheckResult:
+    """The probe as the running daemon reports it (doctor leaves its port alone)."""
+    probe = running.status.get("probe", {})
+    state = str(probe.get("state", "unknown"))
+    detail = (
+        f"{port} is held by the running sonoguide service (ping answered: version {running.version}, "
+        f"up {running.uptime_s:.0f} s); it reports the probe {state}"
+        + (f": {probe['info']}" if probe.get("info") else "")
+    )
+    ok = state in ("ok", "frozen")
+    fix = "" if ok else "see `journalctl -u sonoguide`; `systemctl stop sonoguide` to check the port itself"
+    return CheckResult("probe port", ok, detail, fix)
 
 
 def config_sections(config: Any) -> dict[str, dict[str, Any]]:
@@ -70,15 +85,6 @@ def run_checks(
     timeout: float = 3.0,
 ) -> list[CheckResult]:
     """Every check, in the order a technician would fix things."""
-    results = [check_probe_port(str(config["probe"]["port"]))]
-    cam = config["camera"]
-    results.append(check_camera(str(cam["source"]), str(cam["serial"]), str(cam["recording"])))
-    model = config["model"]
-    model_result = check_model_files(str(model["dir"]), models_root)
-    results.append(model_result)
-    results.append(check_model_runtime(_model_file(str(model["dir"]), models_root), list(model["providers"])))
-    results.append(check_model_keys(str(model["keys"]), str(model["dir"])))
-    results.append(check_model_store(str(model["store"]), str(model["keys"]), str(model["dir"])))
     mqtt = config["mqtt"]
     cred_result, password = check_credentials(
         str(mqtt["username"]),
@@ -88,23 +94,33 @@ def run_checks(
         str(mqtt["cert_file"]),
         str(mqtt["key_file"]),
     )
-    results.append(cred_result)
     key_file = str(mqtt["key_file"])
     if credentials_dir is not None and (credentials_dir / "mqtt-tls-key").exists():
         key_file = str(credentials_dir / "mqtt-tls-key")
-    results.append(
-        check_broker(
-            str(mqtt["host"]),
-            int(mqtt["port"]),
-            str(mqtt["username"]),
-            password,
-            bool(mqtt["tls"]),
-            str(mqtt["ca_file"]),
-            str(mqtt["cert_file"]),
-            key_file,
-            timeout=timeout,
-        )
+    broker_args = (
+        str(mqtt["host"]),
+        int(mqtt["port"]),
+        str(mqtt["username"]),
+        password,
+        bool(mqtt["tls"]),
+        str(mqtt["ca_file"]),
+        str(mqtt["cert_file"]),
+        key_file,
     )
+    # A running service holds the probe port: ask it, never open the port under it.
+    running = ask_running_service(str(config["device"]["id"]), *broker_args, timeout=timeout)
+    port = str(config["probe"]["port"])
+    results = [check_probe_port(port) if running is None else probe_seen_by_service(port, running)]
+    cam = config["camera"]
+    results.append(check_camera(str(cam["source"]), str(cam["serial"]), str(cam["recording"])))
+    model = config["model"]
+    model_result = check_model_files(str(model["dir"]), models_root)
+    results.append(model_result)
+    results.append(check_model_runtime(_model_file(str(model["dir"]), models_root), list(model["providers"])))
+    results.append(check_model_keys(str(model["keys"]), str(model["dir"])))
+    results.append(check_model_store(str(model["store"]), str(model["keys"]), str(model["dir"])))
+    results.append(cred_result)
+    results.append(check_broker(*broker_args, timeout=timeout))
     pacs, worklist = config.get("pacs"), config.get("worklist")
     if pacs is not None:
         results.append(

@@ -97,8 +97,10 @@ def run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(0.001)
     link = ProbeLink(config.probe.port, name="probe")
     try:
-        link.start()
-    except ProbeError as e:  # systemd restarts us (Restart=on-failure); `sonoguide doctor` says more
+        # An absent probe is a state, not a failure: the daemon comes up, says "waiting for the probe"
+        # (status, STATUS=) and connects when it is plugged in. Incompatible firmware still fails.
+        link.start(wait_for_device=True)
+    except ProbeError as e:
         print(f"sonoguide: probe: {e}", file=sys.stderr)
         return 1
     # An absent camera does not stop the daemon: guidance runs from the image alone, status says so.

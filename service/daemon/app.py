@@ -25,6 +25,10 @@ from service.mqtt.client import MqttApi
 from service.policy.guidance import GuidanceParams
 from service.seams import Model, PoseSource, ProbeLinkLike
 
+# A loop that has not turned for this long is hung (each turns at least every 0.2 s, or once per serial
+# round trip with its retries); below WatchdogSec/2 (systemd/sonoguide.service) so systemd acts on it.
+LOOP_STALL_S = 5.0
+
 
 class Daemon:
     def __init__(
@@ -82,11 +86,13 @@ class Daemon:
         self._stop = threading.Event()
         self._stopped = False
         self._health_thread: threading.Thread | None = None
+        self._stall_logged = False
 
     def start(self) -> Daemon:
         self.log.info("warming up model %s %s (%s)", self.model.name, self.model.version, self.model.provider)
         self.model.warmup()
         self.model_warm = True
+        self._read_frozen()
         if self.captures is not None:
             self.captures.start()
         self.mqtt.start()
@@ -98,6 +104,16 @@ class Daemon:
         self._health_thread = threading.Thread(target=self._health_loop, name="health", daemon=True)
         self._health_thread.start()
         return self
+
+    def _read_frozen(self) -> None:
+        """A probe frozen before we started (e.g. across a restart) sends no frames: say so, not 'no frames'."""
+        if not getattr(self.link, "connected", True):
+            return  # absent: read when it connects (a frozen probe then reports it with its events)
+        try:
+            if self.link.get_param("frozen"):
+                self.pipeline.state.set_frozen(True, "probe", "the probe is frozen (found at start)")
+        except Exception as e:  # an absent or silent probe is reported by status, not fatal here
+            self.log.warning("could not read the probe's frozen state: %s", e)
 
     def stop(self) -> None:
         """Clean exit (idempotent): pipeline down, last status, retained ``stopped``, disconnect."""
@@ -128,16 +144,20 @@ class Daemon:
     def status_message(self, health: str | None = None, summary: str | None = None) -> dict[str, Any]:
         now = self.clock.now()
         flowing = self.health.frames_flowing(self.pipeline.last_frame_time, now)
-        probe_state = "ok" if flowing else "no_frames"
+        frozen = self.pipeline.state.frozen
+        absent = not getattr(self.link, "connected", True)
+        probe_state = "ok" if flowing else ("absent" if absent else "frozen" if frozen else "no_frames")
         camera_state = "none" if self.camera is None else self.camera.state
         if health is None:
             health = (
                 "starting"
                 if self.pipeline.last_frame_time is None and now - self.started_at < 10
-                else ("ok" if flowing else "degraded")
+                else ("ok" if flowing or frozen else "degraded")
             )
         model = self.pipeline.model
         fps = round(self.pipeline.fps, 1) if flowing else 0.0
+        if summary is None and absent:
+            summary = f"waiting for the probe on {self.config.probe.port}"
         if summary is None:
             summary = (
                 f"probe {probe_state}, {fps:g} fps, camera {camera_state}"
@@ -163,6 +183,7 @@ class Daemon:
             "summary": summary,
             "dropped": self.pipeline.dropped(),
             "captures": self.captures.status() if self.captures is not None else {"enabled": False},
+            "mqtt": self.mqtt.losses(),
             "uptime_s": round(max(0.0, now - self.started_at), 1),
             "version": __version__,
         }
@@ -183,8 +204,14 @@ class Daemon:
                     self.mqtt.publish_retained("status", message)
                     self.pipeline.state.publish_settings()  # the pause countdown moves
                 summary = message["summary"] if message else self.health._last_status
-                sent = self.health.tick(now, self.model_warm, self.pipeline.last_frame_time, summary)
+                stalled = self.pipeline.stalled_loops(LOOP_STALL_S)
+                if not self.mqtt.worker_alive:
+                    stalled.append("mqtt-commands")
+                if stalled and not self._stall_logged:
+                    self.log.error("loops not turning: %s; the watchdog is no longer fed", ", ".join(stalled))
+                self._stall_logged = bool(stalled)
+                sent = self.health.tick(now, self.model_warm, not stalled, summary)
                 if "READY=1" in sent:
-                    self.log.info("ready: model warm, frames flowing")
+                    self.log.info("ready: model warm, loops running")
             except Exception:
                 self.log.exception("health check failed")

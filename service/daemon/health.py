@@ -1,8 +1,10 @@
 """systemd integration: sd_notify READY / WATCHDOG / STATUS, without libsystemd.
 
-READY=1 once the model is warmed up and the first frame went all the way through; WATCHDOG=1 only
-while frames are flowing (a stuck pipeline should be restarted by systemd, not kept alive by a timer
-thread); STATUS= a one-line summary for ``systemctl status``.
+READY=1 once the model is warmed up and the daemon's loops run; WATCHDOG=1 only while every loop
+proves itself alive (each beats on every turn, frames or not: a stuck thread should be restarted by
+systemd, not kept alive by a timer thread). A frozen, idle or absent probe is not a hang: it is a
+state, reported in ``status`` and STATUS= (a one-line summary for ``systemctl status``); restarting
+the daemon would not unfreeze the probe.
 """
 
 from __future__ import annotations
@@ -64,15 +66,14 @@ class HealthMonitor:
     def frames_flowing(self, last_frame_time: float | None, now: float) -> bool:
         return last_frame_time is not None and now - last_frame_time <= self.stall_s
 
-    def tick(self, now: float, model_warm: bool, last_frame_time: float | None, status: str) -> list[str]:
+    def tick(self, now: float, model_warm: bool, loops_alive: bool, status: str) -> list[str]:
         """Send what is due; returns the fields sent (for the log and the tests)."""
         sent: list[str] = []
-        flowing = self.frames_flowing(last_frame_time, now)
-        if not self.ready_sent and model_warm and last_frame_time is not None:
+        if not self.ready_sent and model_warm and loops_alive:
             self.ready_sent = True
             sent.append("READY=1")
         interval = self.notifier.watchdog_interval_s
-        if self.ready_sent and flowing and interval is not None and now - self._last_ping >= interval / 2:
+        if self.ready_sent and loops_alive and interval is not None and now - self._last_ping >= interval / 2:
             self._last_ping = now
             sent.append("WATCHDOG=1")
         if status != self._last_status:

@@ -42,5 +42,13 @@ def handle_link_event(
     elif kind == "link_lost":  # (heartbeat_lost is always followed by link_lost)
         reason = event.get("reason", "unknown reason")
         state.event("warning", f"probe link lost ({reason}); reconnecting", source="probe")
+    elif kind == "probe_changed":
+        new, old = event.get("new", {}), event.get("old", {})
+        state.event(
+            "warning",
+            f"a different probe is connected ({new.get('model')} serial {new.get('serial')}, was "
+            f"{old.get('model')} serial {old.get('serial')}): its own limits apply, no settings restored",
+            source="probe",
+        )
     elif kind == "link_restored":
         state.event("info", "probe link restored", source="probe")

@@ -17,6 +17,7 @@ override, auto flags, frozen, the change detector, events) is ``self.state``, a
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,9 @@ class Pipeline:
         self._model_lock = threading.Lock()
         self.slots = {n: LatestSlot[Work](n) for n in ("preprocess", "infer", "guide", "control")}
         self._threads: list[threading.Thread] = []
+        self.heartbeats: dict[
+            str, float
+        ] = {}  # loop name -> real time of its last turn (the watchdog's proof)
         self._stop = threading.Event()
         self._seq = 0
         self.frames_in = 0
@@ -392,6 +396,11 @@ class Pipeline:
 
     def on_link_event(self, event: dict[str, Any]) -> None:
         """A probe-link event, on the link's reader thread (see :mod:`service.daemon.link_events`)."""
+        if event.get("type") in ("probe_changed", "link_restored"):  # another probe, or the first one
+            limits = limits_from_info(getattr(self.link, "info", None))
+            if limits != self.limits:  # its own limits, nothing of the old (or the defaults)
+                self.limits = limits
+                self.auto_gain, self.auto_depth = AutoGain(limits), AutoDepth(limits)
         handle_link_event(self.state, event, lambda: self.last_frame_id)
         if event.get("type") == "capture_button":
             self.capture_latest("probe", "probe button")
@@ -441,6 +450,7 @@ class Pipeline:
     def _acquire_loop(self) -> None:
         last_id = None
         while not self._stop.is_set():
+            self.heartbeats["acquire"] = time.monotonic()
             try:
                 frame = self.link.latest_frame(timeout=0.1)
                 if frame is None or frame.frame_id == last_id:
@@ -454,6 +464,7 @@ class Pipeline:
     def _loop(self, name: str, body: Callable[[Work], Any]) -> None:
         slot = self.slots[name]
         while not self._stop.is_set():
+            self.heartbeats[name] = time.monotonic()
             work = slot.get(timeout=0.2)
             if work is None:
                 continue
@@ -466,6 +477,11 @@ class Pipeline:
         self.errors += 1
         if self.errors <= 5 or self.errors % 100 == 0:  # a broken frame source must not flood the log
             self.log.exception("stage %s failed (error %d); frame dropped", stage, self.errors)
+
+    def stalled_loops(self, max_age_s: float) -> list[str]:
+        """Stage loops that have not turned for ``max_age_s`` (real time), or never did: a hang."""
+        now = time.monotonic()
+        return [n for n in ("acquire", *self.slots) if now - self.heartbeats.get(n, -1e18) > max_age_s]
 
     def dropped(self) -> dict[str, int]:
         return {n: s.dropped for n, s in self.slots.items()}

@@ -25,16 +25,23 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from firmware_bridge.devicelog import device_logger
 from service.daemon.config import MqttConfig
-from service.mqtt.topics import BY_NAME, COMMANDS, topic_path
+from service.mqtt.bounded_json import InputError, loads_bounded, quote
+from service.mqtt.rate_limit import RateLimiter
+from service.mqtt.topics import BY_NAME, COMMAND_FILTERS, COMMANDS, reply_problem, split_command, topic_path
 from service.mqtt.validate import validate
 
 log = logging.getLogger(__name__)
 
 MAX_QUEUED = 200  # outgoing messages paho may hold while the broker is slow or away
 MAX_PENDING_COMMANDS = 16
+MAX_NAME_CHARS = 64
+# Per requester: a display's buttons send a few commands a second; a flood beyond this is answered busy.
+COMMAND_RATE_PER_S = 20.0
+COMMAND_BURST = 40
 
 
 class CommandError(Exception):
@@ -89,7 +96,13 @@ class MqttApi:
             "connects": 0,
             "commands": 0,
             "queue_full": 0,
+            "retained_refused": 0,
+            "replies_refused": 0,
+            "events_dropped": 0,
+            "replies_dropped": 0,
+            "commands_busy": 0,
         }
+        self.rate = RateLimiter(COMMAND_RATE_PER_S, COMMAND_BURST, time.monotonic)
         self.client = self._make_client(reconnect_delay_s)
 
     def topic(self, name: str) -> str:
@@ -139,6 +152,11 @@ class MqttApi:
         return self._connected.wait(timeout) and self._listening.wait(max(0.0, deadline - time.monotonic()))
 
     @property
+    def worker_alive(self) -> bool:
+        """The command worker thread runs (a command may take long; only its death is a hang)."""
+        return self._worker is not None and self._worker.is_alive()
+
+    @property
     def connected(self) -> bool:
         return self._connected.is_set()
 
@@ -163,7 +181,10 @@ class MqttApi:
             return
         self.stats["connects"] += 1
         self.log.info("connected (connection %d)", self.stats["connects"])
-        client.subscribe(self.topic("cmd/+"), qos=1)
+        # retainAsPublished: a command published with the retain flag arrives flagged even live, so it
+        # can be refused (a retained command would otherwise re-run on every start and reconnect).
+        options = SubscribeOptions(qos=1, retainAsPublished=True)
+        client.subscribe([(self.topic(f), options) for f in COMMAND_FILTERS])
         client.publish(self.topic("available"), b"online", qos=1, retain=True)
         with self._lock:
             retained = dict(self._retained)
@@ -184,24 +205,58 @@ class MqttApi:
             self.log.warning("disconnected from the broker (%s); reconnecting with backoff", rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        name = msg.topic.removeprefix(self.topic("cmd/"))
+        name, requester = split_command(msg.topic.removeprefix(self.topic("")))
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None) or None
         correlation = getattr(props, "CorrelationData", None)
+        misdirected = response_topic and reply_problem(self.device_id, requester, response_topic, correlation)
+        if misdirected:  # not run, and no reply: there is nowhere the requester may be answered
+            self.stats["replies_refused"] += 1
+            self.log.warning("refused command %s from %s: %s", quote(name), quote(requester), misdirected)
+            response_topic = None
+        if msg.retain:
+            self._refuse_retained(client, msg, name, response_topic, correlation)
+            return
+        if misdirected:
+            return
+        wait_s = self.rate.admit(requester or _reply_client(self.topic("reply/"), response_topic))
+        if wait_s > 0:
+            self._busy(
+                name,
+                response_topic,
+                correlation,
+                f"more than {COMMAND_RATE_PER_S:g} commands a second from this client",
+                wait_s,
+            )
+            return
         problem, request = parse_command(name, bytes(msg.payload))
         if problem is not None:
-            self.log.warning("rejected command %r: %s", name, problem)
+            self.log.warning("rejected command %s: %s", quote(name), problem)
             self._respond(name, response_topic, correlation, {"ok": False, "command": name, "error": problem})
             return
         try:
             self._commands.put_nowait((name, request, response_topic, correlation))
         except queue.Full:
-            self._respond(
-                name,
-                response_topic,
-                correlation,
-                {"ok": False, "command": name, "error": "busy: too many pending commands"},
-            )
+            self._busy(name, response_topic, correlation, "too many pending commands", 0.5)
+
+    def _busy(self, name: str, topic: str | None, corr: bytes | None, why: str, retry_after_s: float) -> None:
+        self.stats["commands_busy"] += 1
+        retry = max(0.01, round(retry_after_s, 2))
+        error = f"busy: {why}; retry after {retry:g} s"
+        self._respond(
+            name, topic, corr, {"ok": False, "command": name, "error": error, "retry_after_s": retry}
+        )
+
+    def _refuse_retained(
+        self, client: mqtt.Client, msg: mqtt.MQTTMessage, name: str, topic: str | None, corr: bytes | None
+    ) -> None:
+        """A retained command is refused, never run, and cleared from the broker's store."""
+        self.stats["retained_refused"] += 1
+        if msg.payload:  # an empty retained payload is the clearing itself, coming back
+            self.log.warning("refused retained command %s; clearing it from the broker", quote(name))
+            client.publish(msg.topic, b"", qos=1, retain=True)
+            error = "retained commands are refused: publish commands without the retain flag"
+            self._respond(name, topic, corr, {"ok": False, "command": name, "error": error})
 
     # --- commands (worker thread) -------------------------------------------------------------------
 
@@ -222,7 +277,11 @@ class MqttApi:
                 reply = {"ok": False, "command": name, "error": str(e)}
             except Exception as e:  # a bug must not end the worker; the requester still hears back
                 self.log.exception("command %s failed", name)
-                reply = {"ok": False, "command": name, "error": f"internal error: {type(e).__name__}: {e}"}
+                reply = {
+                    "ok": False,
+                    "command": name,
+                    "error": f"internal error: {type(e).__name__}: {quote(str(e), 200)}",
+                }
             self._serving = None
             try:
                 self._respond(name, response_topic, correlation, reply)
@@ -249,10 +308,15 @@ class MqttApi:
             if not reply["ok"]:
                 self.log.warning("command %s without a response topic failed: %s", name, reply["error"])
             return
+        if len(reply["command"]) > MAX_NAME_CHARS:  # an unknown command's name is the requester's text
+            reply = {**reply, "command": reply["command"][:MAX_NAME_CHARS] + "…"}
         props = Properties(PacketTypes.PUBLISH)
         if correlation is not None:
             props.CorrelationData = correlation
-        self.client.publish(response_topic, json.dumps(reply).encode(), qos=1, properties=props)
+        info = self.client.publish(response_topic, json.dumps(reply).encode(), qos=1, properties=props)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            self.stats["replies_dropped"] += 1
+            self.log.warning("outgoing queue full: the reply to %s was dropped", quote(name))
 
     # --- publishing (any thread) ---------------------------------------------------------------------
 
@@ -280,7 +344,17 @@ class MqttApi:
 
     def publish_event(self, message: dict[str, Any]) -> bool:
         """QoS 1: paho queues it (bounded) across a short disconnection."""
-        return self._publish("events", json.dumps(message, separators=(",", ":")).encode())
+        ok = self._publish("events", json.dumps(message, separators=(",", ":")).encode())
+        if not ok:
+            self.stats["events_dropped"] += 1
+            self.log.warning("outgoing queue full: event %s dropped", message.get("seq"))
+        return ok
+
+    def losses(self) -> dict[str, int]:
+        """What was not delivered or not run, by kind (the ``mqtt`` field of ``status``)."""
+        keys = ("guidance_dropped", "events_dropped", "replies_dropped", "commands_busy",
+                "replies_refused", "retained_refused")  # fmt: skip
+        return {k: self.stats[k] for k in keys}
 
     def _publish(self, name: str, payload: bytes, props: Properties | None = None) -> bool:
         t = BY_NAME[name]
@@ -291,19 +365,31 @@ class MqttApi:
         return info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
 
 
+MAX_PROBLEMS_QUOTED = 5
+
+
+def _reply_client(reply_prefix: str, response_topic: str | None) -> str:
+    """The requester a bare command names through its (already checked) response topic."""
+    if not response_topic:
+        return "-"
+    return response_topic.removeprefix(reply_prefix).partition("/")[0]
+
+
 def parse_command(name: str, payload: bytes) -> tuple[str | None, dict[str, Any]]:
-    """(problem, request): the problem names what is wrong, for the error response."""
+    """(problem, request): the problem names what is wrong, for the error response (bounded)."""
     topic = COMMANDS.get(name)
     if topic is None:
-        return f"unknown command '{name}'; known: {', '.join(sorted(COMMANDS))}", {}
+        return f"unknown command {quote(name)}; known: {', '.join(sorted(COMMANDS))}", {}
     if not payload.strip():
         request: Any = {}
     else:
         try:
-            request = json.loads(payload.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            return f"payload is not UTF-8 JSON: {e}", {}
+            request = loads_bounded(payload)
+        except InputError as e:
+            return str(e), {}
     problems = validate(request, topic.schema, "")
     if problems:
-        return "invalid request: " + "; ".join(problems), {}
+        more = len(problems) - MAX_PROBLEMS_QUOTED
+        shown = problems[:MAX_PROBLEMS_QUOTED] + ([f"and {more} more"] if more > 0 else [])
+        return "invalid request: " + "; ".join(shown), {}
     return None, request

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from service import __version__
-from service.mqtt.topics import ROOT, TOPICS, Topic
+from service.mqtt.topics import REPLY_ROOT, ROOT, TOPICS, Topic
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "docs" / "mqtt"
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -61,7 +61,7 @@ SERVERS: dict[str, dict[str, Any]] = {
         "protocol": "secure-mqtt",
         "description": "The handheld display over the clinic network: TLS, a password per display, "
         "the display ACL (read guidance, status, available, settings, events and its own replies under "
-        "reply/<username>/; write cmd/).",
+        "reply/<username>/; write commands only as cmd/<name>/<username>).",
     },
     "display-websocket": {
         "host": "{device_host}:8884",
@@ -92,6 +92,13 @@ def _operation_binding(t: Topic) -> dict[str, Any]:
     return binding
 
 
+_COMMAND_TRUST = (
+    " Published here by the device's own clients; an account behind the display ACL (or the site "
+    "bridge, as `site`) publishes on this topic followed by /<its username>. Retained requests are "
+    "refused and cleared."
+)
+
+
 def asyncapi() -> dict[str, Any]:
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
@@ -106,7 +113,7 @@ def asyncapi() -> dict[str, Any]:
             message["correlationId"] = {"location": "$message.header#/correlationData"}
         channels[key] = {
             "address": f"{ROOT}/{{device_id}}/{t.name}",
-            "description": t.description,
+            "description": t.description + (_COMMAND_TRUST if t.is_command else ""),
             "parameters": {"device_id": {"description": "[device] id from the config"}},
             "messages": {key: message},
         }
@@ -120,7 +127,9 @@ def asyncapi() -> dict[str, Any]:
             reply_key = f"{key}-response"
             channels[reply_key] = {
                 "address": None,
-                "description": f"The response topic named in the {t.name} request.",
+                "description": f"The response topic named in the {t.name} request: under "
+                f"{ROOT}/{{device_id}}/{REPLY_ROOT}/<client>/ for a request on {t.name}/<client>, else "
+                f"under {ROOT}/{{device_id}}/{REPLY_ROOT}/; elsewhere the request is refused unanswered.",
                 "messages": {
                     reply_key: {
                         "name": reply_key,

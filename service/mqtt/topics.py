@@ -8,6 +8,7 @@ with the same correlation data and validates against ``response_schema``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +104,16 @@ GUIDANCE_SCHEMA = _obj(
 STATUS_SCHEMA = _obj(
     {
         "probe": _obj(
-            {"state": {"type": "string", "enum": ["ok", "no_frames", "error"]}, "port": _STR, "info": _STR}
+            {
+                "state": {
+                    "type": "string",
+                    "enum": ["ok", "frozen", "absent", "no_frames", "error"],
+                    "description": "frozen: the probe is frozen, so no frames come (a state, not a fault); "
+                    "absent: no probe answers on the port; the daemon waits for it",
+                },
+                "port": _STR,
+                "info": _STR,
+            }
         ),
         "camera": _obj(
             {
@@ -188,6 +198,14 @@ STATUS_SCHEMA = _obj(
         },
         "uptime_s": {"type": "number", "minimum": 0},
         "version": _STR,
+        "mqtt": {
+            "type": "object",
+            "additionalProperties": {"type": "integer", "minimum": 0},
+            "description": "messages the MQTT side did not deliver or run, by kind, since start: "
+            "guidance_dropped, events_dropped, replies_dropped (outgoing queue full or no connection), "
+            "commands_busy (over the per-client rate or the pending limit; answered 'busy'), "
+            "replies_refused (response topic outside the requester's namespace), retained_refused",
+        },
     }
 )
 
@@ -252,6 +270,11 @@ RESPONSE_SCHEMA = _obj(
         "result": {"type": "object"},
         "error": _STR,
         "progress": {**_STR, "description": "a step of a long command; the final reply has result or error"},
+        "retry_after_s": {
+            "type": "number",
+            "minimum": 0,
+            "description": "with a 'busy' error: send again after this many seconds",
+        },
     },
     required=["ok", "command"],
 )
@@ -456,3 +479,44 @@ COMMANDS: dict[str, Topic] = {t.name.removeprefix("cmd/"): t for t in TOPICS if 
 
 def topic_path(device_id: str, name: str) -> str:
     return f"{ROOT}/{device_id}/{name}"
+
+
+# --- Who may be answered where (the daemon must not be a confused deputy) -----------------------------
+# A command arrives on cmd/<name>/<client> from an account the broker's ACL lets publish only with its
+# own name as <client> (displays: `pattern write sonoguide/+/cmd/+/%u`; the site bridge: `site`); its
+# reply may only go under reply/<client>/, which the same ACL grants that account. The bare
+# cmd/<name> is for the trusted local listeners (the daemon's host, no ACL): replies under reply/.
+COMMAND_FILTERS = ("cmd/+", "cmd/+/+")
+REPLY_ROOT = "reply"
+MAX_RESPONSE_TOPIC_CHARS = 256
+MAX_CORRELATION_BYTES = 64
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+_TOPIC_REST = re.compile(r"[^+#\x00]+\Z")
+
+
+def command_topic(device_id: str, name: str, client: str | None = None) -> str:
+    return topic_path(device_id, f"cmd/{name}" + (f"/{client}" if client else ""))
+
+
+def split_command(relative: str) -> tuple[str, str | None]:
+    """``cmd/<name>[/<client>]`` (relative to the device root) -> (name, client or None)."""
+    name, _, client = relative.removeprefix("cmd/").partition("/")
+    return name, (client or None)
+
+
+def reply_problem(
+    device_id: str, client: str | None, response_topic: str, correlation: bytes | None
+) -> str | None:
+    """Why a reply must not be sent to ``response_topic`` for a command from ``client`` (None: fine)."""
+    if client is not None and not _CLIENT_NAME.match(client):
+        return "the command topic's client name must be 1-64 letters, digits, '_', '.' or '-'"
+    if correlation is not None and len(correlation) > MAX_CORRELATION_BYTES:
+        return f"correlation data of {len(correlation)} bytes is longer than {MAX_CORRELATION_BYTES}"
+    if len(response_topic) > MAX_RESPONSE_TOPIC_CHARS:
+        return f"the response topic is longer than {MAX_RESPONSE_TOPIC_CHARS} characters"
+    prefix = topic_path(device_id, f"{REPLY_ROOT}/{client}/" if client else f"{REPLY_ROOT}/")
+    rest = response_topic.removeprefix(prefix)
+    if rest == response_topic or not _TOPIC_REST.match(rest) or (client is None and "/" not in rest):
+        where = f"{prefix}<anything>" if client else f"{prefix}<client>/<anything>"
+        return f"the response topic must be under {where}"
+    return None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.mqtt.bounded_json import quote
+
 SUPPORTED = frozenset(
     {"type", "properties", "required", "additionalProperties", "enum", "minimum", "maximum",
      "minLength", "maxLength", "items", "description"}
@@ -46,7 +48,7 @@ def validate(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
             return [f"{where}: expected {' or '.join(names)}, got {_json_type(value)}"]
     errors: list[str] = []
     if "enum" in schema and value not in schema["enum"]:
-        errors.append(f"{where}: {value!r} is not one of {schema['enum']}")
+        errors.append(f"{where}: {quote(value)} is not one of {schema['enum']}")
     if _TYPES["number"](value):
         if "minimum" in schema and value < schema["minimum"]:
             errors.append(f"{where}: {value} is below the minimum {schema['minimum']}")
@@ -67,6 +69,7 @@ def validate(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
                 errors.append(f"{where}: missing required field '{key}'")
         extra = schema.get("additionalProperties", True)
         for key, item in value.items():
+            key = key if len(key) <= 40 else quote(key)  # hostile keys are quoted, cut short
             sub = f"{path}.{key}" if path else key
             if key in props:
                 errors += validate(item, props[key], sub)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from service.daemon.app import Daemon
 from service.daemon.config import Config, parse_config
+from service.daemon.health import SdNotifier
 from service.daemon.inference import HeuristicModel
 from service.tools.local_broker import LocalBroker
 from tests.service_bench import EmulatedProbe, Recorder
@@ -39,10 +40,18 @@ def shipped_model() -> Any:
 
 class Bench:
     def __init__(
-        self, broker: LocalBroker, probe: EmulatedProbe, model: Any = None, **sections: dict[str, Any]
+        self,
+        broker: LocalBroker,
+        probe: EmulatedProbe,
+        model: Any = None,
+        before_start: Callable[[Config], None] | None = None,
+        notifier: SdNotifier | None = None,
+        **sections: dict[str, Any],
     ) -> None:
         self.config = _config(broker.port, **sections)
         self.probe = probe
+        if before_start is not None:  # e.g. a retained message already waiting on the broker
+            before_start(self.config)
         self.recorder = Recorder(broker.port, self.config.device.id)
         self.daemon = Daemon(
             self.config,
@@ -50,6 +59,7 @@ class Bench:
             model or HeuristicModel(),
             status_period_s=0.5,
             mqtt_reconnect_delay_s=(0.2, 1.0),
+            notifier=notifier,
         )
         self.daemon.start()
         assert self.daemon.mqtt.wait_connected(5)

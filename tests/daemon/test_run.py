@@ -60,7 +60,7 @@ def test_run_rejects_a_bad_config_naming_key_and_file(tmp_path: Path) -> None:
     assert out.returncode == 0 and "--config" in out.stdout
 
 
-def test_run_refuses_a_tampered_model_and_a_missing_probe_in_plain_words(tmp_path: Path) -> None:
+def test_run_refuses_a_tampered_model_in_plain_words(tmp_path: Path) -> None:
     import shutil
 
     from service.daemon.onnx_model import shipped_model_dir
@@ -77,10 +77,49 @@ def test_run_refuses_a_tampered_model_and_a_missing_probe_in_plain_words(tmp_pat
     assert out.returncode == 1 and "sonoguide: model:" in out.stderr, out.stderr
     assert onnx_file.name in out.stderr and "Traceback" not in out.stderr
 
-    cfg.write_text(f'[probe]\nport = "{tmp_path}/ttyACM-missing"\n')  # the shipped model, no probe
-    out = _run_cli("run", "--config", str(cfg))
-    assert out.returncode == 1 and "sonoguide: probe:" in out.stderr, out.stderr
-    assert "ttyACM-missing" in out.stderr and "Traceback" not in out.stderr
+
+def test_run_without_the_probe_comes_up_waiting_and_connects_when_it_is_plugged_in(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """`sonoguide run` (the shipped model) with the probe absent; then the emulator on a pty appears
+    behind the configured (udev-style) link path."""
+    from firmware_bridge.emulator.device import ProbeEmulator
+    from firmware_bridge.ptyport import PtyPair
+
+    device = f"absent-{os.getpid()}"
+    port = tmp_path / "sonoguide-probe"
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[device]\nid = "{device}"\n[probe]\nport = "{port}"\n[mqtt]\nport = {broker.port}\n')
+    rec = Recorder(broker.port, device)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "run", "--config", str(cfg)],
+        cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    pty = PtyPair()
+    emulator = None
+    try:
+
+        def probe_state() -> str:
+            status = rec.of("status")
+            return str(status[-1].payload["probe"]["state"]) if status else ""
+
+        assert rec.wait_for(lambda: probe_state() == "absent", 60), proc.poll()
+        assert rec.of("available")[-1].payload == "online"
+        assert "waiting for the probe" in rec.of("status")[-1].payload["summary"]
+        assert proc.poll() is None  # still running: not exit 1 for systemd to give up on
+        emulator = ProbeEmulator(pty.device_fd).start()
+        port.symlink_to(pty.host_path)  # the probe is plugged in
+        assert rec.wait_for(lambda: probe_state() == "ok", 30), probe_state()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if emulator is not None:
+            emulator.stop()
+        pty.close()
+        rec.close()
 
 
 def test_last_will_offline_when_the_daemon_vanishes(broker: LocalBroker) -> None:

@@ -17,6 +17,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from service.daemon.config import MqttConfig
+from service.mqtt.client import MqttApi
 from service.tools.display_server import DisplayServer
 from service.tools.local_broker import LocalBroker, free_port
 from tests.browser import Page, wait_until
@@ -204,13 +206,15 @@ def test_display_reads_guidance_and_status_and_sends_commands_nothing_else(
         f"{ROOT}/{t}" for t in ["guidance", "status", "available", "settings", "events", "reply/display-1/r1"]
     }
 
-    for topic in ["guidance", "status", "settings", "events", "reply/display-2/r1", "cmd/set_gain"]:
+    for topic in ["guidance", "status", "settings", "events", "reply/display-2/r1", "reply/display-1/r1",
+                  "cmd/set_gain", "cmd/set_gain/display-2", "cmd/set_gain/display-1"]:  # fmt: skip
         display.publish(f"{ROOT}/{topic}", b"from-display")
     display.publish("other/topic", b"from-display")
-    display.publish(f"{ROOT}/cmd/ping", b"end")
-    assert daemon.wait_for(f"{ROOT}/cmd/ping", b"end")
+    display.publish(f"{ROOT}/cmd/ping/display-1", b"end")
+    assert daemon.wait_for(f"{ROOT}/cmd/ping/display-1", b"end")
     from_display = {t for t, p in daemon.messages if p == b"from-display"}
-    assert from_display == {f"{ROOT}/cmd/set_gain"}
+    # Commands only in its own name, and its own reply namespace: where the daemon may answer it.
+    assert from_display == {f"{ROOT}/cmd/set_gain/display-1", f"{ROOT}/reply/display-1/r1"}
 
 
 def test_tls_listener_refuses_clients_without_credentials(
@@ -235,8 +239,8 @@ def test_tls_listener_refuses_clients_without_credentials(
     display = Recorder(tls_port, "display-1", username="display-1", password="s3cret", ca=ca)
     clients.append(display)
     assert display.connect()
-    display.publish(f"{ROOT}/cmd/ping", b"ok")
-    assert daemon.wait_for(f"{ROOT}/cmd/ping", b"ok")
+    display.publish(f"{ROOT}/cmd/ping/display-1", b"ok")
+    assert daemon.wait_for(f"{ROOT}/cmd/ping/display-1", b"ok")
     assert (f"{ROOT}/cmd/set_gain", b"intruder") not in daemon.messages
     # Plain MQTT on the TLS port is no way round it.
     plain = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plain", protocol=mqtt.MQTTv5)
@@ -273,8 +277,8 @@ def test_secure_websocket_listener_has_the_tls_listeners_rights_and_refuses_stra
     assert display.wait_for(f"{ROOT}/guidance", b"x")
     assert display.topics() == {f"{ROOT}/settings", f"{ROOT}/guidance"}
     display.publish(f"{ROOT}/guidance", b"from-display")
-    display.publish(f"{ROOT}/cmd/ping", b"end")
-    assert daemon.wait_for(f"{ROOT}/cmd/ping", b"end")
+    display.publish(f"{ROOT}/cmd/ping/display-1", b"end")
+    assert daemon.wait_for(f"{ROOT}/cmd/ping/display-1", b"end")
     assert (f"{ROOT}/guidance", b"from-display") not in daemon.messages
 
 
@@ -327,8 +331,8 @@ def test_bridge_carries_status_and_events_up_and_commands_down_never_guidance_or
             local.publish(f"{ROOT}/status", b"probe")
             crossed_up = up.wait_for(f"{ROOT}/status", b"probe", timeout=0.5)
         if not crossed_down:
-            up.publish(f"{ROOT}/cmd/ping", b"probe")
-            crossed_down = local.wait_for(f"{ROOT}/cmd/ping", b"probe", timeout=0.5)
+            up.publish(f"{ROOT}/cmd/ping/site", b"probe")
+            crossed_down = local.wait_for(f"{ROOT}/cmd/ping/site", b"probe", timeout=0.5)
 
     for topic in ["guidance", "frame", "frames/0", "settings", "status", "events", "available",
                   "reply/display-1/r1", "reply/site/r1"]:  # fmt: skip
@@ -338,12 +342,13 @@ def test_bridge_carries_status_and_events_up_and_commands_down_never_guidance_or
     went_up = {t for t, p in up.messages if p == b"from-device"}
     assert went_up == {f"{ROOT}/{t}" for t in ["status", "events", "available", "reply/site/r1"]}
 
-    for topic in ["cmd/set_gain", "guidance", "status", "settings", "frame"]:
+    for topic in ["cmd/set_gain", "cmd/set_gain/display-1", "cmd/set_gain/site", "guidance", "status",
+                  "settings", "frame", "reply/display-1/r1"]:  # fmt: skip
         up.publish(f"{ROOT}/{topic}", b"from-site")
-    up.publish(f"{ROOT}/cmd/ping", b"end", response_topic=f"{ROOT}/reply/site/42")
-    assert local.wait_for(f"{ROOT}/cmd/ping", b"end")
+    up.publish(f"{ROOT}/cmd/ping/site", b"end", response_topic=f"{ROOT}/reply/site/42")
+    assert local.wait_for(f"{ROOT}/cmd/ping/site", b"end")
     came_down = {t for t, p in local.messages if p == b"from-site"}
-    assert came_down == {f"{ROOT}/cmd/set_gain"}
+    assert came_down == {f"{ROOT}/cmd/set_gain/site"}  # only in the site's own name
     # MQTT 5 across the bridge: the command keeps its response topic, so the reply can find its way up.
     assert local.response_topics.get(b"end") == f"{ROOT}/reply/site/42"
 
@@ -425,6 +430,17 @@ def test_the_display_in_a_browser_logs_in_over_secure_websockets_and_a_wrong_pas
                 "the refused login shown", lambda: _state(bad)["connection"] in ("error", "disconnected")
             )
             assert _state(bad)["available"] == "unknown"  # it heard nothing from the device
+            # A command from the logged-in page goes out in its account's name and is answered in
+            # its reply namespace: the daemon's real MQTT side behind the shipped ACL.
+            api = MqttApi(DEVICE, MqttConfig(port=device_broker.broker.port), lambda n, r: {"frame_id": 7})
+            api.start()
+            try:
+                assert api.wait_connected(10)
+                good.click("capture")
+                wait_until("the capture answered", lambda: "capture: done" in good.read()["response"])
+                assert api.stats["commands"] == 1 and api.stats["replies_refused"] == 0
+            finally:
+                api.stop()
         finally:
             for page in pages:
                 page.close()

@@ -7,9 +7,11 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import serial
 
 from firmware_bridge.ptyport import PtyPair
@@ -221,3 +223,32 @@ def test_model_store_and_keys_checks(tmp_path: Path) -> None:
     revoked = check_model_keys(str(keys))
     assert "all expired or revoked" in revoked.detail and vendor.key.key_id in revoked.detail
     assert check_model_store(str(store_dir), str(keys), pinned_dir="/opt/x").ok
+
+
+def test_doctor_next_to_a_running_daemon_asks_it_and_leaves_its_port_alone(broker: LocalBroker) -> None:
+    """The real daemon on the emulator (pty) and mosquitto; doctor's checks run beside it."""
+    from service.commands.doctor import config_sections, run_checks
+    from tests.daemon.test_daemon import Bench
+    from tests.service_bench import EmulatedProbe
+
+    probe = EmulatedProbe()
+    bench = Bench(broker, probe)
+    try:
+        rec = bench.recorder
+        assert rec.wait_for(lambda: any(m.payload["probe"]["state"] == "ok" for m in rec.of("status")), 10)
+        with pytest.raises(serial.SerialException):  # the daemon holds its port exclusively
+            serial.Serial(probe.pty.host_path, exclusive=True)
+        hellos_before = probe.link.stats().get("connects", None), probe.link.stats().get("reconnects", 0)
+        config = config_sections(bench.config)
+        config["probe"]["port"] = probe.pty.host_path
+        results = {r.name: r for r in run_checks(config, None, None, timeout=5)}
+        probe_result = results["probe port"]
+        assert probe_result.ok, probe_result.detail
+        assert "held by the running sonoguide service" in probe_result.detail
+        assert "probe ok" in probe_result.detail
+        t = time.monotonic()
+        assert rec.wait_for(lambda: len(rec.of("guidance", since=t)) > 10, 10)  # the link never dropped
+        after = probe.link.stats().get("connects", None), probe.link.stats().get("reconnects", 0)
+        assert after == hellos_before and probe.link.connected
+    finally:
+        bench.close()

@@ -59,9 +59,11 @@
   let client = null;
   let root = "";
   let replyTopic = "";
+  let account = ""; // the broker username, which commands name as their requester
 
   function start(cfg) {
     root = `${ROOT}/${cfg.device}`;
+    account = cfg.username || "";
     $("device-name").textContent = cfg.device;
     const clientId = `display-${Math.random().toString(16).slice(2, 10)}`;
     // The broker's display ACL lets an account read replies under reply/<its username>/ only.
@@ -176,7 +178,10 @@
     }, REQUEST_TIMEOUT_MS);
     state.pending.set(id, { label, timer });
     showResponse("pending", `${label}: sent…`);
-    client.publish(`${root}/cmd/${command}`, JSON.stringify(body), {
+    // With an account, commands name it (cmd/<name>/<username>): the only command topic the display
+    // ACL grants, and the daemon then answers only under reply/<username>/.
+    const topic = account ? `${root}/cmd/${command}/${account}` : `${root}/cmd/${command}`;
+    client.publish(topic, JSON.stringify(body), {
       qos: 1,
       properties: { responseTopic: replyTopic, correlationData: id },
     });
