@@ -28,7 +28,6 @@ import pytest
 from service.daemon.app import Daemon
 from service.daemon.config import parse_config
 from service.daemon.inference import HeuristicModel
-from service.daemon.onnx_model import load_model, read_manifest, shipped_model_dir
 from service.mqtt.client import MAX_QUEUED, MqttApi
 from service.seams import ModelOutput
 from service.tools.local_broker import LocalBroker
@@ -225,32 +224,3 @@ def test_at_most_200_messages_are_held_while_the_broker_is_away(start_broker) ->
         api.stop()
         if rec is not None:
             rec.close()
-
-
-def test_reload_model_swaps_in_the_shipped_model_and_a_bad_folder_keeps_the_old(bench, tmp_path) -> None:
-    b = bench(model_loader=lambda folder: load_model(folder))
-    rec = b.recorder
-    assert rec.wait_for(lambda: len(rec.of("guidance")) >= 3, 10)
-    missing = tmp_path / "no-model"
-    reply = rec.request("reload_model", {"dir": str(missing)}, timeout=30)
-    assert (
-        reply["ok"] is False
-        and str(missing) in reply["error"]
-        and "old model keeps running" in reply["error"]
-    )
-    assert b.daemon.pipeline.model.name == "heuristic"
-    manifest = read_manifest(shipped_model_dir())
-    reply = rec.request("reload_model", {}, timeout=60)
-    assert reply["ok"] is True, reply
-    assert (reply["result"]["name"], reply["result"]["version"]) == (manifest["name"], manifest["version"])
-    b.wait_event(
-        lambda e: e["kind"] == "info" and f"{manifest['version']} loaded" in e["message"], "model loaded"
-    )
-
-    def status_names_the_new_model() -> bool:
-        status = rec.of("status")
-        return bool(status) and status[-1].payload["model"]["version"] == manifest["version"]
-
-    assert rec.wait_for(status_names_the_new_model, 10)
-    since = time.monotonic()
-    assert rec.wait_for(lambda: len(rec.of("guidance", since=since)) >= 5, 20), "no guidance after the swap"
