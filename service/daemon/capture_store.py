@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.model_store.fsutil import fsync_dir
+
 FOLDERS = ("tmp", "outbox", "stored", "sent", "failed")
 
 
@@ -39,14 +41,6 @@ class StoreStats:
     failed: int
     used_bytes: int
     quota_bytes: int
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
