@@ -47,7 +47,11 @@ def request(host: str, port: int, tls: bool, username: str, device: str, command
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    reply_topic = f"sonoguide-cli/{uuid.uuid4().hex}/reply"
+    # The daemon answers only in the requester's own reply namespace (docs/mqtt.md): with an account,
+    # cmd/<name>/<account> and reply/<account>/; on the local listener, cmd/<name> and reply/<client>/.
+    requester = username or f"cli-{uuid.uuid4().hex[:8]}"
+    reply_topic = f"sonoguide/{device}/reply/{requester}/{command}"
+    command_topic = f"sonoguide/{device}/cmd/{command}" + (f"/{username}" if username else "")
     corr, answer, done, subscribed = uuid.uuid4().bytes, {}, threading.Event(), threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     if username:
@@ -70,7 +74,7 @@ def request(host: str, port: int, tls: bool, username: str, device: str, command
             raise TimeoutError(f"no connection to the broker at {host}:{port}")
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic, props.CorrelationData = reply_topic, corr
-        client.publish(f"sonoguide/{device}/cmd/{command}", json.dumps(body), qos=1, properties=props)
+        client.publish(command_topic, json.dumps(body), qos=1, properties=props)
         if not done.wait(timeout):
             raise TimeoutError(f"device {device!r} did not answer cmd/{command} within {timeout:g} s")
         return answer
