@@ -172,6 +172,13 @@ class BeliefParams:
     # At each resampling this share of the particles is drawn afresh from the prior, so a belief that
     # settled on the wrong place can still find the right one (a confident error is otherwise final).
     reinject: float = 0.05
+    # ... and this share drawn where the last observation puts the target, on the axes the model reads
+    # with a gain of at least ``reset_gain`` (sensor resetting, Lenser & Veloso 2000): a cloud that
+    # collapsed onto a hypothesis wrong on one axis cannot jitter its way to the truth, and a draw
+    # from the wide prior almost never lands near it.
+    observation_reinject: float = 0.05
+    reset_gain: float = 0.5
+    reset_sigmas: float = 3.0
     # The calibrated spreads times this: one phantom's errors are alike from frame to frame, and the
     # per-axis terms are not independent, so the raw figures would make the belief overconfident.
     noise_inflation: float = 1.5
@@ -268,6 +275,7 @@ class TargetBelief:
         self.preset = preset
         self.observations = 0
         self._last, self._mode = None, None
+        self._last_observation: Observation | None = None
 
     def _draw_prior(self, preset: str | None, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         names = [preset] if preset in self.cal.priors else sorted(self.cal.priors)
@@ -335,6 +343,7 @@ class TargetBelief:
         )  # fmt: skip
         self.logw -= self.logw.max()
         self._last = (np.asarray(probe_position, float).copy(), np.asarray(probe_rotation, float).copy())
+        self._last_observation = obs
         self.observations += 1
         if self.effective_size() < 0.5 * len(self.logw):
             self._resample()
@@ -372,7 +381,37 @@ class TargetBelief:
             pos, rot, kinds = self._draw_prior(self.preset, fresh)
             self.positions[slots], self.rotations[slots], self.kinds[slots] = pos, rot, kinds
             self.logw[slots] = 0.0
+        self._reset_from_observation()
         self.logw -= self.logw.max()
+
+    def _reset_from_observation(self) -> None:
+        """Redraw ``observation_reinject`` of the particles where the last observation puts the target
+        on its well-read axes (the rest of each particle kept), given the weight of the best."""
+        obs, last = self._last_observation, self._last
+        p = self.params
+        count = round(p.observation_reinject * len(self.logw))
+        if obs is None or last is None or count == 0:
+            return
+        bands = self.cal.band(obs.visible)
+        gains = np.array([b.gain for b in bands])
+        sigmas = np.array([b.sigma for b in bands]) * p.noise_inflation
+        read = gains >= p.reset_gain
+        if not read.any():
+            return
+        # Only when no particle explains the observation on those axes (each within 3 sigma, either
+        # sign): the cloud is then stuck, while an unexplained frame of a healthy cloud is an outlier.
+        every = corrections_to(last[0], last[1], self.positions, self.rotations)[:, read]
+        o, g, sg = obs.correction[read], gains[read], sigmas[read]
+        z = np.minimum(np.abs(o - g * every), np.abs(o + g * every)) / sg
+        if np.min(np.max(z, axis=1)) <= p.reset_sigmas:
+            return
+        slots = self.rng.choice(len(self.logw), count, replace=False)
+        pred = corrections_to(last[0], last[1], self.positions[slots], self.rotations[slots])
+        noise = self.rng.normal(0.0, 1.0, (count, int(read.sum())))
+        pred[:, read] = (obs.correction[read] + noise * sigmas[read]) / gains[read]
+        self.positions[slots] = last[0] + pred[:, :3] @ last[1].T
+        self.rotations[slots] = last[1][None] @ rotvecs_to_matrices(pred[:, 3:])
+        self.logw[slots] = self.logw.max()
 
     # -- answers
 

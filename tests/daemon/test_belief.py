@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from service.policy.belief import (
@@ -77,6 +77,12 @@ targets = st.builds(
 
 @settings(max_examples=8, deadline=None)
 @given(target=targets, seed=st.integers(0, 2**16))
+# Found by hypothesis: the cloud collapsed onto a hypothesis 21 mm off on the sweep and stayed there
+# until the belief redrew particles where an unexplained observation puts the target.
+@example(
+    target=Pose(np.array([-7.93359375, 0.0, 0.1875]), np.array([0.99925521, -0.02617344, 0.0, -0.02835456])),
+    seed=1521,
+)
 def test_exact_observations_converge_to_the_truth(target: Pose, seed: int) -> None:
     err = run_belief(target, {}, seed)
     assert np.all(np.abs(err[:3]) < 2.5), err
