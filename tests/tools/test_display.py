@@ -223,7 +223,17 @@ def test_freeze_auto_and_gain_from_the_page_change_the_probe_and_a_refusal_shows
     assert _response(page, "auto gain off")["responseState"] == "ok"
     wait_until("auto gain off in settings", lambda: _settings(bench)["auto"]["gain"] is False)
     wait_until("MANUAL on the page", lambda: page.read()["gainMode"] == "MANUAL")
-    before = _settings(bench)["gain_db"]
+    # An automatic change already on its way when auto went off may still land: start from a gain the
+    # probe and the daemon agree on and that held for half a second.
+    held: list[float] = []
+
+    def gain_settled() -> bool:
+        now = (_settings(bench)["gain_db"], emulator.params.snapshot()["gain_db"])
+        held.append(now[0] if now[0] == now[1] else float("nan"))
+        return len(held) >= 10 and len(set(held[-10:])) == 1 and held[-1] == held[-1]  # 10 polls: 0.5 s
+
+    wait_until("the gain settled", gain_settled)
+    before = held[-1]
     page.click("gain-up")
     shown = _response(page, "gain +")
     expected = before + 3 * bench.caps.gain_step
