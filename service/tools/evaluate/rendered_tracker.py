@@ -3,9 +3,10 @@
 Per frame the simulated RealSense frame of the novice's true pose (``sim.camera.render_camera``, with
 a hand crossing the line of sight now and then, as the recordings have it) goes through the daemon's
 own ``detect_markers`` → ``fit_probe`` → the sticker calibration made at the episode's start with the
-probe parked away from the stickers. It answers ``pose_at`` as :class:`SimTracker` does, so the two
-can be run on the same episodes: the model of the tracker (fixed figures, fast) must agree with the
-real chain (slow: ~30 ms a frame) within noise (docs/evaluation.md).
+probe parked away from the stickers (the chain of :mod:`service.tools.evaluate.tracking_errors`, where
+the tracker model's figures were measured). It answers ``pose_at`` as :class:`SimTracker` does, so the
+two can be run on the same episodes: the model of the tracker (fixed figures, fast) must agree with
+the real chain (slow: ~30 ms a frame) within noise (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -15,15 +16,11 @@ from typing import Any
 import numpy as np
 
 from service.tools.evaluate.simdevice import PoseHistory
-from service.tracking import calibration as cal
-from service.tracking.markers import detect_markers
-from service.tracking.pose import fit_probe, pose_of
+from service.tools.evaluate.tracking_errors import calibrate_parked, chain_pose, parked_on
 from sim.camera import FPS, _occluder_track, default_camera, render_camera
 from sim.phantom import Phantom
 from sim.types import Pose
 
-CAL_FRAMES = 10
-CAL_FRAME_OFFSET = 100_000  # calibration frames get render noise of their own
 OCCLUSION_TRACK_S = 120.0  # the hand's passes are drawn for this long (longer than any episode)
 
 
@@ -32,13 +29,11 @@ class RenderedTracker:
         self.phantom = phantom
         self.seed = seed
         self.camera = default_camera(seed)
-        parked = phantom.pose_on_skin(-100.0, -60.0, rotation_deg=180.0)
-        frames = (
-            render_camera(phantom, parked, self.camera, CAL_FRAME_OFFSET + k, seed) for k in range(CAL_FRAMES)
-        )
-        self.calibration = cal.calibrate_frames(frames, self.camera.intrinsics, camera=f"sim seed {seed}")
+        self.calibration = calibrate_parked(phantom, self.camera, seed)
         rng = np.random.default_rng([int(seed), 0x0CC])  # as sim.camera.write_recording
-        self._occluders = _occluder_track(self.camera, parked, rng, round(OCCLUSION_TRACK_S * FPS))
+        self._occluders = _occluder_track(
+            self.camera, parked_on(phantom), rng, round(OCCLUSION_TRACK_S * FPS)
+        )
         self.history = PoseHistory()
         self._frame = 0
         self.state = "searching"
@@ -51,12 +46,7 @@ class RenderedTracker:
             self.phantom, true_pose, self.camera, self._frame, self.seed, self._occluders[k]
         )
         self._frame += 1
-        markers = detect_markers(rgb, depth, self.camera.intrinsics)
-        fit = fit_probe({name: m.centre_mm for name, m in markers.items()})
-        pose = None
-        if fit is not None:
-            position, quat = pose_of(self.calibration.T_patient_cam @ fit.T_cam_probe)
-            pose = Pose(position, quat)
+        pose = chain_pose(rgb, depth, self.camera.intrinsics, self.calibration)
         self.history.add(host_time, pose)
         self.frames += 1
         self.tracked += pose is not None

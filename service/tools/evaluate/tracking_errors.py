@@ -39,11 +39,11 @@ import numpy as np
 
 from service.tools.evaluate.tracker_model import error_stats
 from service.tracking import calibration as cal
-from service.tracking.markers import detect_markers
+from service.tracking.markers import Intrinsics, detect_markers
 from service.tracking.pose import fit_probe, invert, pose_of
 from service.tracking.track import PoseSample, interpolate
-from sim.camera import FPS, _occluder_track, default_camera, default_poses, render_camera
-from sim.phantom import make_phantom
+from sim.camera import FPS, CameraModel, _occluder_track, default_camera, default_poses, render_camera
+from sim.phantom import Phantom, make_phantom
 from sim.types import Pose, matrix_to_rotvec
 
 PRESETS = ("abdomen", "vascular", "cardiac")
@@ -55,7 +55,31 @@ DEFAULT_SECONDS = 4.0
 
 def parked_pose(phantom_preset: str, seed: int) -> Pose:
     """The probe standing on the skin away from the stickers during calibration (tests/tracking_bench)."""
-    return make_phantom(phantom_preset, seed).pose_on_skin(-100.0, -60.0, rotation_deg=180.0)
+    return parked_on(make_phantom(phantom_preset, seed))
+
+
+def parked_on(phantom: Phantom) -> Pose:
+    return phantom.pose_on_skin(-100.0, -60.0, rotation_deg=180.0)
+
+
+def calibrate_parked(phantom: Phantom, cam: CameraModel, seed: int) -> cal.Calibration:
+    """The sticker calibration of ``CAL_FRAMES`` rendered frames with the probe parked, as
+    ``sonoguide calibrate-camera`` / the daemon's ``cmd/calibrate_camera`` make it."""
+    parked = parked_on(phantom)
+    frames = (render_camera(phantom, parked, cam, CAL_FRAME_OFFSET + k, seed) for k in range(CAL_FRAMES))
+    return cal.calibrate_frames(frames, cam.intrinsics, camera=f"sim seed {seed}")
+
+
+def chain_pose(
+    rgb: np.ndarray, depth: np.ndarray, intr: Intrinsics, calibration: cal.Calibration
+) -> Pose | None:
+    """One camera frame through the daemon's chain: markers, fit, calibration; None without a fit."""
+    markers = detect_markers(rgb, depth, intr)
+    fit = fit_probe({name: m.centre_mm for name, m in markers.items()})
+    if fit is None:
+        return None
+    position, quat = pose_of(calibration.T_patient_cam @ fit.T_cam_probe)
+    return Pose(position, quat)
 
 
 @dataclass
@@ -80,9 +104,7 @@ def run_seed(seed: int, seconds: float, occlusion: bool = True) -> SeedRun:
     phantom = make_phantom(preset, seed)
     cam = default_camera(seed)
     intr = cam.intrinsics
-    parked = parked_pose(preset, seed)
-    frames = (render_camera(phantom, parked, cam, CAL_FRAME_OFFSET + k, seed) for k in range(CAL_FRAMES))
-    calibration = cal.calibrate_frames(frames, intr, camera=f"sim seed {seed}")
+    calibration = calibrate_parked(phantom, cam, seed)
     T_true = np.vstack([np.column_stack([cam.pose.rotation_matrix(), cam.pose.position_mm]), [0, 0, 0, 1]])
     err = calibration.T_patient_cam @ invert(T_true)  # maps true patient coords to the calibrated ones
 
@@ -95,13 +117,7 @@ def run_seed(seed: int, seconds: float, occlusion: bool = True) -> SeedRun:
     for i in range(n):
         rgb, depth = render_camera(phantom, poses[i], cam, i, seed, occluders[i])
         t0 = time.perf_counter()
-        markers = detect_markers(rgb, depth, intr)
-        fit = fit_probe({name: m.centre_mm for name, m in markers.items()})
-        if fit is None:
-            observed.append(None)
-        else:
-            position, quat = pose_of(calibration.T_patient_cam @ fit.T_cam_probe)
-            observed.append(Pose(position, quat))
+        observed.append(chain_pose(rgb, depth, intr, calibration))
         process[i] = time.perf_counter() - t0
     return SeedRun(
         seed, preset, np.arange(n) / FPS, poses, observed, [o is not None for o in occluders], process,
