@@ -12,6 +12,7 @@ import stat
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 # Config names of execution providers -> ONNX Runtime names (docs/architecture.md, [model] providers).
 PROVIDER_NAMES = {
@@ -410,6 +411,26 @@ def _secret_file_problem(path: Path) -> str:
     return ""
 
 
+def mqtt_client(
+    client_id: str,
+    username: str,
+    password: str | None,
+    tls: bool,
+    ca_file: str,
+    cert_file: str,
+    key_file: str,
+) -> Any:
+    """An MQTT 5 client with the configured credentials and TLS files (not connected yet)."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if username:
+        client.username_pw_set(username, password)
+    if tls:
+        client.tls_set(ca_certs=ca_file or None, certfile=cert_file or None, keyfile=key_file or None)
+    return client
+
+
 def check_broker(
     host: str,
     port: int,
@@ -435,11 +456,7 @@ def check_broker(
             f"cannot reach the MQTT broker at {where}: {exc.strerror or exc}",
             "start it: systemctl enable --now mosquitto; check [mqtt] host and port",
         )
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
-    if username:
-        client.username_pw_set(username, password)
-    if tls:
-        client.tls_set(ca_certs=ca_file or None, certfile=cert_file or None, keyfile=key_file or None)
+    client = mqtt_client("", username, password, tls, ca_file, cert_file, key_file)
     done = threading.Event()
     outcome: list[mqtt.ReasonCode] = []
 

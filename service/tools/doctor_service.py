@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.mqtt.topics import topic_path
+from service.tools.doctor_checks import mqtt_client
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,7 @@ def ask_running_service(
         except ValueError:
             pass  # not ours to judge here; the daemon's own tests check its payloads
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_name, protocol=mqtt.MQTTv5)
-    if username:
-        client.username_pw_set(username, password)
-    if tls:
-        client.tls_set(ca_certs=ca_file or None, certfile=cert_file or None, keyfile=key_file or None)
+    client = mqtt_client(client_name, username, password, tls, ca_file, cert_file, key_file)
     client.on_message = on_message
     client.on_connect = lambda c, u, f, rc, p: (
         None if rc.is_failure else c.subscribe([(available, 1), (status_t, 1), (reply_t, 1)])
