@@ -67,6 +67,8 @@ class ProbeState:
                 if p not in params:
                     continue
                 value = float(params[p])
+                if self._detector.stale(p, value, now):
+                    continue  # taken before our change: it does not undo the read-back
                 if self._detector.observe(p, value, now):
                     self._manual_change(p, self._settings.get(p), value, "probe", now)
                 self._settings[p] = value

@@ -241,6 +241,18 @@ class ManualChangeDetector:
         self._recent[param] = recent
         self._known[param] = value
 
+    def stale(self, param: str, value: float, now: float) -> bool:
+        """True for a frame taken before one of our changes: its value is one we just moved away from."""
+        known, pending = self._known.get(param), self._pending.get(param)
+        if known is None or abs(known - value) <= self.tolerance:
+            return False
+        if pending is not None and abs(pending[0] - value) <= pending[1] + self.tolerance:
+            return False
+        return any(
+            abs(v - value) <= self.tolerance and now - t < self.grace_s
+            for v, t in self._recent.get(param, [])
+        )
+
     def observe(self, param: str, value: float, now: float) -> bool:
         """A frame says ``param`` is ``value``; True when that is a manual change."""
         known = self._known.get(param)
@@ -252,10 +264,7 @@ class ManualChangeDetector:
         pending = self._pending.get(param)
         if pending is not None and abs(pending[0] - value) <= pending[1] + self.tolerance:
             return False  # our change in flight: applied, read-back not here yet
-        if any(
-            abs(v - value) <= self.tolerance and now - t < self.grace_s
-            for v, t in self._recent.get(param, [])
-        ):
+        if self.stale(param, value, now):
             return False  # a frame from before one of our changes
         self.expect(param, value, now)
         return True

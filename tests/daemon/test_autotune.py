@@ -158,3 +158,24 @@ def test_depth_median_ignores_single_wild_frames() -> None:
     ctrl = AutoDepth(LIMITS)
     for i in range(90):  # every fifth frame says 150 mm; the median stays at 80
         assert ctrl.update(150.0 if i % 5 == 0 else 80.0, 80.0, i / 30) is None
+
+
+def test_a_frame_from_before_our_change_does_not_undo_the_read_back() -> None:
+    """The display's gain + answered with the old gain: a frame taken before the change, handled just
+    after the read-back, set the state back to 20 dB (CI, test_display). It is stale, not news."""
+    import logging
+
+    from service.daemon.clock import SimClock
+    from service.daemon.config import AutoConfig
+    from service.daemon.probe_state import ProbeState
+    from service.seams import MemoryPublisher
+
+    state = ProbeState(MemoryPublisher(), SimClock(), AutoConfig(), logging.getLogger(__name__))
+    state.observe_frame({"gain_db": 20.0}, 0.0)
+    state.announce("gain_db", 23.0, slack=1.0)
+    state.confirm("gain_db", 23.0, 0.5)
+    state.observe_frame({"gain_db": 20.0}, 0.55)  # in flight from before the change
+    assert state.setting("gain_db") == 23.0
+    state.observe_frame({"gain_db": 23.0}, 0.6)
+    state.observe_frame({"gain_db": 17.0}, 2.0)  # long after, another value: a person, and it wins
+    assert state.setting("gain_db") == 17.0 and state.paused("gain_db", 2.5)
