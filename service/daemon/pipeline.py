@@ -31,7 +31,7 @@ from service.daemon.handoff import LatestSlot
 from service.daemon.link_events import handle_link_event
 from service.daemon.probe import DEPTH, FREQUENCY, GAIN, limits_from_info
 from service.daemon.probe_state import ProbeState
-from service.policy.autotune import AutoDepth, AutoGain, Change, ProbeLimits
+from service.policy.autotune import AutoDepth, AutoGain, Change, ContactGainGuard, ProbeLimits
 from service.policy.belief import BeliefCalibration
 from service.policy.camera_guidance import (
     BeliefGuide,
@@ -76,6 +76,7 @@ class Pipeline:
         self.log = device_logger(__name__, name)
         self.limits = limits or limits_from_info(getattr(link, "info", None))
         self.auto_gain = AutoGain(self.limits)
+        self.contact_guard = ContactGainGuard()
         self.auto_depth = AutoDepth(self.limits)
         # settings, manual override, auto flags, frozen, the change detector, events
         self.state = ProbeState(publisher, clock, auto, self.log)
@@ -180,6 +181,16 @@ class Pipeline:
             return None
 
         gain_now, depth_now = tunable_setting("gain", GAIN), tunable_setting("depth", DEPTH)
+        frame_gain = work.params.get(GAIN)
+        if (
+            enabled["gain"]
+            and frame_gain is not None
+            and float(frame_gain) == current[GAIN]
+            and not self.state.paused(GAIN, now)
+        ):  # frames without contact too: that is what the guard watches
+            change = self.contact_guard.update(out.contact, float(frame_gain), now)
+            if change:
+                changes.append(change)
         if gain_now is not None:
             change = self.auto_gain.update(out.gain_error_db, gain_now, now)
             if change:
@@ -392,6 +403,8 @@ class Pipeline:
         if not self._apply(change, source):
             raise RuntimeError(f"the probe did not accept {param} = {value}")
         self.state.note_manual(param, now)
+        if param == GAIN:
+            self.contact_guard = ContactGainGuard()  # the user's gain is not ours to undo
         return float(self.state.setting(param) or 0.0)
 
     def on_link_event(self, event: dict[str, Any]) -> None:
@@ -401,6 +414,7 @@ class Pipeline:
             if limits != self.limits:  # its own limits, nothing of the old (or the defaults)
                 self.limits = limits
                 self.auto_gain, self.auto_depth = AutoGain(limits), AutoDepth(limits)
+                self.contact_guard = ContactGainGuard()
         handle_link_event(self.state, event, lambda: self.last_frame_id)
         if event.get("type") == "capture_button":
             self.capture_latest("probe", "probe button")

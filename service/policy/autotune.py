@@ -56,7 +56,9 @@ class Change:
 @dataclass(frozen=True)
 class GainParams:
     dead_band_db: float = 2.0  # leave the gain alone while |error| is below this
-    coarse_above_db: float = 6.0  # errors beyond this are corrected in one step, on one frame's word
+    coarse_above_db: float = 6.0  # errors beyond this are corrected in one step ...
+    coarse_frames: int = 2  # ... once this many frames in a row said so (one wild frame must not)
+    coarse_max_db: float = 18.0  # ... by at most this: the model misreads burnt-out and black images
     max_step_db: float = 3.0  # inside the coarse band: fine steps of at most this, on a smoothed error
     settle_s: float = 0.25  # after a change, ignore frames taken before the image could follow
     smoothing: float = 0.5  # weight of the newest error in the running estimate (1 = no smoothing)
@@ -101,7 +103,9 @@ class AutoGain:
         if abs(error) < p.dead_band_db:
             return None
         if abs(gain_error_db) > p.coarse_above_db and abs(error) > p.coarse_above_db:
-            step = -gain_error_db  # the whole way at once; the range bounds it below
+            if self._frames < p.coarse_frames:
+                return None
+            step = max(-p.coarse_max_db, min(p.coarse_max_db, -gain_error_db))  # the whole way at once
         elif self._frames < p.fine_frames:
             return None
         else:
@@ -112,6 +116,52 @@ class AutoGain:
         self.reset(now)
         word = "too bright" if error > 0 else "too dark"
         return Change("gain_db", current_gain_db, target, f"image {word} by {abs(error):.1f} dB")
+
+
+@dataclass(frozen=True)
+class ContactGuardParams:
+    lost_below: float = 0.15  # the model's contact under this: it sees no skin at all
+    lost_s: float = 1.0  # ... for this long
+    moved_db: float = 6.0  # ... with the gain this far from where it last saw skin
+
+
+class ContactGainGuard:
+    """Undo a gain that made the image look like air.
+
+    The model reads a very dark (or burnt-out) image as no skin contact, and auto gain acts only on
+    frames with contact: after one bad step the probe would stay dark with "more gel" on the screen for
+    good (seen in the closed loop: 40 dB too dark, 30 s). When contact has been gone ``lost_s`` and the
+    gain is ``moved_db`` or more from the gain of the last frame with contact, go back to that gain,
+    once per loss. A probe really lifted off the skin loses nothing by it: that gain was fine.
+    """
+
+    def __init__(self, params: ContactGuardParams | None = None) -> None:
+        self.params = params or ContactGuardParams()
+        self._gain_with_contact: float | None = None
+        self._lost_since: float | None = None
+
+    def update(self, contact: float, gain_db: float, now: float) -> Change | None:
+        p = self.params
+        if contact >= 0.5 or self._gain_with_contact is None:  # the first frame's gain until then
+            self._gain_with_contact = gain_db
+        if contact >= 0.5:
+            self._lost_since = None
+            return None
+        if contact >= p.lost_below:
+            return None
+        if self._lost_since is None:
+            self._lost_since = now
+            return None
+        good = self._gain_with_contact
+        if now - self._lost_since < p.lost_s or abs(gain_db - good) < p.moved_db:
+            return None
+        self._lost_since = None
+        return Change(
+            "gain_db",
+            gain_db,
+            good,
+            f"no skin contact seen since the gain moved from {good:g} dB: back to it",
+        )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import pytest
 from service.policy.autotune import (
     AutoDepth,
     AutoGain,
+    ContactGainGuard,
     DepthParams,
     ManualChangeDetector,
     ManualOverride,
@@ -62,9 +63,11 @@ def test_gain_too_bright_goes_down_and_dead_band_holds() -> None:
 def test_gain_clamps_to_probe_range_and_step() -> None:
     limits = ProbeLimits(gain_min_db=10, gain_max_db=40, gain_step_db=2.5, depth_steps_mm=(50,))
     ctrl = AutoGain(limits)
-    change = ctrl.update(-30.0, 38.0, 0.0)
+    assert ctrl.update(-30.0, 38.0, 0.0) is None  # a coarse step waits for a second frame
+    change = ctrl.update(-30.0, 38.0, 0.04)
     assert change is not None and change.new == 40.0
-    assert AutoGain(limits).update(-30.0, 40.0, 0.0) is None  # at the top: nothing to do
+    top = AutoGain(limits)
+    assert top.update(-30.0, 40.0, 0.0) is None and top.update(-30.0, 40.0, 0.04) is None  # at the top
     assert limits.quantize_gain(23.4) == 22.5
 
 
@@ -179,3 +182,20 @@ def test_a_frame_from_before_our_change_does_not_undo_the_read_back() -> None:
     state.observe_frame({"gain_db": 23.0}, 0.6)
     state.observe_frame({"gain_db": 17.0}, 2.0)  # long after, another value: a person, and it wins
     assert state.setting("gain_db") == 17.0 and state.paused("gain_db", 2.5)
+
+
+def test_contact_lost_after_the_gain_moved_brings_the_gain_back() -> None:
+    guard = ContactGainGuard()
+    assert guard.update(0.9, 50.0, 0.0) is None  # skin seen at 50 dB
+    assert guard.update(0.05, 20.0, 0.5) is None  # black image, no contact: the clock starts
+    assert guard.update(0.05, 20.0, 1.2) is None  # not yet 1 s
+    change = guard.update(0.05, 20.0, 1.6)
+    assert change is not None and (change.old, change.new) == (20.0, 50.0) and "50 dB" in change.reason
+    assert guard.update(0.05, 20.0, 1.7) is None  # once per loss
+
+
+def test_contact_lost_at_the_same_gain_is_the_probe_lifted_not_the_gain() -> None:
+    guard = ContactGainGuard()
+    guard.update(0.9, 50.0, 0.0)
+    assert all(guard.update(0.05, 47.0, t / 10) is None for t in range(1, 50))  # 3 dB: not the gain
+    assert all(guard.update(0.3, 20.0, 5 + t / 10) is None for t in range(50))  # partial contact: wait

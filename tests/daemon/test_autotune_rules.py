@@ -61,7 +61,7 @@ def test_the_dead_band_is_below_its_edge_and_the_coarse_band_beyond_its_edge() -
     assert g.update(1.5, 30.0, 0.0) is None  # inside the dead band
     change = g.update(2.0, 30.0, 1.0)  # exactly at its edge: acts, a fine step
     assert change == Change("gain_db", 30.0, 28.0, "image too bright by 2.0 dB")
-    g = gain(smoothing=1.0, fine_frames=1, settle_s=0.0)
+    g = gain(smoothing=1.0, fine_frames=1, settle_s=0.0, coarse_frames=1)
     assert g.update(6.0, 30.0, 0.0).new == 27.0  # exactly 6 dB: still fine, at most 3 dB
     assert g.update(-6.5, 30.0, 1.0) == Change("gain_db", 30.0, 36.5 - 0.5, "image too dark by 6.5 dB")
 
@@ -72,15 +72,28 @@ def test_a_coarse_step_needs_both_this_frame_and_the_smoothed_error_beyond_the_b
     # this frame says 12 dB, but the running estimate is 0.5·12 + 0.5·4 = 8: coarse by both, all 12 dB
     assert g.update(12.0, 30.0, 1.0).new == 18.0
     g = gain(smoothing=0.5, fine_frames=2, settle_s=0.0)
-    assert g.update(-10.0, 30.0, 0.0).new == 40.0  # a single coarse frame acts at once
+    assert g.update(-10.0, 30.0, 0.0) is None  # a single coarse frame is not enough ...
+    assert g.update(-10.0, 30.0, 0.1).new == 40.0  # ... two in a row are
     g = gain(smoothing=0.5, fine_frames=2, settle_s=0.0)
     assert g.update(0.0, 30.0, 0.0) is None
     # this frame 10 dB, estimate 5 dB: not coarse (the estimate is inside the band): a fine step of 3
     assert g.update(10.0, 30.0, 1.0) == Change("gain_db", 30.0, 27.0, "image too bright by 5.0 dB")
 
 
+def test_one_wild_frame_moves_nothing_and_a_coarse_step_is_bounded() -> None:
+    """Seen in the closed loop: one frame read +33 dB, the whole step made the image black, and the
+    model then saw no skin (so auto gain never acted again). Two frames, and at most 18 dB at once."""
+    g = gain(smoothing=0.5, fine_frames=2, settle_s=0.0)
+    assert g.update(33.0, 50.0, 0.0) is None
+    # The next frame disagrees (this frame 0, the estimate 16.5): a fine step at most, not 33 dB.
+    assert g.update(0.0, 50.0, 0.1).new == 47.0
+    g = gain(smoothing=0.5, fine_frames=2, settle_s=0.0)
+    assert g.update(40.0, 60.0, 0.0) is None
+    assert g.update(40.0, 60.0, 0.1).new == 42.0  # 18 dB, not 40
+
+
 def test_after_a_change_the_gain_waits_settle_s_and_two_fresh_frames() -> None:
-    g = gain(smoothing=1.0, fine_frames=2, settle_s=0.25)
+    g = gain(smoothing=1.0, fine_frames=2, settle_s=0.25, coarse_frames=1)
     assert g.update(12.0, 30.0, 0.0).new == 18.0
     assert g.update(12.0, 18.0, 0.125) is None  # settling
     assert g.update(4.0, 18.0, 0.25) is None  # settled exactly now: counted, but one frame only

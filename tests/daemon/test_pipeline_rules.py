@@ -96,6 +96,47 @@ def test_auto_gain_ignores_the_gain_error_while_pressed_too_lightly(model: OnnxM
     assert auto_changes(pub, "gain_db") == [] and probe.params.gain_db == start_gain
 
 
+class MisreadsTheGain:
+    """The shipped model, but for ``frames`` frames once armed it reads the image 20 dB too bright, and
+    it reads an image ``air_below_db`` or more under the best gain as no skin: the closed loop's
+    failure (eval seed 200013, abdomen: bad gain readings stepped the gain 40 dB down, and the model
+    then saw air in the black image; on this phantom the shipped model still sees skin at 0 dB)."""
+
+    def __init__(self, model: OnnxModel, best_gain_db: float, air_below_db: float = 20.0) -> None:
+        self.model, self.manifest = model, model.manifest
+        self.frames = 0
+        self.air_at_db = best_gain_db - air_below_db
+
+    def predict(self, image, gain_db, depth_mm, freq_mhz):  # type: ignore[no-untyped-def]
+        out = self.model.predict(image, gain_db, depth_mm, freq_mhz)
+        if gain_db <= self.air_at_db:
+            out = replace(out, contact=0.05)
+        if self.frames > 0:
+            self.frames -= 1
+            return replace(out, gain_error_db=20.0)
+        return out
+
+
+def test_a_gain_that_made_the_image_look_like_air_is_undone(model: OnnxModel) -> None:
+    probe = SimTimeProbe(seed=2, initial={"depth_mm": 120.0})
+    probe.set_param("gain_db", round(best_gain(probe)))
+    good = probe.params.gain_db
+    clock, pub = SimClock(), MemoryPublisher()
+    misreading = MisreadsTheGain(model, best_gain(probe))
+    pipe = Pipeline(probe, misreading, pub, clock, AutoConfig(depth=False))
+    assert min(m["contact"] for m in run(pipe, probe, clock, 15)) >= 0.5  # on the skin, gain right
+    misreading.frames = 30
+    dark = run(pipe, probe, clock, 30)
+    assert probe.params.gain_db <= good - 20  # stepped down twice or more (to the floor), 18 dB at most each
+    assert all(-c["old"] + c["new"] >= -18.0 for c in auto_changes(pub, "gain_db"))
+    assert min(m["contact"] for m in dark[-10:]) < 0.15  # black: the model sees no skin
+    run(pipe, probe, clock, 60)  # two seconds: auto gain alone would never act again (no contact)
+    back = [c for c in auto_changes(pub, "gain_db") if "no skin contact" in c["reason"]]
+    # Back to the last gain the model saw skin at (one 18 dB step down), and auto gain takes it on.
+    assert back and back[0]["new"] == good - 18.0, auto_changes(pub, "gain_db")
+    assert abs(probe.params.gain_db - good) <= 3.0
+
+
 def test_a_read_back_different_from_the_request_is_a_warning(model: OnnxModel) -> None:
     probe = SimTimeProbe(seed=2)
     clock, pub = SimClock(), MemoryPublisher()
