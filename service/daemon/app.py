@@ -164,6 +164,9 @@ class Daemon:
                 + ("" if camera_state == "tracking" else " (guidance from the image alone)")
                 + f", model {model.name} {model.version} on {model.provider}"
             )
+        gpu_warning = str(getattr(model, "gpu_warning", ""))
+        if gpu_warning:
+            summary = f"WARNING: GPU present, model on the CPU; {summary}"
         return {
             "probe": {
                 "state": probe_state,
@@ -176,6 +179,7 @@ class Daemon:
                 "name": model.name,
                 "version": model.version,
                 "provider": model.provider,
+                **({"gpu_warning": gpu_warning} if gpu_warning else {}),
                 **(self.model_updates.status() if self.model_updates is not None else {}),
             },
             "fps": fps,

@@ -138,6 +138,11 @@ STATUS_SCHEMA = _obj(
                 "name": _STR,
                 "version": _STR,
                 "provider": _STR,
+                "gpu_warning": {
+                    **_STR,
+                    "description": "only when an NVIDIA GPU is present but the model runs on the CPU: why "
+                    "(no GPU provider in this ONNX Runtime build, or its libraries do not load)",
+                },
                 "pending": {**_OPT_STR, "description": "a version loaded and waiting for a safe moment"},
                 "previous": {**_OPT_STR, "description": "the version a rollback returns to"},
                 "probation": _obj(
