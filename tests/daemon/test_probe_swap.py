@@ -37,10 +37,45 @@ def test_a_probe_swapped_on_the_same_port_gets_its_own_limits_and_no_old_setting
         )
         assert rec.wait_for(lambda: bench.probe.link.connected, 10)
         assert 120.0 not in probe.host_sets("depth_mm")  # the old probe's depth was not restored
+        # the new probe's own settings are not a change made on it
+        assert rec.wait_for(lambda: bench.daemon.pipeline.state.setting("depth_mm") == 40.0, 5)
+        assert not [e for e in bench.events("manual_change") if e.get("source") == "probe"]
         reply = rec.request("set_param", {"param": "depth_mm", "value": 20})
         assert reply["ok"], reply
         assert probe.params["depth_mm"] == 20.0
         too_deep = rec.request("set_param", {"param": "depth_mm", "value": 120})
         assert not too_deep["ok"] and "[20.0, 40.0, 60.0]" in too_deep["error"], too_deep
+    finally:
+        bench.close()
+
+
+def test_restoring_settings_after_a_reboot_raises_no_manual_change_on_the_probe(broker: LocalBroker) -> None:
+    """The probe reboots to its power-on gain and depth; the link restores ours. Neither the frames at
+    the power-on values nor those at the restored ones are a person's change: no manual_change event
+    (each one pauses auto-tuning). The time sync left unanswered holds the restore back by the link's
+    request timeout, so frames at the power-on values surely arrive first (the race made certain)."""
+    import time
+
+    probe = EmulatedProbe()
+    bench = Bench(broker, probe, auto={"gain": False, "depth": False})
+    try:
+        rec = bench.recorder
+        power_on = probe.params["gain_db"]
+        assert rec.request("set_param", {"param": "gain_db", "value": power_on + 6})["ok"]
+        assert rec.request("set_param", {"param": "depth_mm", "value": 80})["ok"]
+        time.sleep(1.5)  # past the detector's grace for our own changes: frames at the new values
+        before = len(bench.events("manual_change"))
+        probe.emulator.faults.misbehave.add("no-time-sync")
+        probe.emulator.faults.reboot_for_s = 1.5  # long enough for the link to notice (heartbeats)
+        probe.emulator.faults.reboot_after_s = 0.0
+        assert rec.wait_for(lambda: any("restored" in e["message"] for e in bench.events("info")), 15)
+        assert probe.emulator.boots == 2
+        assert rec.wait_for(lambda: probe.params["gain_db"] == power_on + 6, 5)
+        assert probe.params["depth_mm"] == 80.0
+        time.sleep(1.0)  # frames after the restore
+        false_changes = [e for e in bench.events("manual_change")[before:] if e.get("source") == "probe"]
+        assert false_changes == [], false_changes
+        state = bench.daemon.pipeline.state
+        assert state.setting("gain_db") == power_on + 6 and state.setting("depth_mm") == 80.0
     finally:
         bench.close()
