@@ -113,7 +113,14 @@ STATUS_SCHEMA = _obj(
                 },
                 "port": _STR,
                 "info": _STR,
-            }
+                "detail": {
+                    **_STR,
+                    "description": "only while absent, when the port says why: gone (a re-created pty or a "
+                    "replugged device under a new name, a link left dangling) or a name another device may "
+                    "hold now; with what to configure instead",
+                },
+            },
+            required=["state", "port", "info"],
         ),
         "camera": _obj(
             {

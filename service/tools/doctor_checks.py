@@ -55,15 +55,19 @@ def check_probe_port(port: str) -> CheckResult:
                 "check the address and that it is running",
             )
         return CheckResult(name, True, f"opened {port}")
+    from firmware_bridge.portnames import STABLE_NAME, missing_port_reason, renumbered_name
+
     path = Path(port)
-    if not path.exists():
-        dangling = " (the link exists but its device is gone)" if path.is_symlink() else ""
+    reason = missing_port_reason(port)
+    if reason:
+        unstable = renumbered_name(port) or path.is_symlink()
         return CheckResult(
             name,
             False,
-            f"probe port {port} does not exist{dangling}: the probe is not connected or not recognised",
+            reason if unstable else f"probe port {reason}: the probe is not connected or not recognised",
             "plug in the probe's USB cable; if it is plugged in, compare `lsusb` with the vendor/product "
-            f"IDs in {UDEV_RULES}, then `udevadm control --reload-rules && udevadm trigger`",
+            f"IDs in {UDEV_RULES} (it makes {STABLE_NAME}), then `udevadm control --reload-rules && "
+            "udevadm trigger`",
         )
     st = path.stat()
     if not stat.S_ISCHR(st.st_mode):

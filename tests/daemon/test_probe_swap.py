@@ -79,3 +79,36 @@ def test_restoring_settings_after_a_reboot_raises_no_manual_change_on_the_probe(
         assert state.setting("gain_db") == power_on + 6 and state.setting("depth_mm") == 80.0
     finally:
         bench.close()
+
+
+def test_a_new_pty_without_the_stable_link_is_reported_as_such_not_as_no_frames(broker: LocalBroker) -> None:
+    """The daemon configured with a raw /dev/pts/N; the emulator comes back on a new pty (another
+    number) and nothing links the old name to it: status says the port is gone and why."""
+    from firmware_bridge.emulator.device import ProbeEmulator
+    from firmware_bridge.ptyport import PtyPair
+
+    probe = EmulatedProbe()
+    bench = Bench(broker, probe, auto={"gain": False, "depth": False})
+    new_pty = PtyPair()  # taken while the old one exists: surely another number
+    new_emulator = ProbeEmulator(new_pty.device_fd).start()
+    try:
+        rec = bench.recorder
+        old_path = probe.pty.host_path
+        assert new_pty.host_path != old_path and old_path.startswith("/dev/pts/")
+        assert rec.wait_for(lambda: any(m.payload["probe"]["state"] == "ok" for m in rec.of("status")), 10)
+        probe.emulator.stop()
+        probe.pty.close()  # the old pty is gone
+
+        def absent() -> list[dict]:
+            return [m.payload for m in rec.of("status") if m.payload["probe"]["state"] == "absent"]
+
+        assert rec.wait_for(lambda: bool(absent()), 10), [m.payload["probe"] for m in rec.of("status")][-3:]
+        status = absent()[-1]
+        assert status["probe"]["state"] != "no_frames"
+        detail = status["probe"]["detail"]
+        assert f"{old_path} no longer exists" in detail and "pseudo-terminal" in detail, detail
+        assert "stable link path" in detail and detail in status["summary"], status
+    finally:
+        bench.close()
+        new_emulator.stop()
+        new_pty.close()
