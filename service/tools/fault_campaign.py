@@ -344,7 +344,7 @@ class Campaign:
         return 0
 
     def _fault_probe_swap(self) -> tuple[int, str]:
-        old_serial = self.caps.serial
+        old_serial, seen = self.caps.serial, len(self.observer.events)
         self.emulator.stop()
         self.endpoint.close()
         serial = f"EMU{int(old_serial[3:]) + 1:04d}"
@@ -352,7 +352,13 @@ class Campaign:
         self.endpoint = PtyEndpoint(self.link_path)
         self.emulator = self._emulator(self.endpoint, self.caps, depth_mm=40.0)
         self.observer.wait(lambda: self.emulator.streaming, 15)
-        return 0, f"{old_serial} -> {self.caps.serial}, depths {self.caps.depths_mm}"
+        said = self.observer.wait(
+            lambda: any("different probe" in str(e.get("message")) for e in self.observer.events[seen:]), 10
+        )
+        return 0, (
+            f"{old_serial} -> {self.caps.serial}, depths {self.caps.depths_mm}; the daemon "
+            + ("announced the new probe" if said else "did NOT announce the new probe")
+        )
 
     def _fault_broker_restart(self) -> tuple[int, str]:
         self.broker.stop(kill=True)
