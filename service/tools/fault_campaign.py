@@ -132,14 +132,12 @@ class Observer:
         return corr
 
     def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Until ``predicate()`` (re-checked on each message and every 0.1 s) or ``timeout``."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.1))
-        return True
+            while not (done := predicate()) and time.monotonic() < deadline:
+                self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+        return bool(done)
 
     def request(self, command: str, body: Any = None) -> dict[str, Any] | None:
         corr = self.send(command, body)
