@@ -12,7 +12,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@# ONNX Runtime per platform (service/tools/onnxruntime_extra.py): cpu, or gpu where a GPU or the GPU build is.
+	extra=$$($(PY) -m service.tools.onnxruntime_extra); \
+	  for other in $$($(PY) -m service.tools.onnxruntime_extra --remove); do $(PY) -m pip uninstall --quiet --yes $$other; done; \
+	  $(PY) -m pip install --quiet -e ".[dev$${extra:+,$$extra}]"
 	@touch $(STAMP)
 
 sysdeps:

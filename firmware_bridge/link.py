@@ -324,7 +324,7 @@ class ProbeLink:
             try:
                 self._open()
                 self._handshake()
-                self._restore()
+                restored = self._restore()
             except ProbeIncompatible as exc:
                 self.log.error("%s", exc)
                 self._close()
@@ -341,17 +341,24 @@ class ProbeLink:
                                  swapped["new"]["serial"])  # fmt: skip
                 self._emit({"type": "probe_changed", **swapped})
             self.log.warning("link restored")
-            self._emit({"type": "link_restored"})
+            # restored: what the device came back with and what we put back, so a listener that
+            # watches the frames' settings knows neither value is a person's change.
+            self._emit({"type": "link_restored", "restored": restored})
             return
 
-    def _restore(self) -> None:
-        """Put back the parameters the device had before it went away (it may have rebooted)."""
+    def _restore(self) -> list[dict[str, Any]]:
+        """Put back the parameters the device had before it went away (it may have rebooted); the
+        ones changed, as ``{"param", "index", "found", "value"}``."""
+        restored: list[dict[str, Any]] = []
         for (name, index), value in sorted(self._known.items(), key=lambda kv: kv[0][0] == "frozen"):
             try:
-                if self.get_param(name, index) != value:
+                found = self.get_param(name, index)
+                if found != value:
                     self.set_param(name, value, index)
+                    restored.append({"param": name, "index": index, "found": found, "value": value})
             except ProbeNack as exc:
                 self.log.warning("could not restore %s=%s: %s", name, value, exc)
+        return restored
 
     def _supervisor(self) -> None:
         while not self._stopping.wait(0.05):

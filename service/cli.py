@@ -57,6 +57,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "closed-loop evaluation with the simulated novice (guided, unguided, oracle)",
     ),
     "bench": ("service.commands.bench", "latency, throughput, CPU, memory and model-speed benchmarks"),
+    "faults": (
+        "service.commands.faults",
+        "the fault campaign: the real daemon, emulator and broker under faults and hostile commands",
+    ),
     "probe-emulator": (
         "firmware_bridge.emulator_cli",
         "the reference probe emulator on a pty or serial device",

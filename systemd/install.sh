@@ -13,6 +13,9 @@
 #   --no-venv      leave the virtualenv alone
 #   --python PY    interpreter for the venv (default: python3; JetPack 6 ships 3.10)
 #   --no-broker    do not install the mosquitto configuration
+#   --onnxruntime auto|cpu|gpu|none
+#                  which ONNX Runtime build pip installs (default auto: x86_64 cpu, or gpu where an
+#                  NVIDIA GPU is present or the GPU build already is; aarch64 none: NVIDIA's wheel)
 set -euo pipefail
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,8 +23,9 @@ ROOT=""
 VENV_MODE="pip"
 PYTHON="python3"
 BROKER=1
+ORT_EXTRA="auto"
 
-usage() { sed -n '2,16s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,19s/^# \{0,1\}//p' "$0"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --root) [ $# -ge 2 ] || { echo "install.sh: --root needs a directory" >&2; exit 2; }
@@ -31,10 +35,17 @@ while [ $# -gt 0 ]; do
     --python) [ $# -ge 2 ] || { echo "install.sh: --python needs an interpreter" >&2; exit 2; }
               PYTHON="$2"; shift 2 ;;
     --no-broker) BROKER=0; shift ;;
+    --onnxruntime) [ $# -ge 2 ] || { echo "install.sh: --onnxruntime needs auto, cpu, gpu or none" >&2; exit 2; }
+                   ORT_EXTRA="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
+
+case "$ORT_EXTRA" in
+  auto|cpu|gpu|none) ;;
+  *) echo "install.sh: --onnxruntime must be auto, cpu, gpu or none, not '$ORT_EXTRA'" >&2; exit 2 ;;
+esac
 
 if [ -z "$ROOT" ] && [ "$(id -u)" -ne 0 ]; then
   echo "install.sh: installing on this machine needs root: sudo $0 $*" >&2
@@ -104,8 +115,25 @@ case "$VENV_MODE" in
   pip)
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv --system-site-packages "$VENV"
     # --system-site-packages: JetPack's NVIDIA onnxruntime-gpu wheel and librealsense live there.
-    "$VENV/bin/python" -m pip install --quiet --upgrade "$SRC"
-    say "installed the sonoguide package into /opt/sonoguide/venv"
+    # The ONNX Runtime build per platform (docs/deploy.md): x86_64 [cpu], or [gpu] with an NVIDIA GPU;
+    # aarch64 none from PyPI (NVIDIA's wheel, which nothing here may shadow). Never two in one venv.
+    ort_extra="$ORT_EXTRA"
+    [ "$ort_extra" != auto ] || ort_extra="$(PYTHONPATH="$SRC" "$VENV/bin/python" -m service.tools.onnxruntime_extra)"
+    case "$ort_extra" in
+      cpu) ort_other=onnxruntime-gpu ;;
+      gpu) ort_other=onnxruntime ;;
+      *) ort_extra=""; ort_other="" ;;
+    esac
+    if [ -n "$ort_other" ] && "$VENV/bin/python" -m pip show --quiet "$ort_other" >/dev/null 2>&1; then
+      "$VENV/bin/python" -m pip uninstall --quiet --yes "$ort_other"
+      say "removed $ort_other from the venv (it would shadow the $ort_extra build)"
+    fi
+    "$VENV/bin/python" -m pip install --quiet --upgrade "$SRC${ort_extra:+[$ort_extra]}"
+    say "installed the sonoguide package${ort_extra:+ with ONNX Runtime [$ort_extra]} into /opt/sonoguide/venv"
+    if [ -z "$ort_extra" ] && ! "$VENV/bin/python" -c 'import onnxruntime' 2>/dev/null; then
+      echo "install.sh: no ONNX Runtime in the venv or the system: on a Jetson install NVIDIA's" \
+           "onnxruntime-gpu wheel (docs/jetson.md), elsewhere rerun with --onnxruntime cpu" >&2
+    fi
     ;;
   link)
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv --system-site-packages --without-pip "$VENV"

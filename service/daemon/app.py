@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware_bridge.devicelog import device_logger
+from firmware_bridge.portnames import STABLE_NAME, missing_port_reason, renumbered_name
 from service import __version__
 from service.daemon.captures import CaptureService
 from service.daemon.clock import Clock, MonotonicClock
@@ -156,19 +157,32 @@ class Daemon:
             )
         model = self.pipeline.model
         fps = round(self.pipeline.fps, 1) if flowing else 0.0
+        port = str(getattr(self.link, "url", self.config.probe.port))  # what the link opens
+        port_detail = missing_port_reason(port) if absent else ""
+        if absent and not port_detail and renumbered_name(port):
+            port_detail = (
+                f"no probe answers on {port}, a name handed out afresh on each replug: another device "
+                f"may hold it now; use a stable link path ({STABLE_NAME}, or the emulator's --link)"
+            )
         if summary is None and absent:
-            summary = f"waiting for the probe on {self.config.probe.port}"
+            summary = (
+                f"waiting for the probe: {port_detail}" if port_detail else f"waiting for the probe on {port}"
+            )
         if summary is None:
             summary = (
                 f"probe {probe_state}, {fps:g} fps, camera {camera_state}"
                 + ("" if camera_state == "tracking" else " (guidance from the image alone)")
                 + f", model {model.name} {model.version} on {model.provider}"
             )
+        gpu_warning = str(getattr(model, "gpu_warning", ""))
+        if gpu_warning:
+            summary = f"WARNING: GPU present, model on the CPU; {summary}"
         return {
             "probe": {
                 "state": probe_state,
-                "port": self.config.probe.port,
+                "port": port,
                 "info": describe_info(getattr(self.link, "info", None)),
+                **({"detail": port_detail} if port_detail else {}),
             },
             "camera": {"state": camera_state, "source": self.config.camera.source},
             "guidance": {"basis": self.pipeline.guidance_source},
@@ -176,6 +190,7 @@ class Daemon:
                 "name": model.name,
                 "version": model.version,
                 "provider": model.provider,
+                **({"gpu_warning": gpu_warning} if gpu_warning else {}),
                 **(self.model_updates.status() if self.model_updates is not None else {}),
             },
             "fps": fps,

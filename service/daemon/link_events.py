@@ -41,9 +41,11 @@ def handle_link_event(
         state.event("info", f"probe temperature back to normal ({value:.1f} °C)", source="probe")
     elif kind == "link_lost":  # (heartbeat_lost is always followed by link_lost)
         reason = event.get("reason", "unknown reason")
+        state.link_lost()
         state.event("warning", f"probe link lost ({reason}); reconnecting", source="probe")
     elif kind == "probe_changed":
         new, old = event.get("new", {}), event.get("old", {})
+        state.probe_changed()
         state.event(
             "warning",
             f"a different probe is connected ({new.get('model')} serial {new.get('serial')}, was "
@@ -51,4 +53,5 @@ def handle_link_event(
             source="probe",
         )
     elif kind == "link_restored":
+        state.link_restored(list(event.get("restored") or []), now)
         state.event("info", "probe link restored", source="probe")

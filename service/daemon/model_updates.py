@@ -57,6 +57,7 @@ class ProbationModel:
     def __init__(self, new: Model, old: Model, max_latency_ms: float, fail: Callable[[str], None]) -> None:
         self.new, self.old, self.max_latency_ms, self._fail = new, old, max_latency_ms, fail
         self.name, self.version, self.provider = new.name, new.version, new.provider
+        self.gpu_warning = getattr(new, "gpu_warning", "")
         self.manifest = getattr(new, "manifest", None)
         self.frames = self.slow = 0
         self.failed = False

@@ -23,6 +23,7 @@ import numpy as np
 
 from firmware_bridge.devicelog import device_logger
 from models.imageprep import resize
+from service.daemon.accelerator import cpu_despite_gpu, gpu_devices
 from service.model_store.compat import OUTPUT_UNITS
 from service.seams import ModelOutput
 
@@ -117,9 +118,10 @@ def _loadable(provider: str, capi_dir: Path) -> tuple[bool, str]:
     return True, ""
 
 
-def choose_providers(wanted: Sequence[str], engine_cache: str | Path | None) -> list[Any]:
-    """ONNX Runtime provider list in ``wanted``'s order ("tensorrt", "cuda", "cpu"), only usable ones;
-    CPU is always appended as the last resort."""
+def usable_providers(wanted: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The ONNX Runtime names of ``wanted`` ("tensorrt", "cuda", "cpu") that can run here, in order,
+    and why each other one cannot (not in this build, or its libraries do not load). The one check
+    behind both ``run`` and ``doctor``, so they never disagree about a provider."""
     import onnxruntime as ort
 
     unknown = [w for w in wanted if w not in PROVIDER_NAMES]
@@ -127,16 +129,29 @@ def choose_providers(wanted: Sequence[str], engine_cache: str | Path | None) -> 
         raise ModelLoadError(f"unknown execution providers {unknown}; choose from {list(PROVIDER_NAMES)}")
     available = set(ort.get_available_providers())
     capi = Path(ort.__file__).parent / "capi"
-    chosen: list[Any] = []
+    usable: list[str] = []
+    unusable: dict[str, str] = {}
     for w in wanted:
         name = PROVIDER_NAMES[w]
         if name not in available:
-            log.info("execution provider %s is not in this ONNX Runtime build", name)
+            unusable[name] = "not in this ONNX Runtime build"
             continue
         ok, why = _loadable(name, capi)
-        if not ok:
-            log.info("execution provider %s cannot run here: %s", name, why)
-            continue
+        if ok:
+            usable.append(name)
+        else:
+            unusable[name] = why
+    return usable, unusable
+
+
+def choose_providers(wanted: Sequence[str], engine_cache: str | Path | None) -> list[Any]:
+    """ONNX Runtime provider list in ``wanted``'s order ("tensorrt", "cuda", "cpu"), only usable ones;
+    CPU is always appended as the last resort."""
+    usable, unusable = usable_providers(wanted)
+    for name, why in unusable.items():
+        log.info("execution provider %s cannot run here: %s", name, why)
+    chosen: list[Any] = []
+    for name in usable:
         if name == "TensorrtExecutionProvider":
             opts: dict[str, Any] = {"trt_fp16_enable": True, "trt_int8_enable": True}
             if engine_cache:
@@ -183,6 +198,8 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         chosen = choose_providers(providers, engine_cache)
+        self.providers_in_build = list(ort.get_available_providers())
+        self.providers_unusable = usable_providers(providers)[1]
         # model_file: another file the manifest lists (the FP32 reference, for golden vectors)
         model_path = self.folder / (model_file or self.manifest["model_file"])
         try:
@@ -191,6 +208,11 @@ class OnnxModel:
             raise ModelLoadError(f"ONNX Runtime cannot load {model_path}: {exc}") from None
         self.provider = self.session.get_providers()[0]
         self.log.info("loaded %s on %s (asked for %s)", model_path.name, self.provider, ", ".join(providers))
+        self.gpu_warning = cpu_despite_gpu(
+            gpu_devices(), self.providers_in_build, self.provider, self.providers_unusable
+        )
+        if self.gpu_warning:
+            self.log.warning("%s", self.gpu_warning)
         self.warmup()
 
     def warmup(self) -> None:

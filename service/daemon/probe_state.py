@@ -32,6 +32,9 @@ class ProbeState:
         self._frozen = False
         self._settings: dict[str, float | None] = dict.fromkeys(TUNABLE)
         self._lock = threading.RLock()  # settings, detector, auto flags: touched by several threads
+        # Between a lost link and its restore the frames show the device's power-on settings (a
+        # reboot) or another probe's: not a person's change, so they are not judged (issue 16).
+        self._relinking = False
         self._event_seq = 0
 
     # --- reading -----------------------------------------------------------------------------------
@@ -63,6 +66,8 @@ class ProbeState:
     def observe_frame(self, params: Mapping[str, Any], now: float) -> None:
         """A frame's parameters: a value we did not set is a manual change on the probe (it wins)."""
         with self._lock:
+            if self._relinking:
+                return
             for p in TUNABLE:
                 if p not in params:
                     continue
@@ -105,6 +110,30 @@ class ProbeState:
             self._settings[param] = value
         self._manual_change(param, old, value, "probe", now)
         self.publish_settings()
+
+    def link_lost(self) -> None:
+        """The link went down: until it is restored, frames are not judged for manual changes."""
+        with self._lock:
+            self._relinking = True
+
+    def probe_changed(self) -> None:
+        """Another probe on the port: nothing known of the old one's settings carries over."""
+        with self._lock:
+            self._detector = ManualChangeDetector()
+            self._settings = dict.fromkeys(TUNABLE)
+
+    def link_restored(self, restored: list[dict[str, Any]], now: float) -> None:
+        """The link is back; ``restored``: the settings it put back (``found`` on the device after a
+        reboot, ``value`` ours). Both are ours to the detector, so neither frames still in flight at
+        the power-on value nor those at the restored one count as a change on the probe."""
+        with self._lock:
+            for r in restored:
+                p = str(r.get("param"))
+                if p in TUNABLE and not r.get("index"):
+                    self._detector.expect(p, float(r["found"]), now)
+                    self._detector.expect(p, float(r["value"]), now)
+                    self._settings[p] = float(r["value"])
+            self._relinking = False
 
     def set_frozen(self, frozen: bool, source: str, message: str) -> None:
         """The probe's frozen state, as it reports it; an ``info`` event with ``message``; published."""

@@ -113,7 +113,14 @@ STATUS_SCHEMA = _obj(
                 },
                 "port": _STR,
                 "info": _STR,
-            }
+                "detail": {
+                    **_STR,
+                    "description": "only while absent, when the port says why: gone (a re-created pty or a "
+                    "replugged device under a new name, a link left dangling) or a name another device may "
+                    "hold now; with what to configure instead",
+                },
+            },
+            required=["state", "port", "info"],
         ),
         "camera": _obj(
             {
@@ -138,6 +145,11 @@ STATUS_SCHEMA = _obj(
                 "name": _STR,
                 "version": _STR,
                 "provider": _STR,
+                "gpu_warning": {
+                    **_STR,
+                    "description": "only when an NVIDIA GPU is present but the model runs on the CPU: why "
+                    "(no GPU provider in this ONNX Runtime build, or its libraries do not load)",
+                },
                 "pending": {**_OPT_STR, "description": "a version loaded and waiting for a safe moment"},
                 "previous": {**_OPT_STR, "description": "the version a rollback returns to"},
                 "probation": _obj(

@@ -55,15 +55,19 @@ def check_probe_port(port: str) -> CheckResult:
                 "check the address and that it is running",
             )
         return CheckResult(name, True, f"opened {port}")
+    from firmware_bridge.portnames import STABLE_NAME, missing_port_reason, renumbered_name
+
     path = Path(port)
-    if not path.exists():
-        dangling = " (the link exists but its device is gone)" if path.is_symlink() else ""
+    reason = missing_port_reason(port)
+    if reason:
+        unstable = renumbered_name(port) or path.is_symlink()
         return CheckResult(
             name,
             False,
-            f"probe port {port} does not exist{dangling}: the probe is not connected or not recognised",
+            reason if unstable else f"probe port {reason}: the probe is not connected or not recognised",
             "plug in the probe's USB cable; if it is plugged in, compare `lsusb` with the vendor/product "
-            f"IDs in {UDEV_RULES}, then `udevadm control --reload-rules && udevadm trigger`",
+            f"IDs in {UDEV_RULES} (it makes {STABLE_NAME}), then `udevadm control --reload-rules && "
+            "udevadm trigger`",
         )
     st = path.stat()
     if not stat.S_ISCHR(st.st_mode):
@@ -266,11 +270,15 @@ def check_model_files(model_dir: str, models_root: Path) -> CheckResult:
     )
 
 
-def check_model_runtime(model_file: Path | None, providers: list[str]) -> CheckResult:
-    """ONNX Runtime loads and which configured execution provider actually runs the model.
+def check_model_runtime(
+    model_file: Path | None, providers: list[str], dev: Path = Path("/dev")
+) -> CheckResult:
+    """ONNX Runtime loads, and which configured execution provider actually runs the model.
 
-    TensorRT is not exercised here: building its engine can take minutes and belongs to the service
-    (the engine cache); its availability in this ONNX Runtime build is reported.
+    Providers are judged by the daemon's own check (``onnx_model.usable_providers``: in the build and
+    its libraries load), so doctor never calls a provider available that ``run`` cannot load. TensorRT
+    is not exercised: building its engine can take minutes and belongs to the service (the engine
+    cache). A GPU present (``dev``) while the model runs on the CPU is a failure, said loudly.
     """
     name = "model runtime"
     unknown = [p for p in providers if p not in PROVIDER_NAMES]
@@ -284,29 +292,41 @@ def check_model_runtime(model_file: Path | None, providers: list[str]) -> CheckR
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        return CheckResult(name, False, f"ONNX Runtime is not installed ({exc})", "see docs/jetson.md")
-    ort.set_default_logger_severity(4)  # a missing GPU is reported below, not as a C++ error dump
-    available = set(ort.get_available_providers())
-    wanted = [PROVIDER_NAMES[p] for p in providers]
-    usable = [p for p in wanted if p in available]
-    if not usable:
         return CheckResult(
             name,
             False,
-            f"none of the configured providers ({', '.join(providers)}) is in this ONNX Runtime build",
+            f"ONNX Runtime is not installed ({exc})",
+            "pip install 'sonoguide[cpu]' (or [gpu] with an NVIDIA GPU); on a Jetson NVIDIA's wheel (docs/jetson.md)",
+        )
+    from service.daemon.accelerator import cpu_despite_gpu, gpu_devices
+    from service.daemon.onnx_model import usable_providers
+
+    ort.set_default_logger_severity(4)  # a missing GPU is reported below, not as a C++ error dump
+    usable, unusable = usable_providers(providers)
+    if not usable:
+        why = "; ".join(f"{p}: {w}" for p, w in unusable.items())
+        return CheckResult(
+            name,
+            False,
+            f"none of the configured providers ({', '.join(providers)}) can run here ({why})",
             'add "cpu" to [model] providers, or install the GPU build (docs/jetson.md)',
         )
-    trt_note = (
-        "TensorRT available (engine built by the service)" if "TensorrtExecutionProvider" in usable else ""
-    )
+    trt = "TensorrtExecutionProvider"
+    trt_note = ""
+    if trt in usable:
+        trt_note = "TensorRT loads here (engine built by the service)"
+    elif trt in unusable and "not in this" not in unusable[trt]:
+        trt_note = f"TensorRT is in this build but cannot load here ({unusable[trt]})"
     if model_file is None:
         return CheckResult(
             name,
             False,
-            f"ONNX Runtime {ort.__version__} has {', '.join(usable)}, but there is no model to load",
+            f"ONNX Runtime {ort.__version__} can run {', '.join(usable)}, but there is no model to load",
             "install a model (see the model check)",
         )
-    session_providers = [p for p in usable if p != "TensorrtExecutionProvider"] or ["CPUExecutionProvider"]
+    session_providers = [p for p in usable if p != trt] or ["CPUExecutionProvider"]
+    if "CPUExecutionProvider" not in session_providers:
+        session_providers.append("CPUExecutionProvider")  # as run does: CPU is the last resort
     try:
         session = ort.InferenceSession(str(model_file), providers=session_providers)
     except Exception as exc:  # ORT raises its own exception types from C++
@@ -314,13 +334,24 @@ def check_model_runtime(model_file: Path | None, providers: list[str]) -> CheckR
             name, False, f"ONNX Runtime cannot load {model_file.name}: {exc}", "reinstall the model version"
         )
     running = session.get_providers()[0]
+    if trt in usable and running == "CPUExecutionProvider":
+        trt_note = ""  # its libraries load, but the GPU under it does not answer: run gets the CPU too
     detail = f"{model_file.name} loads; runs on {running}" + (f"; {trt_note}" if trt_note else "")
-    gpu_wanted = any(p in wanted for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider"))
+    warning = cpu_despite_gpu(gpu_devices(dev), ort.get_available_providers(), running, unusable)
+    if warning:
+        return CheckResult(
+            name,
+            False,
+            f"{detail}. {warning}",
+            "x86_64: pip install 'sonoguide[gpu]' (and the CUDA/cuDNN libraries); Jetson: NVIDIA's "
+            "onnxruntime-gpu wheel and no PyPI onnxruntime in the venv (docs/jetson.md)",
+        )
+    gpu_wanted = any(PROVIDER_NAMES[p] in (trt, "CUDAExecutionProvider") for p in providers)
     if gpu_wanted and running == "CPUExecutionProvider":
         return CheckResult(
             name,
             True,
-            detail + " (no usable GPU: slower guidance)",
+            detail + " (no GPU here: slower guidance)",
             "on a Jetson install NVIDIA's onnxruntime-gpu wheel and check `nvpmodel -q` (docs/jetson.md)",
         )
     return CheckResult(name, True, detail)

@@ -92,6 +92,23 @@ def make_bench(broker: LocalBroker) -> Iterator[Any]:
         assert not b.recorder.invalid, b.recorder.invalid
 
 
+class _ModelOnTheCpuBesideAGpu(HeuristicModel):
+    """What OnnxModel sets when a GPU is present and the CPU provider runs (accelerator.cpu_despite_gpu)."""
+
+    gpu_warning = (
+        "a GPU is present (/dev/nvidia0) but the GPU providers cannot load (...): the model runs on the CPU"
+    )
+
+
+def test_status_says_loudly_when_a_gpu_is_present_and_the_model_runs_on_the_cpu(make_bench) -> None:
+    bench = make_bench(model=_ModelOnTheCpuBesideAGpu())
+    rec = bench.recorder
+    assert rec.wait_for(lambda: any("gpu_warning" in m.payload["model"] for m in rec.of("status")), 5)
+    status = [m for m in rec.of("status") if "gpu_warning" in m.payload["model"]][-1].payload
+    assert status["model"]["gpu_warning"] == _ModelOnTheCpuBesideAGpu.gpu_warning
+    assert status["summary"].startswith("WARNING: GPU present, model on the CPU"), status["summary"]
+
+
 def test_guidance_flows_retained_state_and_clean_exit(broker: LocalBroker, make_bench) -> None:
     # The rate and the latency are `sonoguide bench`'s to measure; here: frames keep flowing, in order.
     bench = make_bench(auto={"gain": False, "depth": False})
@@ -125,6 +142,7 @@ def test_guidance_flows_retained_state_and_clean_exit(broker: LocalBroker, make_
         status = [m for m in rec.of("status") if m.payload["health"] == "ok"][-1].payload
         assert status["camera"]["state"] == "none" and "image alone" in status["summary"]
         assert status["fps"] > 0 and status["model"]["name"] == "heuristic"
+        assert "gpu_warning" not in status["model"] and "WARNING" not in status["summary"]
         assert "serial EMU0001" in status["probe"]["info"]
         bench.daemon.stop()
         assert late.wait_for(

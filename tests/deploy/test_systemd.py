@@ -212,6 +212,14 @@ def test_udev_rules_name_the_probe_and_open_the_realsense_to_the_service_group()
     probe = [r for r in rules if 'SYMLINK+="sonoguide-probe"' in r]
     assert len(probe) == 1 and 'SUBSYSTEM=="tty"' in probe[0] and 'GROUP="sonoguide"' in probe[0]
     assert 'ENV{ID_MM_DEVICE_IGNORE}="1"' in probe[0]
+    assert 'TAG+="systemd"' in probe[0]  # dev-sonoguide\x2dprobe.device: the probe's presence in systemd
+    unit = (REPO / "systemd/sonoguide.service").read_text()
+    # ... which the service does not bind to: it comes up without the probe and waits for it
+    assert not re.search(r"^(BindsTo|Requires|After)=.*dev-sonoguide", unit, re.M)
+    config = (REPO / "systemd/config.toml").read_text()
+    assert re.search(r'^port = "/dev/sonoguide-probe"', config, re.M), (
+        "the shipped config uses the stable name"
+    )
     realsense = [r for r in rules if 'ATTRS{idVendor}=="8086"' in r and "MODE=" in r]
     assert realsense and all('GROUP="sonoguide"' in r and 'MODE="0660"' in r for r in realsense)
     assert "PLACEHOLDER" in (REPO / "systemd/99-sonoguide.rules").read_text()
