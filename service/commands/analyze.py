@@ -49,8 +49,12 @@ def decide(out: Any, gain_db: float, depth_mm: float, preset: Any) -> dict[str, 
     guidance = GuidanceParams()
     in_contact = out.contact >= guidance.contact_min
     # A still image has no "next frame": ask for the whole change at once, not one bounded step.
+    whole_range = limits.gain_max_db - limits.gain_min_db
     gain = AutoGain(
-        limits, GainParams(max_step_db=limits.gain_max_db - limits.gain_min_db, smoothing=1.0, fine_frames=1)
+        limits,
+        GainParams(
+            max_step_db=whole_range, smoothing=1.0, fine_frames=1, coarse_frames=1, coarse_max_db=whole_range
+        ),
     )
     change = gain.update(out.gain_error_db, gain_db, now=0.0) if in_contact else None
     depth = AutoDepth(limits).recommend(out.best_depth_mm) if in_contact else depth_mm
