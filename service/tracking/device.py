@@ -96,6 +96,7 @@ class OpenCamera:
     """A started ``rs.pipeline``; ``read`` returns the next registered frame or None on timeout."""
 
     def __init__(self, spec: CameraSpec, clock_now: Any = time.monotonic) -> None:
+        self._paced_playback: Any = None  # a recording read at our pace (not real time)
         import pyrealsense2 as rs
 
         check_available(spec)
@@ -127,6 +128,7 @@ class OpenCamera:
                 playback.set_real_time(False)
                 playback.seek(datetime.timedelta(0))
                 playback.resume()
+                self._paced_playback = playback
         self.serial = device.get_info(rs.camera_info.serial_number)
         self.mm_per_unit = float(device.first_depth_sensor().get_depth_scale()) * 1000.0
         colour = profile.get_stream(rs.stream.color).as_video_stream_profile()
@@ -173,6 +175,11 @@ class OpenCamera:
         )
 
     def close(self) -> None:
+        if self._paced_playback is not None:
+            # librealsense can hang or abort in stop() on a playback that is not real-time (its issues
+            # 2743, 3126; seen here as an abort under load): back to real time first, as they advise.
+            with contextlib.suppress(RuntimeError):
+                self._paced_playback.set_real_time(True)
         with contextlib.suppress(RuntimeError):  # never started or already stopped
             self.pipe.stop()
 
