@@ -44,15 +44,22 @@ NAME = "Ødegård^Åse"  # needs UTF-8 (ISO_IR 192) in the files and the worklis
 
 class CaptureBench:
     def __init__(
-        self, broker: LocalBroker, folder: Path, pacs_port: int, pacs_aet: str, worklist: bool = False
+        self,
+        broker: LocalBroker,
+        folder: Path,
+        pacs_port: int,
+        pacs_aet: str,
+        worklist: bool = False,
+        retry_s: tuple[float, float] = (0.2, 1.0),
+        retention_days: float = 1.0,
     ) -> None:
         self.config = parse_config(
             {
                 "device": {"id": f"cap-{uuid.uuid4().hex[:8]}"},
                 "mqtt": {"port": broker.port},
-                "captures": {"dir": str(folder), "retention_days": 1.0},
+                "captures": {"dir": str(folder), "retention_days": retention_days},
                 "pacs": {"host": "127.0.0.1", "port": pacs_port, "called_ae": pacs_aet, "timeout_s": 30.0,
-                         "retry_initial_s": 0.2, "retry_max_s": 1.0},
+                         "retry_initial_s": retry_s[0], "retry_max_s": retry_s[1]},
                 "worklist": {"host": "127.0.0.1" if worklist else "", "port": pacs_port, "called_ae": pacs_aet},
             },
             "<test>",
@@ -84,8 +91,10 @@ class CaptureBench:
 def make_capture_bench(broker: LocalBroker, tmp_path: Path) -> Iterator[Any]:
     benches: list[CaptureBench] = []
 
-    def _make(pacs_port: int, pacs_aet: str, worklist: bool = False) -> CaptureBench:
-        b = CaptureBench(broker, tmp_path / f"captures-{len(benches)}", pacs_port, pacs_aet, worklist)
+    def _make(pacs_port: int, pacs_aet: str, worklist: bool = False, **options: Any) -> CaptureBench:
+        b = CaptureBench(
+            broker, tmp_path / f"captures-{len(benches)}", pacs_port, pacs_aet, worklist, **options
+        )
         benches.append(b)
         return b
 
@@ -170,13 +179,20 @@ class SlowPacs:
             self.server.shutdown()
 
 
-@pytest.mark.parametrize("pacs_state", ["down", "slow"])
-def test_guidance_keeps_every_frame_while_the_pacs_is_down_or_slow(
-    pacs_state: str, make_capture_bench: Any
-) -> None:
-    slow = SlowPacs(delay_s=10.0) if pacs_state == "slow" else None  # 10 s per image
+def assert_guided_without_a_hole(rec: Recorder, t0: float, t1: float) -> None:
+    """Counted by frame id: the probe's frames between ``t0`` and ``t1`` got guidance. A loop waiting
+    on the disk or the network would show as a hole of seconds (a 10 s image: 300 frames at 30 fps);
+    a busy shared machine drops the odd frame at the latest-value-wins hand-offs, never half a second."""
+    ids = sorted(m.payload["frame_id"] for m in rec.of("guidance", since=t0) if m.at <= t1)
+    expected = ids[-1] - ids[0] + 1
+    gaps = [b - a - 1 for a, b in itertools.pairwise(ids)]
+    assert len(ids) >= 0.75 * expected and max(gaps) <= 15, (len(ids), expected, max(gaps))
+
+
+def test_guidance_keeps_every_frame_while_the_pacs_is_slow(make_capture_bench: Any) -> None:
+    slow = SlowPacs(delay_s=10.0)  # 10 s per image
     try:
-        bench = make_capture_bench(slow.port if slow else free_port(), "SLOWPACS")
+        bench = make_capture_bench(slow.port, "SLOWPACS")
         rec = bench.recorder
         assert rec.wait_for(lambda: len(rec.of("guidance")) >= 10, 5)
         t0 = time.monotonic()
@@ -184,26 +200,65 @@ def test_guidance_keeps_every_frame_while_the_pacs_is_down_or_slow(
             bench.daemon.pipeline.capture_latest("manual", "load test")
             time.sleep(0.1)
         t1 = time.monotonic()
-        ids = sorted(m.payload["frame_id"] for m in rec.of("guidance", since=t0) if m.at <= t1)
         status = bench.captures.status()
         assert status["saved"] >= 20 and status["queued"] >= 20 and status["sent"] == 0, status
-        if slow is not None:
-            assert bench.captures.pacs_state == "unknown" and slow.received == 0  # still on the first
-            slow.go_down()  # and now the PACS goes away in the middle of that transfer
-            assert rec.wait_for(lambda: bench.captures.pacs_state == "down", 10)
-            after = bench.captures.status()
-            assert after["sent"] == 0 and after["queued"] == after["saved"] >= status["saved"]
-        else:
-            assert status["pacs"] == "down" and bench.events("capture_failed")
+        assert bench.captures.pacs_state == "unknown" and slow.received == 0  # still on the first
+        slow.go_down()  # and now the PACS goes away in the middle of that transfer
+        assert rec.wait_for(lambda: bench.captures.pacs_state == "down", 10)
+        after = bench.captures.status()
+        assert after["sent"] == 0 and after["queued"] == after["saved"] >= status["saved"]
     finally:
-        if slow is not None:
-            slow.close()
-    # Counted by frame id: the probe's frames while the PACS stalled got guidance. The loop waiting
-    # on the network would show as a hole of seconds (a 10 s image: 300 frames at 30 fps); a busy
-    # shared machine drops the odd frame at the latest-value-wins hand-offs, never half a second.
-    expected = ids[-1] - ids[0] + 1
-    gaps = [b - a - 1 for a, b in itertools.pairwise(ids)]
-    assert len(ids) >= 0.75 * expected and max(gaps) <= 15, (len(ids), expected, max(gaps))
+        slow.close()
+    assert_guided_without_a_hole(rec, t0, t1)
+
+
+def test_pacs_down_for_a_minute_guidance_goes_on_and_everything_arrives_once(
+    orthanc: LocalPacs, make_capture_bench: Any
+) -> None:
+    """The acceptance's minute, for real: Orthanc down when the daemon starts and for 60 s while the
+    clinician goes on capturing (one a second, two exams, the second opened during the outage) with
+    the backoff a clinic would use; guidance keeps every frame; Orthanc back, every capture arrives,
+    each exactly once, and the device keeps none (retention 0)."""
+    orthanc.stop()
+    bench = make_capture_bench(orthanc.dicom_port, orthanc.aet, retry_s=(1.0, 4.0), retention_days=0.0)
+    rec = bench.recorder
+    patients = [f"M-{uuid.uuid4().hex[:8]}", f"N-{uuid.uuid4().hex[:8]}"]
+    assert rec.request("exam_start", {"patient_id": patients[0], "patient_name": NAME})["ok"]
+    assert rec.wait_for(lambda: len(rec.of("guidance")) >= 10, 5)
+    t0, taken, second_exam = time.monotonic(), 0, False
+    while (elapsed := time.monotonic() - t0) < 60.0:
+        taken += bench.daemon.pipeline.capture_latest("manual", "outage test") is not None
+        if elapsed >= 30.0 and not second_exam:  # the next patient, the PACS still down
+            assert rec.request("exam_start", {"patient_id": patients[1]})["ok"]
+            second_exam = True
+        time.sleep(1.0)
+    t1 = time.monotonic()
+    assert rec.wait_for(lambda: len(bench.events("capture_saved")) == taken, 10), (
+        taken,
+        bench.captures.status(),
+    )
+    status = bench.captures.status()
+    assert status["pacs"] == "down" and status["sent"] == 0 and status["queued"] == status["saved"] == taken
+    assert taken >= 50 and status["oldest_unsent_s"] >= 55.0, status
+    down = [e for e in bench.events("capture_failed") if "not listening" in e["message"]]
+    assert len(down) >= 10, bench.events("capture_failed")[:3]  # retried all along, with the reason
+    assert_guided_without_a_hole(rec, t0, t1)
+
+    orthanc.start()
+    for _ in range(2):  # and captures taken once it is back
+        taken += bench.daemon.pipeline.capture_latest("manual", "outage test") is not None
+    assert rec.wait_for(lambda: len(bench.events("capture_sent")) >= taken, 60), bench.captures.status()
+    saved = [e["sop_instance_uid"] for e in bench.events("capture_saved")]
+    sent = [e["sop_instance_uid"] for e in bench.events("capture_sent")]
+    found = [orthanc.find({"PatientID": p}) for p in patients]
+    arrived = [i["MainDicomTags"]["SOPInstanceUID"] for instances in found for i in instances]
+    assert len(saved) == len(set(saved)) == taken and sorted(arrived) == sorted(sent) == sorted(saved)  # once
+    studies = [orthanc.find({"PatientID": p}, level="Study") for p in patients]  # one exam, one study
+    assert all(found) and [len(x) for x in studies] == [1, 1] and studies[0][0]["ID"] != studies[1][0]["ID"]
+    status = bench.captures.status()
+    assert (
+        status["pacs"] == "ok" and status["queued"] == 0 and not bench.captures.store.all_captures()["sent"]
+    )
 
 
 def _files(folder: Path) -> dict[str, list[str]]:
@@ -317,10 +372,7 @@ def test_a_full_disk_refuses_captures_with_the_reason_keeps_nothing_half_written
         status = rec.of("status", t1)[-1].payload["captures"]
         assert status["disk_full"] and status["refused"] >= 10 and status["queued"] >= 1, status
         # Guidance went on, frame after frame, while the writer hit the full disk five times a second.
-        ids = sorted(m.payload["frame_id"] for m in rec.of("guidance", t0) if m.at <= t1)
-        expected = ids[-1] - ids[0] + 1
-        gaps = [b - a - 1 for a, b in itertools.pairwise(ids)]
-        assert len(ids) >= 0.75 * expected and max(gaps) <= 15, (len(ids), expected, max(gaps))
+        assert_guided_without_a_hole(rec, t0, t1)
 
         # On the disk: the captures taken, whole; nothing half-written; the counter ahead of them.
         assert os.statvfs(captures).f_bavail * os.statvfs(captures).f_frsize < 64 * 1024  # it is full
