@@ -107,3 +107,57 @@ def test_no_capture_without_skin_contact() -> None:
 def test_an_axis_is_searched_below_65_percent_sign_accuracy(accuracy: float, searched: bool) -> None:
     manifest = {"precision": "int8", "evaluation": {"int8": {"direction_sign_by_axis": {"dy": accuracy}}}}
     assert (unreliable_axes(manifest) == {"dy"}) is searched
+
+
+# --- with the target belief (camera tracking): image and belief must agree -----------------------------
+
+
+def _frames(engine: GuidanceEngine, belief: Correction, quality: float, seconds: float = 2.0,
+            **kw: object) -> list[tuple[Instruction, bool]]:  # fmt: skip
+    return [
+        engine.update(corr(t=(30.0, 0, 0)), quality, 1.0, i / 30, belief=belief, **kw)  # type: ignore[arg-type]
+        for i in range(int(seconds * 30))
+    ]
+
+
+def test_with_a_belief_its_correction_replaces_the_image_one_and_names_its_basis() -> None:
+    out = _frames(GuidanceEngine(), corr(t=(0.0, 12.0, 0.0)), 0.3, seconds=0.5)
+    assert {(i.id, i.basis, i.magnitude) for i, _ in out} == {
+        ("slide_right", "belief", 12.0)
+    }  # not the 30 mm of the image (probe +y: the patient's right)
+    assert not any(c for _, c in out)
+
+
+def test_with_a_belief_hold_still_and_the_capture_need_both_to_agree() -> None:
+    there = corr(t=(4.0, 0.0, 0.0), r=(0.0, 0.0, -4.0))  # exactly the tolerances: there
+    out = _frames(GuidanceEngine(), there, 0.85)
+    captures = [i / 30 for i, (_, c) in enumerate(out) if c]
+    assert len(captures) == 1 and captures[0] == pytest.approx(1.0, abs=0.05)  # capture_after_s
+    assert out[0][0].id == "hold_still" and out[-1][0].id == "good_view"
+    # the belief says "not there" (4.1 mm): however good the image looks, no hold, no capture
+    out = _frames(GuidanceEngine(), corr(t=(4.1, 0.0, 0.0)), 0.95)
+    assert {i.id for i, _ in out} == {"slide_head"} and not any(c for _, c in out)
+    # the belief says "there" but the image is not good: hold (nothing to follow), no capture
+    out = _frames(GuidanceEngine(), corr(t=(1.0, 0.0, 0.0)), 0.79)
+    assert {i.id for i, _ in out} == {"hold_still"} and not any(c for _, c in out)
+
+
+def test_with_a_belief_the_models_own_score_at_the_view_counts_as_good() -> None:
+    there = corr(t=(1.0, 0.0, 0.0))
+    out = _frames(GuidanceEngine(), there, 0.65, belief_good_quality=0.6)  # the model peaks at 0.6
+    assert sum(c for _, c in out) == 1 and out[-1][0].id == "good_view"
+    out = _frames(GuidanceEngine(), there, 0.59, belief_good_quality=0.6)
+    assert not any(c for _, c in out)
+    out = _frames(GuidanceEngine(), there, 0.85, belief_good_quality=0.95)  # never above good_quality
+    assert sum(c for _, c in out) == 1
+    out = _frames(GuidanceEngine(), there, 0.79, belief_good_quality=0.95)
+    assert not any(c for _, c in out)
+
+
+def test_with_a_belief_the_correction_is_smoothed_too() -> None:
+    engine = GuidanceEngine()
+    first = engine.update(corr(), 0.3, 1.0, 0.0, belief=corr(t=(20.0, 0, 0)))[0]
+    later = engine.update(corr(), 0.3, 1.0, 0.2, belief=corr(t=(10.0, 0, 0)))[0]
+    assert (first.id, first.magnitude) == ("slide_head", 20.0)
+    # one time constant (0.2 s) later the filter is 1 − e⁻¹ of the way from 20 to 10 mm
+    assert (later.id, later.magnitude) == ("slide_head", round(20 - 10 * (1 - math.exp(-1)), 1))
