@@ -430,6 +430,14 @@ def test_a_jump_needs_both_the_size_and_the_speed() -> None:
     assert pose_jump(start, 10.0, np.array([20.0, 0, 0]), np.eye(3)) == (
         "the tracked probe jumped 20 mm in 0.00 s (patient moved or camera bumped?)"  # same time stamp
     )
+    assert pose_jump((0.0, np.zeros(3), np.eye(3)), 0.125, np.array([31.3125, 0, 0]), np.eye(3))  # 250.5 mm/s
+    turn = (0.0, np.zeros(3), np.eye(3))
+    assert pose_jump(
+        turn, 0.125, np.zeros(3), rotvecs_to_matrices(np.array([0.0, 0.0, 31.3125]))[0]
+    )  # 250.5°/s
+    assert pose_jump(
+        turn, 0.001, np.zeros(3), rotvecs_to_matrices(np.array([0.0, 0.0, 15.5]))[0]
+    )  # above 15°
     turned = rotvecs_to_matrices(np.array([0.0, 0.0, 20.0]))[0]
     assert pose_jump(start, 10.05, np.zeros(3), turned) == (
         "the tracked probe turned 20° in 0.05 s (patient moved or camera bumped?)"
