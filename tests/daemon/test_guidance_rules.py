@@ -229,8 +229,10 @@ def test_after_the_capture_the_good_view_follows_the_quality_and_keeps_its_hyste
     assert (shown.id, shown.confidence) == ("good_view", 0.9)
     shown, _ = engine.update(corr(), 0.95, 1.0, 40 / 30)
     assert (shown.id, shown.confidence) == ("good_view", 0.95)  # same words: the new confidence at once
-    shown, _ = engine.update(corr(t=(20.0, 0, 0)), 0.5, 1.0, 41 / 30)  # a correction after the capture
+    shown, _ = engine.update(corr(t=(200.0, 0, 0)), 0.5, 1.0, 41 / 30)  # after the capture: ~31 mm, filtered
     assert shown.id == "hold_still"  # the slide waits switch_s like any change of words (re-armed: no "good")
+    later = [engine.update(corr(t=(200.0, 0, 0)), 0.5, 1.0, i / 30)[0].id for i in range(42, 60)]
+    assert later[-1] == "slide_head" and later[0] == "hold_still"
 
 
 def test_the_engine_fuses_the_camera_and_names_from_the_tracked_orientation() -> None:
