@@ -12,12 +12,15 @@ A file is *taken* once it is in ``outbox/``: written to ``tmp/``, fsynced, renam
 fsynced. Moving it on (``sent/``, ``failed/``) is one rename, so a kill at any moment leaves each
 capture in exactly one folder. The quota counts every folder; when a new capture does not fit, sent
 files go first (oldest first: the PACS has them), and if that is not enough the capture is refused
-(:class:`QuotaFullError`). An unsent capture is never deleted to make room.
+(:class:`QuotaFullError`). An unsent capture is never deleted to make room. A filesystem that fills
+before the quota does (ENOSPC, EDQUOT) refuses the capture the same way (:class:`DiskFullError`), with
+nothing of it left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from dataclasses import dataclass
@@ -26,10 +29,28 @@ from pathlib import Path
 from service.model_store.fsutil import fsync_dir
 
 FOLDERS = ("tmp", "outbox", "stored", "sent", "failed")
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class QuotaFullError(RuntimeError):
     """No room for a new capture without deleting an unsent one."""
+
+
+class DiskFullError(RuntimeError):
+    """The filesystem under the captures folder is full: the capture was not taken."""
+
+
+def disk_full_error(root: Path, error: OSError) -> DiskFullError:
+    """The refusal for ``error`` (ENOSPC/EDQUOT) in words: where, how much is free, what happens now."""
+    try:
+        st = os.statvfs(root)
+        free = f"{st.f_bavail * st.f_frsize / 1e3:.0f} kB free of {st.f_blocks * st.f_frsize / 1e6:.1f} MB"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(
+        f"captures disk full: {error.strerror or error} on the filesystem of {root} ({free}); the unsent "
+        "captures are kept, new captures are refused until there is room"
+    )
 
 
 @dataclass(frozen=True)
@@ -76,10 +97,16 @@ class CaptureStore:
     # --- writing ----------------------------------------------------------------------------------
 
     def write(self, name: str, data: bytes) -> Path:
-        """Put a new capture in the outbox (durable when this returns); raises :class:`QuotaFullError`."""
+        """Put a new capture in the outbox (durable when this returns); raises :class:`QuotaFullError`,
+        or :class:`DiskFullError` when the filesystem has no room (nothing of the capture left behind)."""
         self._make_room(len(data))
         path = self.outbox / name
-        atomic_write(path, data, self.tmp)
+        try:
+            atomic_write(path, data, self.tmp)
+        except OSError as e:
+            if e.errno in DISK_FULL_ERRNOS:
+                raise disk_full_error(self.root, e) from e
+            raise
         return path
 
     def _make_room(self, size: int) -> None:

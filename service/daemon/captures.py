@@ -37,7 +37,13 @@ import numpy as np
 from firmware_bridge.devicelog import device_logger
 from service.daemon.capture_dicom import Capture, Equipment, build_capture, deidentify, new_uid
 from service.daemon.capture_exam import ExamBook
-from service.daemon.capture_store import CaptureStore, QuotaFullError
+from service.daemon.capture_store import (
+    DISK_FULL_ERRNOS,
+    CaptureStore,
+    DiskFullError,
+    QuotaFullError,
+    disk_full_error,
+)
 from service.daemon.config import CapturesConfig, PacsConfig
 from service.daemon.pacs_client import (
     CommitmentListener,
@@ -103,6 +109,7 @@ class CaptureService:
         self.saved = self.sent = self.refused = 0
         self.pacs_state = "none" if self.address is None else "unknown"  # ok | down | none | unknown
         self.last_error = ""
+        self.disk_full = False  # the last capture found the filesystem full (logged once per episode)
         self._failures = 0
         self._next_try = 0.0
         # Storage Commitment: None = not yet known whether the PACS offers it; uid -> when last asked
@@ -205,10 +212,16 @@ class CaptureService:
                 )
 
     def write(self, capture: Capture, exam: Any) -> Path | None:
-        """Build and store one capture (the writer thread; the CLI and tests may call it directly)."""
-        ds: Any = build_capture(
-            capture, exam, self.equipment, self.config.uid_root, self.exams.take_instance_number()
-        )
+        """Build and store one capture (the writer thread; the CLI and tests may call it directly);
+        None when the quota or the disk is full (an event says so, nothing of it is left behind)."""
+        try:
+            number = self.exams.take_instance_number()  # exam.json first: a number used is a number kept
+        except OSError as e:
+            if e.errno not in DISK_FULL_ERRNOS:
+                raise
+            self._refused(capture, disk_full_error(self.folder, e))
+            return None
+        ds: Any = build_capture(capture, exam, self.equipment, self.config.uid_root, number)
         if self.config.deidentify:
             ds = deidentify(ds, salt=self.equipment.device_id, uid_root=self.config.uid_root)
         buf = io.BytesIO()
@@ -217,12 +230,12 @@ class CaptureService:
         name = f"{stamp}-{ds.SOPInstanceUID}.dcm"
         try:
             path = self.store.write(name, buf.getvalue())
-        except QuotaFullError as e:
-            self.refused += 1
-            self.log.warning("%s", e)
-            self.event("capture_failed", f"capture of frame {capture.frame_id} refused: {e}",
-                       frame_id=capture.frame_id, reason="quota full")  # fmt: skip
+        except (QuotaFullError, DiskFullError) as e:
+            self._refused(capture, e)
             return None
+        if self.disk_full:
+            self.disk_full = False
+            self.log.info("captures disk has room again: capture of frame %d saved", capture.frame_id)
         self.saved += 1
         self.log.info("capture of frame %d saved as %s", capture.frame_id, path.name)
         self.event(
@@ -236,6 +249,15 @@ class CaptureService:
         )
         self._wake.set()
         return path
+
+    def _refused(self, capture: Capture, problem: QuotaFullError | DiskFullError) -> None:
+        self.refused += 1
+        full_disk = isinstance(problem, DiskFullError)
+        if not (full_disk and self.disk_full):  # one warning per episode, an event per capture
+            self.log.warning("%s", problem)
+        self.disk_full = full_disk
+        self.event("capture_failed", f"capture of frame {capture.frame_id} refused: {problem}",
+                   frame_id=capture.frame_id, reason="disk full" if full_disk else "quota full")  # fmt: skip
 
     def _sender_loop(self) -> None:
         last_expire = 0.0
@@ -390,6 +412,7 @@ class CaptureService:
             "used_mb": round(stats.used_bytes / 1e6, 2),
             "quota_mb": round(stats.quota_bytes / 1e6, 2),
             "pacs": self.pacs_state,
+            "disk_full": self.disk_full,
             "exam": "open" if self.exams.open else "unassigned",
         }
 

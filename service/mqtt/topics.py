@@ -202,6 +202,10 @@ STATUS_SCHEMA = _obj(
                     "used_mb": {"type": "number", "minimum": 0},
                     "quota_mb": {"type": "number", "minimum": 0},
                     "pacs": {"type": "string", "enum": ["ok", "down", "none", "unknown"]},
+                    "disk_full": {
+                        "type": "boolean",
+                        "description": "the last capture found the captures filesystem full (refused)",
+                    },
                     "exam": {"type": "string", "enum": ["open", "unassigned"]},
                 },
                 required=["enabled"],

@@ -1,6 +1,7 @@
 """The daemon as a child process for the kill test: the reference emulator on a pty, the real link,
 the real pipeline, MQTT and capture store, capturing the newest frame every ``--every`` seconds until
-it is killed. ``--drain``: capture nothing, send what is queued, exit when the outbox is empty.
+it is killed (the disk-full test runs it on a small tmpfs of its own). ``--drain``: capture nothing,
+send what is queued, exit when the outbox is empty.
 
     python -m tests.daemon.capture_child --broker-port P --pacs-port Q --pacs-aet AE --dir D
 """
@@ -25,12 +26,13 @@ def main() -> int:
     parser.add_argument("--pacs-aet", required=True)
     parser.add_argument("--dir", required=True)
     parser.add_argument("--patient", required=True)
+    parser.add_argument("--device-id", default="kill-test")
     parser.add_argument("--every", type=float, default=0.1)
     parser.add_argument("--drain", action="store_true")
     args = parser.parse_args()
     config = parse_config(
         {
-            "device": {"id": "kill-test"},
+            "device": {"id": args.device_id},
             "mqtt": {"port": args.broker_port},
             "captures": {"dir": args.dir, "retention_days": 1.0},
             "pacs": {"host": "127.0.0.1", "port": args.pacs_port, "called_ae": args.pacs_aet,

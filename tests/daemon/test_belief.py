@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,12 +18,17 @@ from service.policy.belief import (
     AxisNoise,
     BeliefCalibration,
     BeliefParams,
+    Estimate,
     Observation,
     Prior,
     ScoreField,
     TargetBelief,
+    chordal_mean,
+    confidence_of,
     corrections_to,
     matrices_to_rotvecs,
+    observation_loglik,
+    pose_distance,
     pose_jump,
     rotvecs_to_matrices,
 )
@@ -213,3 +219,238 @@ def test_the_motion_is_named_from_the_newest_pose_within_the_lag() -> None:
     assert newest_pose(tracker.pose_at, 2.0).position_mm[0] == 20.0
     assert newest_pose(tracker.pose_at, 2.25).position_mm[0] == pytest.approx(19.5)  # 0.3 s back
     assert newest_pose(tracker.pose_at, 2.35) is None  # older than the last lag: not tracked now
+
+
+# --- the pieces, each against its rule (written from the mutation report: docs/testing.md) -----------
+
+ROT_Z90 = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 90° about z
+
+
+def test_rotation_vectors_and_matrices_by_hand() -> None:
+    assert rotvecs_to_matrices(np.array([0.0, 0.0, 90.0]))[0] == pytest.approx(ROT_Z90)
+    assert rotvecs_to_matrices(np.zeros(3))[0] == pytest.approx(np.eye(3))
+    c, s = np.cos(np.radians(30.0)), np.sin(np.radians(30.0))
+    about_x = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    assert rotvecs_to_matrices(np.array([[30.0, 0.0, 0.0], [0.0, 0.0, 90.0]])) == pytest.approx(
+        np.stack([about_x, ROT_Z90])
+    )
+    c, s = np.cos(np.radians(-40.0)), np.sin(np.radians(-40.0))
+    about_y = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    assert rotvecs_to_matrices(np.array([0.0, -40.0, 0.0]))[0] == pytest.approx(about_y)
+    assert matrices_to_rotvecs(np.stack([ROT_Z90, about_x, about_y, np.eye(3)])) == pytest.approx(
+        np.array([[0.0, 0.0, 90.0], [30.0, 0.0, 0.0], [0.0, -40.0, 0.0], [0.0, 0.0, 0.0]])
+    )
+    tiny = rotvecs_to_matrices(np.array([1e-5, 0.0, 0.0]))  # below the sine cut-off: still the axis
+    assert matrices_to_rotvecs(tiny)[0] == pytest.approx([1e-5, 0.0, 0.0], abs=1e-9)
+
+
+def test_pose_distance_is_millimetres_and_degrees_between_two_poses() -> None:
+    about_z = rotvecs_to_matrices(np.array([0.0, 0.0, 30.0]))[0]
+    moved, turned = pose_distance(np.array([1.0, 2.0, 3.0]), about_z, np.array([4.0, 6.0, 3.0]), ROT_Z90)
+    assert (moved, turned) == pytest.approx((5.0, 60.0))
+
+
+def test_the_chordal_mean_follows_the_weights() -> None:
+    plus, minus = rotvecs_to_matrices(np.array([[0.0, 0.0, 20.0], [0.0, 0.0, -20.0]]))
+    pair = np.stack([plus, minus])
+    assert chordal_mean(pair, np.array([0.5, 0.5])) == pytest.approx(np.eye(3))
+    assert chordal_mean(pair, np.array([1.0, 0.0])) == pytest.approx(plus)
+    assert matrices_to_rotvecs(chordal_mean(pair, np.array([0.75, 0.25]))[None])[0][2] > 5.0
+    flipped = np.diag([-1.0, -1.0, 1.0])  # 180° about z, averaged with itself: a rotation, det +1
+    assert np.linalg.det(chordal_mean(np.stack([flipped, flipped]), np.array([0.5, 0.5]))) == pytest.approx(
+        1.0
+    )
+
+
+def test_a_score_field_is_its_peak_at_the_view_and_falls_per_scale() -> None:
+    field = ScoreField(0.6, np.array([12.0, 8.0, 10.0, 10.0, 10.0, 15.0]), 0.08)
+    at = np.zeros((1, 6))
+    one_scale = np.array([[0.0, 8.0, 0.0, 0.0, 0.0, 0.0]])
+    two_axes = np.array([[12.0, 0.0, 0.0, 0.0, 0.0, 15.0]])
+    assert field.predict(np.vstack([at, one_scale, two_axes])) == pytest.approx(
+        [0.6, 0.6 * np.exp(-0.5), 0.6 * np.exp(-1.0)]
+    )
+
+
+def _manifest_guidance() -> dict:  # type: ignore[type-arg]
+    half = np.sqrt(0.5)
+    axes = {a: {"gain": 1.0 + i, "sigma": 2.0 + i, "flip": 0.01 * (i + 1)} for i, a in enumerate(AXES)}
+    return {
+        "guidance": {
+            "prior": {
+                "abdomen": {
+                    "mean_position_mm": [1.0, 2.0, 3.0],
+                    "mean_quat_wxyz": [half, 0.0, 0.0, half],
+                    "covariance": np.diag([4.0] * 6).tolist(),
+                },
+            },
+            "observation": {
+                "visible_bands": [
+                    {"visible_from": 0.0, "axes": {a: {**v, "flip": 0.5} for a, v in axes.items()}},
+                    {"visible_from": 0.4, "axes": axes},
+                ]
+            },
+            "quality": {
+                "abdomen": {"peak": 0.7, "scales": {a: 10.0 + i for i, a in enumerate(AXES)}, "sigma": 0.1}
+            },
+            "visibility": {
+                "abdomen": {"peak": 0.9, "scales": {a: 20.0 + i for i, a in enumerate(AXES)}, "sigma": 0.2}
+            },
+        }
+    }
+
+
+def test_the_calibration_is_read_from_the_manifest_by_axis_name() -> None:
+    assert BeliefCalibration.from_manifest(None) is None
+    assert BeliefCalibration.from_manifest({"name": "no guidance"}) is None
+    cal = BeliefCalibration.from_manifest(_manifest_guidance())
+    assert cal is not None
+    prior = cal.priors["abdomen"]
+    assert prior.mean_position_mm.tolist() == [1.0, 2.0, 3.0]
+    assert (
+        prior.mean_rotation == pytest.approx(ROT_Z90)
+        and prior.covariance.tolist() == np.diag([4.0] * 6).tolist()
+    )
+    (lo, loose), (hi, tight) = cal.bands
+    assert (lo, hi) == (0.0, 0.4)
+    assert tight == tuple(AxisNoise(1.0 + i, 2.0 + i, 0.01 * (i + 1)) for i in range(6))
+    assert [n.flip for n in loose] == [0.5] * 6
+    q, v = cal.quality["abdomen"], cal.visibility["abdomen"]
+    assert (q.peak, q.sigma, q.scales.tolist()) == (0.7, 0.1, [10.0, 11.0, 12.0, 13.0, 14.0, 15.0])
+    assert (v.peak, v.sigma, v.scales.tolist()) == (0.9, 0.2, [20.0, 21.0, 22.0, 23.0, 24.0, 25.0])
+
+
+def test_the_band_is_the_last_one_the_visibility_reaches() -> None:
+    a, b, c = (tuple(AxisNoise(g, 1.0, 0.0) for _ in AXES) for g in (1.0, 2.0, 3.0))
+    cal = BeliefCalibration({}, ((0.1, a), (0.4, b), (0.7, c)), {}, {})
+    got = [cal.band(v)[0].gain for v in (0.0, 0.1, 0.39, 0.4, 0.69, 0.7, 1.0)]
+    assert got == [1.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0]  # below the first band: the first
+
+
+def test_corrections_are_in_the_probe_frame() -> None:
+    targets = np.array([[10.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
+    got = corrections_to(np.zeros(3), ROT_Z90, targets, np.stack([ROT_Z90, np.eye(3)]))
+    assert got == pytest.approx(
+        np.array([[0.0, -10.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 5.0, 0.0, 0.0, -90.0]])
+    )
+    shifted = corrections_to(np.array([1.0, 1.0, 1.0]), np.eye(3), targets[:1], np.eye(3)[None])
+    assert shifted == pytest.approx(np.array([[9.0, -1.0, -1.0, 0.0, 0.0, 0.0]]))
+
+
+def _one_band(gain: float = 1.0, sigma: float = 2.0, flip: float = 0.0) -> BeliefCalibration:
+    axes = tuple(AxisNoise(gain, sigma, flip) for _ in AXES)
+    field = ScoreField(0.8, np.full(6, 10.0), 0.1)
+    return BeliefCalibration({}, ((0.0, axes),), {"p": field}, {"p": ScoreField(0.5, np.full(6, 10.0), 0.2)})
+
+
+def test_the_observation_likelihood_is_gaussian_per_axis_with_flips_and_an_outlier_floor() -> None:
+    cal = _one_band(gain=2.0, sigma=2.0)
+    obs = Observation(np.array([6.0, 0, 0, 0, 0, 0]), 0.5, 0.0, use_scores=False)
+    pred = np.zeros((3, 6))
+    pred[0, 0], pred[1, 0], pred[2, 0] = 3.0, 1.0, -3.0  # exact (2·3 = 6); 2σ off (2·1 = 2); flipped
+    ll = observation_loglik(pred, obs, cal, 0.0, "p")
+    assert ll[0] - ll[1] == pytest.approx(2.0)  # ½·(4/2)²
+    assert ll[0] - ll[2] > 15.0  # a sign the model does not flip
+    flips = observation_loglik(pred, obs, _one_band(gain=2.0, sigma=2.0, flip=0.5), 0.0, "p")
+    assert flips[0] == pytest.approx(flips[2])  # flipped half the time: either sign as likely
+    assert observation_loglik(pred, obs, cal, 0.0, "p", inflation=2.0)[:2] @ [1, -1] == pytest.approx(0.5)
+    wild = Observation(np.array([1e4, 0, 0, 0, 0, 0]), 0.5, 0.0, use_scores=False)
+    floor = observation_loglik(pred[:1], wild, cal, 0.05, "p")[0]
+    assert floor == pytest.approx(np.log(0.005) + 5 * np.log(0.95 + 0.005))  # the outlier share holds
+
+
+def test_the_view_scores_count_with_their_weight_and_only_when_usable() -> None:
+    cal = _one_band()  # at the view the model scores quality 0.8 (σ 0.1) and visibility 0.5 (σ 0.2)
+    at_view = np.zeros((1, 6))
+
+    def ll(quality: float, **kw: Any) -> float:
+        use = kw.pop("use_scores", True)
+        return float(
+            observation_loglik(at_view, Observation(np.zeros(6), 0.5, quality, use), cal, 0.0, "p", **kw)[0]
+        )
+
+    assert ll(0.8) - ll(0.6) == pytest.approx(2.0)  # quality 2σ below what the view gives: ½·2²
+    assert ll(0.8, score_weight=2.0) - ll(0.6, score_weight=2.0) == pytest.approx(4.0)
+    assert ll(0.8, inflation=2.0) - ll(0.6, inflation=2.0) == pytest.approx(0.5)
+    assert ll(0.8, use_scores=False) == ll(0.6, use_scores=False)  # scores that mean nothing: ignored
+    names = observation_loglik(
+        np.zeros((2, 6)), Observation(np.zeros(6), 0.5, 0.6), cal, 0.0, np.array(["p", "p"])
+    )
+    assert names == pytest.approx([ll(0.6), ll(0.6)])  # one preset per particle
+
+
+def test_evidence_grows_with_the_motion_since_the_last_frame() -> None:
+    belief = TargetBelief(calibration(), BeliefParams(particles=50), seed=0)
+    assert belief.evidence_weight(np.zeros(3), np.eye(3)) == 1.0  # the first frame
+    belief.update(Observation(np.zeros(6), 0.0, 0.0), np.zeros(3), np.eye(3))
+    assert belief.evidence_weight(np.zeros(3), np.eye(3)) == pytest.approx(0.02)  # min_evidence
+    assert belief.evidence_weight(np.array([7.5, 0, 0]), np.eye(3)) == pytest.approx(0.52)  # half of 15 mm
+    turned = rotvecs_to_matrices(np.array([0.0, 0.0, 3.0]))[0]
+    assert belief.evidence_weight(np.zeros(3), turned) == pytest.approx(0.22)  # 3° of 15
+    assert belief.evidence_weight(np.array([2.0, 0, 0]), np.eye(3), scores=True) == pytest.approx(
+        0.52
+    )  # of 4
+    assert belief.evidence_weight(np.array([30.0, 0, 0]), np.eye(3)) == 1.0  # capped
+    assert belief.observations == 1
+
+
+def test_the_prior_is_drawn_per_preset_and_scored_by_its_spread() -> None:
+    wide = Prior(np.zeros(3), np.eye(3), np.diag([100.0] * 6))
+    there = Prior(np.array([50.0, 0.0, 0.0]), ROT_Z90, np.diag([1.0] * 6))
+    cal = BeliefCalibration(
+        {"a": wide, "b": there}, ((0.0, tuple(AxisNoise(1, 1, 0) for _ in AXES)),), {}, {}
+    )
+    belief = TargetBelief(cal, BeliefParams(particles=101, prior_inflation=1.0), seed=3)
+    assert (belief.kinds == "a").sum() == 51 and (belief.kinds == "b").sum() == 50  # None: every preset
+    belief.reset("b")
+    assert set(belief.kinds) == {"b"} and belief.preset == "b" and len(belief.positions) == 101
+    assert np.abs(belief.positions.mean(axis=0) - [50.0, 0.0, 0.0]).max() < 0.6
+    assert belief.effective_size() == pytest.approx(101.0)  # no evidence: equal weights
+    at = belief.log_prior(
+        np.array([[50.0, 0, 0], [51.0, 0, 0]]), np.stack([ROT_Z90, ROT_Z90]), np.array(["b", "b"])
+    )
+    assert at == pytest.approx([0.0, -0.5])  # one standard deviation off: −½
+    inflated = TargetBelief(cal, BeliefParams(particles=10, prior_inflation=2.0), seed=3)
+    assert inflated.log_prior(np.array([[52.0, 0, 0]]), ROT_Z90[None], np.array(["b"])) == pytest.approx(
+        [-0.5]
+    )
+
+
+def test_a_jump_needs_both_the_size_and_the_speed() -> None:
+    start = (10.0, np.zeros(3), np.eye(3))
+    assert pose_jump(None, 10.0, np.zeros(3), np.eye(3)) is None
+    assert pose_jump(start, 10.05, np.array([20.0, 0, 0]), np.eye(3)) == (
+        "the tracked probe jumped 20 mm in 0.05 s (patient moved or camera bumped?)"
+    )
+    assert pose_jump(start, 10.001, np.array([15.0, 0, 0]), np.eye(3)) is not None  # exactly the size
+    assert pose_jump(start, 10.001, np.array([14.9, 0, 0]), np.eye(3)) is None  # small, however fast
+    assert (
+        pose_jump((0.0, np.zeros(3), np.eye(3)), 0.125, np.array([31.25, 0, 0]), np.eye(3)) is None
+    )  # 250 mm/s
+    assert pose_jump(start, 10.0, np.array([20.0, 0, 0]), np.eye(3)) == (
+        "the tracked probe jumped 20 mm in 0.00 s (patient moved or camera bumped?)"  # same time stamp
+    )
+    assert pose_jump((0.0, np.zeros(3), np.eye(3)), 0.125, np.array([31.3125, 0, 0]), np.eye(3))  # 250.5 mm/s
+    turn = (0.0, np.zeros(3), np.eye(3))
+    assert pose_jump(
+        turn, 0.125, np.zeros(3), rotvecs_to_matrices(np.array([0.0, 0.0, 31.3125]))[0]
+    )  # 250.5°/s
+    assert pose_jump(
+        turn, 0.001, np.zeros(3), rotvecs_to_matrices(np.array([0.0, 0.0, 15.5]))[0]
+    )  # above 15°
+    turned = rotvecs_to_matrices(np.array([0.0, 0.0, 20.0]))[0]
+    assert pose_jump(start, 10.05, np.zeros(3), turned) == (
+        "the tracked probe turned 20° in 0.05 s (patient moved or camera bumped?)"
+    )
+    assert pose_jump(start, 10.125, np.zeros(3), rotvecs_to_matrices(np.array([0.0, 0.0, 30.0]))[0]) is None
+    assert pose_jump(start, 10.001, np.zeros(3), rotvecs_to_matrices(np.array([0.0, 0.0, 14.9]))[0]) is None
+
+
+def test_confidence_is_the_mode_mass_shrunk_by_the_widest_spread() -> None:
+    def est(mass: float, spread: np.ndarray) -> Estimate:
+        return Estimate(np.zeros(3), np.eye(3), np.zeros(6), spread, mass)
+
+    assert confidence_of(est(0.8, np.zeros(6))) == pytest.approx(0.8)
+    assert confidence_of(est(0.8, np.array([6.0, 0, 0, 0, 0, 0]))) == pytest.approx(0.8 * np.exp(-0.5))
+    assert confidence_of(est(0.8, np.array([3.0, 0, 0, 0, 0, 16.0]))) == pytest.approx(0.8 * np.exp(-2.0))
+    assert confidence_of(est(1.5, np.zeros(6))) == 1.0 and confidence_of(est(-0.1, np.zeros(6))) == 0.0

@@ -271,34 +271,6 @@ def test_captures_reach_the_pacs_with_the_right_patient_and_study(orthanc: Local
     assert echo(PacsAddress("127.0.0.1", orthanc.dicom_port, orthanc.aet, "SONOGUIDE", 5)).endswith("ok")
 
 
-def test_pacs_down_then_back_everything_arrives_once(orthanc: LocalPacs, tmp_path: Path) -> None:
-    """The PACS is down at start and for a while (the "minute" scaled by retry_initial/max_s)."""
-    events = Events()
-    orthanc.stop()
-    svc = service(tmp_path / "cap", orthanc, events, retention_days=0.0)
-    patient = f"P-{uuid.uuid4().hex[:8]}"
-    svc.exams.start({"patient_id": patient})
-    svc.start()
-    try:
-        for i in range(5):
-            assert svc.submit(frame(i), i, PARAMS, "auto", "quality held")
-        assert wait_for(lambda: len(events.of("capture_failed")) >= 2, 10)  # retried with backoff
-        status = svc.status()
-        assert status["queued"] == 5 and status["pacs"] == "down" and status["oldest_unsent_s"] is not None
-        assert "not listening" in events.of("capture_failed")[0]["message"]
-        orthanc.start()
-        assert wait_for(lambda: not svc.store.pending(), 20), svc.status()
-        for i in range(5, 8):  # and captures taken after it came back
-            svc.submit(frame(i), i, PARAMS, "auto", "quality held")
-        assert wait_for(lambda: len(_arrived(orthanc, patient)) == 8 and not svc.store.pending(), 20)
-    finally:
-        svc.stop()
-    uids = [orthanc.tags(i["ID"])["SOPInstanceUID"] for i in _arrived(orthanc, patient)]
-    assert len(set(uids)) == len(uids) == 8
-    assert len(events.of("capture_sent")) == 8  # each confirmed once
-    assert not svc.store.all_captures()["sent"]  # retention 0: deleted after confirmation
-
-
 def test_storage_commitment_confirms_before_anything_is_deleted(orthanc: LocalPacs, tmp_path: Path) -> None:
     """[pacs] commitment: C-STORE, then N-ACTION; files wait in stored/ until Orthanc's N-EVENT-REPORT
     (on its own association to our SCP) says they are committed."""

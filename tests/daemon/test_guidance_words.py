@@ -18,6 +18,8 @@ from service.policy.guidance import (
     instruction_to_motion,
     mask_axes,
     model_correction,
+    search_axes,
+    within_tolerance,
 )
 from service.seams import ZERO3
 
@@ -135,3 +137,110 @@ def test_masking_keeps_the_uncertainty_and_fusion_narrows_it() -> None:
 def test_unreliable_axes_are_masked_from_exactly_near_visible() -> None:
     assert gated_unreliable(frozenset({"dy"}), 0.5, 0.5) == {"dy"}
     assert gated_unreliable(frozenset({"dy"}), 0.49, 0.5) == frozenset()
+
+
+# --- naming a direction, at its edges (written from the mutation report: docs/testing.md) -----------
+# Default hold: patient x (left) = −probe y, patient y (head) = probe x. So a probe-frame slide
+# (dx, dy) is the patient vector (left −dy, head dx).
+
+
+def test_the_nearest_direction_wins_the_diagonal_goes_to_head_and_feet() -> None:
+    head = choose_instruction(corr(t=(10.0, -10.0, 0)), 0.3, 1.0, P)  # exactly diagonal: head-feet first
+    assert (head.id, head.magnitude) == ("slide_head", round(math.hypot(10, 10), 1))
+    left = choose_instruction(corr(t=(3.0, -10.0, 0)), 0.3, 1.0, P)
+    assert (left.id, left.magnitude) == ("slide_left", round(math.hypot(3, 10), 1))  # the whole length
+    up = choose_instruction(corr(t=(10.0, 3.0, 0)), 0.3, 1.0, P)
+    assert (up.id, up.magnitude) == ("slide_head", round(math.hypot(3, 10), 1))
+
+
+def test_the_shown_direction_keeps_winning_near_the_diagonal_by_the_stickiness() -> None:
+    near = corr(t=(10.0, -11.0, 0))  # left 11, head 10: left, unless head is shown (10·1.3 ≥ 11)
+    assert choose_instruction(near, 0.3, 1.0, P).id == "slide_left"
+    kept = choose_instruction(near, 0.3, 1.0, P, current="slide_head")
+    assert (kept.id, kept.magnitude) == ("slide_head", round(math.hypot(10, 11), 1))  # the whole length
+    assert choose_instruction(corr(t=(1.0, -20.0, 0)), 0.3, 1.0, P, current="slide_head").id == "slide_left"
+    assert choose_instruction(corr(t=(-10.0, -11.0, 0)), 0.3, 1.0, P, current="slide_head").id == "slide_left"
+    exact = GuidanceParams(stickiness=1.5)  # head 10 · 1.5 = left 15: a tie keeps what is shown
+    assert (
+        choose_instruction(corr(t=(10.0, -15.0, 0)), 0.3, 1.0, exact, current="slide_head").id == "slide_head"
+    )
+    fine = GuidanceParams(tolerance_mm=0.5)  # a sub-millimetre slide, still sticky
+    assert choose_instruction(corr(t=(0.8, -0.9, 0)), 0.3, 1.0, fine, current="slide_head").id == "slide_head"
+
+
+def test_press_rotate_tilt_and_rock_are_scored_in_tolerances_too() -> None:
+    for r in ((10, 0, 0), (0, 10, 0)):  # 2.5 tolerances: the 5-tolerance slide comes first
+        assert choose_instruction(corr(t=(20.0, 0, 0), r=r), 0.3, 1.0, P).id == "slide_head"
+    assert choose_instruction(corr(t=(20.0, 0, 9.0)), 0.3, 1.0, P).id == "slide_head"
+    fine = GuidanceParams(tolerance_mm=0.25, tolerance_deg=0.5)
+    assert (
+        choose_instruction(corr(t=(0, 0, -3.0)), 0.3, 1.0, fine).id == "hold_still"
+    )  # pulling away: no press
+    press = choose_instruction(corr(t=(0, 0, 0.5)), 0.3, 1.0, fine)
+    assert (press.id, press.magnitude) == ("press", 0.5)
+    ccw = choose_instruction(corr(r=(0, 0, 0.8)), 0.3, 1.0, fine)
+    assert (ccw.id, ccw.magnitude) == ("rotate_ccw", 0.8)
+
+
+SIDE_60 = np.array(  # the probe rolled 60° about its marker axis (patient +y): its beam leans to the left
+    [
+        [0.0, -np.cos(np.radians(60)), np.sin(np.radians(60))],
+        [1.0, 0.0, 0.0],
+        [0.0, np.sin(np.radians(60)), np.cos(np.radians(60))],
+    ]
+)
+
+
+def test_a_tracked_orientation_names_slides_from_the_skin_plane_only() -> None:
+    # probe +y now points half across the patient (x −0.5) and into the body (z 0.87): a slide along
+    # probe y is a slide toward the patient's right, shorter on the skin; the beam axis adds nothing
+    slide = choose_instruction(corr(t=(0.0, 12.0, 0.0)), 0.3, 1.0, P, patient_from_probe=SIDE_60)
+    assert (slide.id, slide.magnitude, slide.basis) == ("slide_right", 6.0, "camera")
+    motion = instruction_to_motion(slide)
+    assert np.hypot(*motion.translation_mm[:2]) == pytest.approx(6.0) and motion.translation_mm[2] == 0.0
+    assert motion.translation_mm[1] > 0  # back along probe +y, as named
+    for r in ((10, 0, 0), (-10, 0, 0), (0, 10, 0), (0, -10, 0)):
+        i = choose_instruction(corr(r=r), 0.3, 1.0, P, patient_from_probe=SIDE_60)
+        assert instruction_to_motion(i).rotation_deg == pytest.approx(r), (r, i.id)
+
+
+def test_the_uncertainty_of_an_unknown_correction_keeps_the_values() -> None:
+    assert model_correction((1.0, 2.0, 3.0), (4.0, 5.0, 6.0), 0.0) == Correction(
+        (1.0, 2.0, 3.0), (4.0, 5.0, 6.0)
+    )
+    assert model_correction((1.0, 2.0, 3.0), (4.0, 5.0, 6.0), -1.0).translation_mm == (1.0, 2.0, 3.0)
+
+
+def test_within_tolerance_is_every_component_at_or_inside_both() -> None:
+    assert within_tolerance((4.0, -4.0, 0.0), (0.0, 4.0, -4.0), 4.0, 4.0)
+    assert not within_tolerance((4.1, 0.0, 0.0), (0.0, 0.0, 0.0), 4.0, 4.0)
+    assert not within_tolerance((0.0, 0.0, 0.0), (0.0, 0.0, -4.1), 4.0, 4.0)
+    assert not within_tolerance((0.0, 0.0, 5.0), (9.0, 0.0, 0.0), 4.0, 10.0)
+
+
+def test_sliding_is_searched_too_only_below_search_visible() -> None:
+    assert search_axes(frozenset({"dy"}), 0.3, 0.3) == ["dy"]  # exactly search_visible: in view
+    assert search_axes(frozenset({"dy"}), 0.29, 0.3) == ["dx", "dy"]
+    assert search_axes(frozenset(), 0.0, 0.3) == []
+
+
+def _about(axis: int, deg: float) -> np.ndarray:
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    m = np.eye(3)
+    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    return m
+
+
+def test_words_to_motion_under_any_tilted_orientation_keep_the_length_on_the_skin() -> None:
+    default = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    pitched = default @ _about(1, 60.0)  # the beam leans toward the head
+    for r in ((0, 10, 0), (0, -10, 0), (10, 0, 0), (-10, 0, 0)):
+        i = choose_instruction(corr(r=r), 0.3, 1.0, P, patient_from_probe=pitched)
+        assert instruction_to_motion(i).rotation_deg == pytest.approx(r), (r, i.id)
+    askew = _about(2, 30.0) @ SIDE_60  # and turned on the skin: every direction has probe x and y parts
+    for t in ((12.0, 0.0, 0.0), (0.0, 12.0, 0.0), (-9.0, 7.0, 0.0)):
+        i = choose_instruction(corr(t=t), 0.3, 1.0, P, patient_from_probe=askew)
+        m = instruction_to_motion(i).translation_mm
+        assert np.hypot(m[0], m[1]) == pytest.approx(i.magnitude) and m[2] == 0.0, (t, i)
+        assert np.dot(m[:2], t[:2]) > 0  # roughly back along the asked slide
