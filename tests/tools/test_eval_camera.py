@@ -18,11 +18,12 @@ def model():  # type: ignore[no-untyped-def]
 
 @pytest.mark.timeout(600)  # four simulated episodes: past the default 120 s on a loaded 2-core machine
 def test_camera_arm_brings_the_novice_to_the_view(model) -> None:  # type: ignore[no-untyped-def]
-    """Four episodes (the guided arm without the camera reaches 0-1 of such starts): at least three
-    reach the view within the 60 s limit. The whole figure is `sonoguide eval`'s, not a test's."""
+    """Four episodes whose starts the guided arm without the camera never brings to the view in 60 s
+    (`sonoguide eval` at the defaults, 2026-12-02): at least three reach it within the limit. The whole
+    figure is `sonoguide eval`'s, not a test's."""
     results = [
         run_episode(EpisodeSpec.draw(seed), "camera", lambda: model, 0.3, hold_s=0.0)
-        for seed in (200000, 200001, 200005, 200006)
+        for seed in (200012, 200015, 200017, 200022)
     ]
     reached = [r for r in results if r.success]
     assert len(reached) >= 3, [(r.seed, r.final_distance_mm, r.final_angle_deg) for r in results]
