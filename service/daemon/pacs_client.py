@@ -79,8 +79,8 @@ def _tls(addr: PacsAddress) -> tuple[ssl.SSLContext, str] | None:
 
 def _associate(ae: AE, addr: PacsAddress) -> Any:
     # A peer that rejects and closes at once can look like an abort to pynetdicom when the close wins
-    # the race with the A-ASSOCIATE-RJ; a second try names the real reason.
-    for attempt in range(2):
+    # the race with the A-ASSOCIATE-RJ; another try names the real reason.
+    for attempt in range(3):
         try:
             assoc = ae.associate(addr.host, addr.port, ae_title=addr.called_ae, tls_args=_tls(addr))
         except (OSError, ssl.SSLError) as e:
@@ -92,8 +92,8 @@ def _associate(ae: AE, addr: PacsAddress) -> Any:
                 f"{addr.describe()} refused the association (check the AE titles: we are "
                 f"{addr.calling_ae!r}, calling {addr.called_ae!r})"
             )
-        if attempt == 0:
-            time.sleep(0.05)
+        if attempt < 2:
+            time.sleep(0.05 if attempt == 0 else 0.3)  # a loaded machine loses the race more often
     # pynetdicom reports a refused connection as an abort too, so both are named.
     raise PacsUnavailableError(
         f"{addr.describe()}: no association (not listening, timed out, or aborted by the peer)"

@@ -128,7 +128,7 @@ def test_demo_publishes_guidance_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     env = dict(ENV, TMPDIR=str(tmp_path))
     demo = subprocess.Popen(
-        [sys.executable, "-m", "service", "demo", "--duration", "15", "--broker-port", str(port)],
+        [sys.executable, "-m", "service", "demo", "--duration", "8", "--broker-port", str(port)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     subs: list[subprocess.Popen[str]] = []

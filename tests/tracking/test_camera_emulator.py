@@ -83,7 +83,8 @@ def test_daemon_camera_source_calibrates_and_tracks_the_emulated_probe(tmp_path:
             got = None
             while time.monotonic() < deadline:
                 got = source.pose_at(time.monotonic())
-                if got is not None and np.linalg.norm(got.position_mm - pose[0].position_mm) < 3.0:
+                near = got is not None and np.linalg.norm(got.position_mm - pose[0].position_mm) < 3.0
+                if near and source.state == "tracking":  # read together: one frame may miss a marker
                     break
                 time.sleep(0.05)
             assert got is not None and source.state == "tracking", source.last_error
