@@ -163,11 +163,11 @@ class Pipeline:
         changes = []
         current, enabled = self.state.snapshot()
 
-        def tunable_setting(auto_flag: str, param: str) -> float | None:
+        def tunable_setting(auto_flag: str, param: str, on_skin: bool = True) -> float | None:
             """The frame's setting of ``param`` when auto-tuning may act on this frame, else None.
 
             Only frames taken at the current setting (older ones show the image before our change),
-            never while a manual change holds the parameter, never off the skin.
+            never while a manual change holds the parameter, never off the skin (``on_skin``).
             """
             value = work.params.get(param)
             if (
@@ -175,20 +175,15 @@ class Pipeline:
                 and value is not None
                 and float(value) == current[param]
                 and not self.state.paused(param, now)
-                and out.contact >= 0.5
+                and (out.contact >= 0.5 or not on_skin)
             ):
                 return float(value)
             return None
 
         gain_now, depth_now = tunable_setting("gain", GAIN), tunable_setting("depth", DEPTH)
-        frame_gain = work.params.get(GAIN)
-        if (
-            enabled["gain"]
-            and frame_gain is not None
-            and float(frame_gain) == current[GAIN]
-            and not self.state.paused(GAIN, now)
-        ):  # frames without contact too: that is what the guard watches
-            change = self.contact_guard.update(out.contact, float(frame_gain), now)
+        guarded_gain = tunable_setting("gain", GAIN, on_skin=False)  # the guard watches contact itself
+        if guarded_gain is not None:
+            change = self.contact_guard.update(out.contact, guarded_gain, now)
             if change:
                 changes.append(change)
         if gain_now is not None:

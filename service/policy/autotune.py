@@ -293,11 +293,17 @@ class ManualChangeDetector:
 
     def stale(self, param: str, value: float, now: float) -> bool:
         """True for a frame taken before one of our changes: its value is one we just moved away from."""
-        known, pending = self._known.get(param), self._pending.get(param)
-        if known is None or abs(known - value) <= self.tolerance:
+        known = self._known.get(param)
+        if known is None or abs(known - value) <= self.tolerance or self._in_flight(param, value):
             return False
-        if pending is not None and abs(pending[0] - value) <= pending[1] + self.tolerance:
-            return False
+        return self._left_recently(param, value, now)
+
+    def _in_flight(self, param: str, value: float) -> bool:
+        """``value`` is the one announced for our change in flight (applied, read-back not here yet)."""
+        pending = self._pending.get(param)
+        return pending is not None and abs(pending[0] - value) <= pending[1] + self.tolerance
+
+    def _left_recently(self, param: str, value: float, now: float) -> bool:
         return any(
             abs(v - value) <= self.tolerance and now - t < self.grace_s
             for v, t in self._recent.get(param, [])
@@ -311,10 +317,9 @@ class ManualChangeDetector:
             return False
         if abs(known - value) <= self.tolerance:
             return False
-        pending = self._pending.get(param)
-        if pending is not None and abs(pending[0] - value) <= pending[1] + self.tolerance:
+        if self._in_flight(param, value):
             return False  # our change in flight: applied, read-back not here yet
-        if self.stale(param, value, now):
+        if self._left_recently(param, value, now):
             return False  # a frame from before one of our changes
         self.expect(param, value, now)
         return True
