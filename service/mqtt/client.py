@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -181,6 +182,7 @@ class MqttApi:
             return
         self.stats["connects"] += 1
         self.log.info("connected (connection %d)", self.stats["connects"])
+        _send_without_delay(client)
         # retainAsPublished: a command published with the retain flag arrives flagged even live, so it
         # can be refused (a retained command would otherwise re-run on every start and reconnect).
         options = SubscribeOptions(qos=1, retainAsPublished=True)
@@ -393,3 +395,13 @@ def parse_command(name: str, payload: bytes) -> tuple[str | None, dict[str, Any]
         shown = problems[:MAX_PROBLEMS_QUOTED] + ([f"and {more} more"] if more > 0 else [])
         return "invalid request: " + "; ".join(shown), {}
     return None, request
+
+
+def _send_without_delay(client: mqtt.Client) -> None:
+    """Turn Nagle off: guidance is many small messages a frame, and with Nagle on, the second waits
+    for the broker's (delayed) ACK of the first: tens of ms of tail latency. paho leaves it on."""
+    sock = client.socket()
+    if sock is None or getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -4,6 +4,7 @@
   published on ``events``;
 - ``status.dropped`` counts frames a slow stage dropped (latest value wins, nothing queues);
 - a command without a response topic still runs;
+- the MQTT client sends without Nagle's delay;
 - the MQTT client retries a broker that is away with a doubling delay capped at its maximum, and
   holds at most 200 outgoing messages while disconnected (the rest are counted and dropped).
 
@@ -182,6 +183,21 @@ def test_a_broker_that_is_away_is_retried_with_a_doubling_delay() -> None:
     for gap, expected in zip(gaps, (0.2, 0.4, 0.8, 1.0, 1.0, 1.0), strict=True):
         assert gap >= expected - 0.05, (gaps, expected)
     assert max(gaps[3:]) < 3.0, gaps  # capped: uncapped, the 4th to 6th would be 1.6, 3.2, 6.4 s
+
+
+def test_the_daemons_mqtt_socket_sends_small_messages_without_waiting(broker: LocalBroker) -> None:
+    """Nagle off (TCP_NODELAY) on the daemon's connection: with it on, each guidance message after
+    the first of a frame waited for the broker's delayed ACK (p99 13-22 ms over the floor in
+    `sonoguide bench`; 1.5-3 ms, under the floor, with it off: docs/reliability.md)."""
+    cfg = parse_config({"mqtt": {"port": broker.port}}, env={})
+    api = MqttApi(f"nodelay-{uuid.uuid4().hex[:6]}", cfg.mqtt).start()
+    try:
+        assert api.wait_connected(10)
+        sock = api.client.socket()
+        assert sock is not None
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        api.stop()
 
 
 def test_at_most_200_messages_are_held_while_the_broker_is_away(start_broker) -> None:
