@@ -401,7 +401,7 @@ def _send_without_delay(client: mqtt.Client) -> None:
     """Turn Nagle off: guidance is many small messages a frame, and with Nagle on, the second waits
     for the broker's (delayed) ACK of the first: tens of ms of tail latency. paho leaves it on."""
     sock = client.socket()
-    if sock is None or getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
-        return
+    if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # an SSL socket is a socket.socket; a Unix socket has no Nagle
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
