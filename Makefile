@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml
 sysdeps:
 	@scripts/ensure-system-deps.sh
 
+# Two pytest workers (pytest-xdist), a test file each at a time: much of the suite waits on real
+# brokers, PACS outages and subprocesses, so two files at once overlap the waits (docs/testing.md).
+TEST_WORKERS ?= 2
 test: sysdeps setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: sysdeps setup
 	$(VENV)/bin/sonoguide demo $(DEMO_ARGS)

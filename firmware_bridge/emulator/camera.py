@@ -23,6 +23,8 @@ from firmware_bridge.camera_wire import CameraHello, encode_frame
 
 log = logging.getLogger(__name__)
 
+UNIX_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes with the terminating NUL
+
 
 class CameraEmulator:
     def __init__(
@@ -53,6 +55,11 @@ class CameraEmulator:
         self._thread: threading.Thread | None = None
 
     def start(self) -> CameraEmulator:
+        if len(os.fsencode(self.path)) > UNIX_PATH_MAX:
+            raise ValueError(
+                f"camera socket path {self.path} is {len(os.fsencode(self.path))} bytes; a Unix socket's "
+                f"path may have at most {UNIX_PATH_MAX} (use a shorter folder, e.g. TMPDIR=/tmp)"
+            )
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

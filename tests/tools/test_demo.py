@@ -9,10 +9,12 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -124,7 +126,17 @@ def _lines(stream: IO[str], into: list[tuple[float, str]]) -> threading.Thread:
     return t
 
 
-def test_demo_publishes_guidance_and_stops_cleanly(tmp_path: Path) -> None:
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary folder with a short path: the demo's camera socket lives in it, and a Unix
+    socket's path is limited to 107 bytes (pytest's own folders under xdist come close)."""
+    path = Path(tempfile.mkdtemp(prefix="sgdemo-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_demo_publishes_guidance_and_stops_cleanly(short_tmp: Path) -> None:
+    tmp_path = short_tmp
     port = free_port()
     env = dict(ENV, TMPDIR=str(tmp_path))
     demo = subprocess.Popen(

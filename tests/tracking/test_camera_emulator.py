@@ -98,3 +98,10 @@ def test_daemon_camera_source_calibrates_and_tracks_the_emulated_probe(tmp_path:
             source.stop()
         emulator.stop()
     assert not socket_path.exists()
+
+
+def test_a_socket_path_too_long_for_unix_sockets_is_refused_by_name(tmp_path: Path) -> None:
+    long_path = tmp_path / ("d" * 120) / "camera.sock"
+    with pytest.raises(ValueError, match=r"camera socket path .* is \d+ bytes; .* at most 107"):
+        CameraEmulator(str(long_path), make_phantom("abdomen", 1), lambda: None, 1).start()
+    assert not long_path.exists()
