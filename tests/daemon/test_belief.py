@@ -454,3 +454,189 @@ def test_confidence_is_the_mode_mass_shrunk_by_the_widest_spread() -> None:
     assert confidence_of(est(0.8, np.array([6.0, 0, 0, 0, 0, 0]))) == pytest.approx(0.8 * np.exp(-0.5))
     assert confidence_of(est(0.8, np.array([3.0, 0, 0, 0, 0, 16.0]))) == pytest.approx(0.8 * np.exp(-2.0))
     assert confidence_of(est(1.5, np.zeros(6))) == 1.0 and confidence_of(est(-0.1, np.zeros(6))) == 0.0
+
+
+# --- the belief's steps on particles placed by hand (estimate, update, resampling, reinjection) -------
+
+
+def _placed(
+    positions: list[list[float]] | np.ndarray,
+    weights: list[float] | np.ndarray,
+    cal: BeliefCalibration | None = None,
+    seed: int = 0,
+    **params: Any,
+) -> TargetBelief:
+    """A belief whose particles are where the test puts them (identity rotations, preset "test"),
+    with these weights, and no particles drawn afresh unless ``params`` asks for them."""
+    pos = np.asarray(positions, float)
+    n = len(pos)
+    params = {"reinject": 0.0, "observation_reinject": 0.0, **params}
+    belief = TargetBelief(cal or calibration(), BeliefParams(particles=n, **params), seed=seed)
+    belief.reset("test")
+    belief.positions, belief.rotations = pos.copy(), np.repeat(np.eye(3)[None], n, axis=0)
+    with np.errstate(divide="ignore"):
+        belief.logw = np.log(np.asarray(weights, float))
+    return belief
+
+
+def test_the_estimate_is_the_densest_particle_s_kernel_mean_with_its_mass_and_spread() -> None:
+    # One particle at the probe, one a kernel width (6 mm) along x, one far away.
+    belief = _placed([[0.0, 0, 0], [6.0, 0, 0], [600.0, 0, 0]], [0.4, 0.32, 0.28])
+    est = belief.estimate(np.zeros(3), np.eye(3))
+    near = 0.32 * np.exp(-0.5)  # the second particle, one MODE_SCALE from the first
+    x = 6.0 * near / (0.4 + near)
+    assert est.mass == pytest.approx(0.4 + near)
+    assert est.position_mm == pytest.approx([x, 0.0, 0.0])
+    assert est.rotation == pytest.approx(np.eye(3))
+    assert est.correction == pytest.approx([x, 0.0, 0.0, 0.0, 0.0, 0.0])
+    spread_x = np.sqrt(0.4 * x**2 + 0.32 * (6.0 - x) ** 2 + 0.28 * (600.0 - x) ** 2)
+    assert est.spread == pytest.approx([spread_x, 0.0, 0.0, 0.0, 0.0, 0.0])
+    # Seen from a probe 10 mm further along x, turned 90° about z: the same pose, another correction.
+    again = _placed([[0.0, 0, 0], [6.0, 0, 0], [600.0, 0, 0]], [0.4, 0.32, 0.28])
+    seen = again.estimate(np.array([10.0, 0, 0]), ROT_Z90)
+    assert seen.position_mm == pytest.approx(est.position_mm)
+    assert seen.correction == pytest.approx([0.0, 10.0 - x, 0.0, 0.0, 0.0, -90.0])
+
+
+def test_the_mode_mass_never_exceeds_one() -> None:
+    belief = _placed(np.zeros((20, 3)), np.ones(20))  # twenty equal weights sum to 1 + 2⁻⁵² here
+    assert belief.weights.sum() > 1.0
+    assert belief.estimate(np.zeros(3), np.eye(3)).mass == 1.0
+
+
+# Two hypotheses 660 mm apart along x: A (two particles at +60) and B (three at −600).
+A, B = [60.0, 0, 0], [-600.0, 0, 0]
+
+
+def test_the_first_estimate_takes_the_denser_hypothesis_even_when_its_particles_are_lighter() -> None:
+    # A holds 0.55 in two particles, B 0.45 in three, one of them the heaviest of all.
+    belief = _placed([A, A, B, B, B], [0.3, 0.25, 0.32, 0.08, 0.05])
+    est = belief.estimate(np.zeros(3), np.eye(3))
+    assert est.position_mm == pytest.approx(A) and est.mass == pytest.approx(0.55)
+
+
+def test_the_previous_mode_is_kept_while_it_holds_seventy_percent_of_the_best_density() -> None:
+    belief = _placed([A, A, B, B, B], [0.32, 0.23, 0.2, 0.16, 0.09])  # A 0.55, B 0.45
+    assert belief.estimate(np.zeros(3), np.eye(3)).position_mm == pytest.approx(A)
+    # B now 0.55 and A 0.45 (≥ 0.7 · 0.55): the instruction stays with A.
+    belief.logw = np.log([0.25, 0.2, 0.4, 0.1, 0.05])
+    kept = belief.estimate(np.zeros(3), np.eye(3))
+    assert kept.position_mm == pytest.approx(A) and kept.mass == pytest.approx(0.45)
+    # A 0.27 against B 0.73 (below 0.7 of it): the belief moves to B, and stays there.
+    belief.logw = np.log([0.16, 0.11, 0.42, 0.22, 0.09])
+    moved = belief.estimate(np.zeros(3), np.eye(3))
+    assert moved.position_mm == pytest.approx(B) and moved.mass == pytest.approx(0.73)
+    belief.logw = np.log([0.3, 0.25, 0.2, 0.15, 0.1])  # A 0.55 against B 0.45: B still holds 70%
+    assert belief.estimate(np.zeros(3), np.eye(3)).position_mm == pytest.approx(B)
+
+
+def test_with_more_particles_than_candidates_the_mode_is_sought_among_the_heaviest() -> None:
+    # 100 particles at A holding 0.6, 100 at B holding 0.4: only A's are among the 96 heaviest.
+    belief = _placed([A] * 100 + [B] * 100, [0.006] * 100 + [0.004] * 100)
+    assert belief.estimate(np.zeros(3), np.eye(3)).position_mm == pytest.approx(A)
+    # With one candidate the mode is the heaviest particle's, even where the cloud is thinner.
+    lone = _placed([A, B, B, B], [0.45, 0.2, 0.2, 0.15])
+    assert lone.estimate(np.zeros(3), np.eye(3), candidates=1).position_mm == pytest.approx(A)
+    assert lone.estimate(np.zeros(3), np.eye(3)).position_mm == pytest.approx(A)  # kept: 0.45 ≥ 0.7·0.55
+
+
+def _spread_cloud(n: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """n positions spread 50 mm along x and 5 along y, none along z; rotations about z spread 30°."""
+    rng = np.random.default_rng(seed)
+    positions = np.column_stack([rng.normal(0, 50, n), rng.normal(0, 5, n), np.zeros(n)])
+    rotations = rotvecs_to_matrices(np.column_stack([np.zeros((n, 2)), rng.normal(0, 30, n)]))
+    return positions, rotations
+
+
+def test_resampling_keeps_equal_particles_and_jitters_them_by_the_cloud_s_own_spread() -> None:
+    n = 4096  # Gordon's factor 0.4 · n^(−1/6) is 0.1 here
+    belief = _placed(np.zeros((n, 3)), np.ones(n))
+    before_pos, before_rot = _spread_cloud(n)
+    belief.positions, belief.rotations = before_pos.copy(), before_rot.copy()
+    belief._resample()
+    # Equal weights: each particle is kept once, moved by a jitter of 0.1 of the cloud's spread per
+    # axis, and never less than the roughening floor (1 mm, 1°).
+    moved = belief.positions - before_pos
+    turned = matrices_to_rotvecs(np.transpose(before_rot, (0, 2, 1)) @ belief.rotations)
+    assert np.abs(moved).max() < 5 * 5.0 and np.abs(turned).max() < 5 * 3.0
+    expected_mm = [0.1 * before_pos[:, 0].std(), 1.0, 1.0]  # y's 0.5 mm is below the floor
+    assert moved.std(axis=0) == pytest.approx(expected_mm, rel=0.05)
+    assert turned.std(axis=0) == pytest.approx([1.0, 1.0, 3.0], rel=0.05)
+    assert np.abs(moved.mean(axis=0)).max() < 0.2 and np.abs(turned.mean(axis=0)).max() < 0.2
+    # Each moved particle is weighed by how much likelier the prior finds it where it went.
+    kinds = belief.kinds
+    change = belief.log_prior(belief.positions, belief.rotations, kinds) - belief.log_prior(
+        before_pos, before_rot, kinds
+    )
+    assert belief.logw == pytest.approx(change - change.max())
+
+
+def test_resampling_copies_the_particles_that_hold_the_weight() -> None:
+    far = [[300.0, 0, 0]] * 3
+    belief = _placed([[0.0, 0, 0]] * 47 + far, [0.0] * 47 + [1.0, 0.0, 0.0], roughen_mm=0.5)
+    belief.positions[-1] = [-300.0, 0.0, 0.0]  # the last particle: far, and weightless
+    belief._resample()
+    # Every particle is now a copy of the only weighted one (the third from last), jittered by the
+    # floor alone (the copies have no spread of their own).
+    assert np.abs(belief.positions - [300.0, 0.0, 0.0]).max() < 5 * 0.5
+    assert belief.positions.std(axis=0) == pytest.approx([0.5] * 3, rel=0.25)
+    last = _placed([[0.0, 0, 0]] * 49 + [[300.0, 0, 0]], [0.0] * 49 + [1.0])
+    last._resample()
+    assert np.abs(last.positions - [300.0, 0.0, 0.0]).max() < 5.0  # the last particle is reachable
+
+
+def test_resampling_draws_a_share_of_the_particles_afresh_from_the_prior() -> None:
+    # All the weight 1 m from the prior's mean: a quarter of the particles come back from the prior.
+    belief = _placed([[1000.0, 0, 0]] * 40, np.ones(40), reinject=0.25)
+    belief._resample()
+    fresh = np.linalg.norm(belief.positions, axis=1) < 200.0
+    assert fresh.sum() == 10 and set(belief.kinds) == {"test"}
+    assert np.abs(belief.positions[~fresh] - [1000.0, 0, 0]).max() < 10.0
+    assert belief.logw.max() == 0.0
+    # The fresh particles start level with one another: weight 0 before the weights are rescaled.
+    assert np.all(belief.logw[fresh] == belief.logw[fresh][0])
+
+
+def test_an_update_adds_each_frame_s_evidence_with_its_own_weights() -> None:
+    # Three particles a few mm apart: every frame changes their weights a little (no resampling).
+    cal = calibration(sigma=20.0)
+    belief = _placed([[0.0, 0, 0], [3.0, 0, 0], [0.0, 4.0, 0]], np.ones(3), cal=cal)
+    probe = np.array([-2.0, 1.0, 0.0])
+    obs = Observation(np.array([3.0, -1.0, 0.0, 0.0, 0.0, 0.0]), 0.8, 0.5)
+    params = belief.params
+
+    def loglik(at: np.ndarray, score_weight: float) -> np.ndarray:
+        pred = corrections_to(at, np.eye(3), belief.positions, belief.rotations)
+        return observation_loglik(
+            pred, obs, cal, params.outlier, belief.kinds, score_weight, params.noise_inflation
+        )
+
+    assert belief.update(obs, probe, np.eye(3)) == 1.0
+    first = loglik(probe, 1.0)
+    assert belief.logw == pytest.approx(first - first.max())
+    # 2 mm further: the corrections count 0.02 + 2/15, the view scores 0.02 + 2/4 of a frame.
+    second_at = probe + [2.0, 0.0, 0.0]
+    weight, score_weight = 0.02 + 2.0 / 15.0, 0.02 + 2.0 / 4.0
+    assert belief.update(obs, second_at, np.eye(3)) == pytest.approx(weight)
+    total = first + weight * loglik(second_at, score_weight / weight)
+    assert belief.logw == pytest.approx(total - total.max())
+    assert belief.logw.max() == 0.0 and belief.observations == 2
+    assert belief.positions == pytest.approx(np.array([[0.0, 0, 0], [3.0, 0, 0], [0.0, 4.0, 0]]))
+
+
+def test_resampling_starts_when_the_effective_size_falls_below_half() -> None:
+    obs = Observation(np.zeros(6), 0.8, 0.5)
+    # Two of four particles hold all the weight: an effective size of exactly 2, not below half.
+    half = _placed([[0.0, 0, 0]] * 4, [0.5, 0.5, 0.0, 0.0])
+    half.update(obs, np.zeros(3), np.eye(3))
+    assert half.effective_size() == 2.0 and half.positions == pytest.approx(np.zeros((4, 3)))
+    # A frame that tells the particles apart by little leaves them where they are ...
+    even = _placed([[0.0, 0, 0], [1.0, 0, 0], [0.0, 1.0, 0], [1.0, 1.0, 0]], np.ones(4))
+    even.update(obs, np.zeros(3), np.eye(3))
+    assert even.effective_size() > 3.5 and even.positions[1:, :2] == pytest.approx(
+        np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    )
+    # ... and one that leaves one particle most of the weight resamples (all become its copies).
+    apart = _placed([[0.0, 0, 0], [40.0, 0, 0], [0.0, 40.0, 0], [40.0, 40.0, 0]], np.ones(4))
+    apart.update(obs, np.zeros(3), np.eye(3))
+    assert np.abs(apart.positions).max() < 10.0
