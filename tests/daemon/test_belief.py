@@ -267,8 +267,9 @@ def test_a_score_field_is_its_peak_at_the_view_and_falls_per_scale() -> None:
     at = np.zeros((1, 6))
     one_scale = np.array([[0.0, 8.0, 0.0, 0.0, 0.0, 0.0]])
     two_axes = np.array([[12.0, 0.0, 0.0, 0.0, 0.0, 15.0]])
-    assert field.predict(np.vstack([at, one_scale, two_axes])) == pytest.approx(
-        [0.6, 0.6 * np.exp(-0.5), 0.6 * np.exp(-1.0)]
+    behind = np.array([[0.0, -8.0, 0.0, 0.0, 0.0, 0.0]])  # the same fall-off on either side
+    assert field.predict(np.vstack([at, one_scale, two_axes, behind])) == pytest.approx(
+        [0.6, 0.6 * np.exp(-0.5), 0.6 * np.exp(-1.0), 0.6 * np.exp(-0.5)]
     )
 
 
@@ -438,6 +439,12 @@ def test_a_jump_needs_both_the_size_and_the_speed() -> None:
     assert pose_jump(
         turn, 0.001, np.zeros(3), rotvecs_to_matrices(np.array([0.0, 0.0, 15.5]))[0]
     )  # above 15°
+    # Exactly the turn size counts (at any speed); exactly the turn speed does not.
+    turn_15 = rotvecs_to_matrices(np.array([0.0, 0.0, 15.0]))[0]
+    exact = pose_distance(np.zeros(3), np.eye(3), np.zeros(3), turn_15)[1]
+    assert pose_jump(turn, 0.001, np.zeros(3), turn_15, min_jump_deg=exact) is not None
+    assert pose_jump(turn, 0.125, np.zeros(3), turn_15, min_jump_deg=exact, max_turn_deg_s=exact * 8) is None
+    assert pose_jump(turn, 0.125, np.zeros(3), turn_15, min_jump_deg=exact, max_turn_deg_s=exact * 7.99)
     turned = rotvecs_to_matrices(np.array([0.0, 0.0, 20.0]))[0]
     assert pose_jump(start, 10.05, np.zeros(3), turned) == (
         "the tracked probe turned 20° in 0.05 s (patient moved or camera bumped?)"
@@ -454,3 +461,341 @@ def test_confidence_is_the_mode_mass_shrunk_by_the_widest_spread() -> None:
     assert confidence_of(est(0.8, np.array([6.0, 0, 0, 0, 0, 0]))) == pytest.approx(0.8 * np.exp(-0.5))
     assert confidence_of(est(0.8, np.array([3.0, 0, 0, 0, 0, 16.0]))) == pytest.approx(0.8 * np.exp(-2.0))
     assert confidence_of(est(1.5, np.zeros(6))) == 1.0 and confidence_of(est(-0.1, np.zeros(6))) == 0.0
+
+
+# --- the belief's steps on particles placed by hand (estimate, update, resampling, reinjection) -------
+
+
+def _placed(
+    positions: list[list[float]] | np.ndarray,
+    weights: list[float] | np.ndarray,
+    cal: BeliefCalibration | None = None,
+    seed: int = 0,
+    **params: Any,
+) -> TargetBelief:
+    """A belief whose particles are where the test puts them (identity rotations, preset "test"),
+    with these weights, and no particles drawn afresh unless ``params`` asks for them."""
+    pos = np.asarray(positions, float)
+    n = len(pos)
+    params = {"reinject": 0.0, "observation_reinject": 0.0, **params}
+    belief = TargetBelief(cal or calibration(), BeliefParams(particles=n, **params), seed=seed)
+    belief.reset("test")
+    belief.positions, belief.rotations = pos.copy(), np.repeat(np.eye(3)[None], n, axis=0)
+    with np.errstate(divide="ignore"):
+        belief.logw = np.log(np.asarray(weights, float))
+    return belief
+
+
+def test_the_estimate_is_the_densest_particle_s_kernel_mean_with_its_mass_and_spread() -> None:
+    # One particle at the probe, one a kernel width (6 mm) along x, one far away.
+    belief = _placed([[0.0, 0, 0], [6.0, 0, 0], [600.0, 0, 0]], [0.4, 0.32, 0.28])
+    est = belief.estimate(np.zeros(3), np.eye(3))
+    near = 0.32 * np.exp(-0.5)  # the second particle, one MODE_SCALE from the first
+    x = 6.0 * near / (0.4 + near)
+    assert est.mass == pytest.approx(0.4 + near)
+    assert est.position_mm == pytest.approx([x, 0.0, 0.0])
+    assert est.rotation == pytest.approx(np.eye(3))
+    assert est.correction == pytest.approx([x, 0.0, 0.0, 0.0, 0.0, 0.0])
+    spread_x = np.sqrt(0.4 * x**2 + 0.32 * (6.0 - x) ** 2 + 0.28 * (600.0 - x) ** 2)
+    assert est.spread == pytest.approx([spread_x, 0.0, 0.0, 0.0, 0.0, 0.0])
+    # Seen from a probe 10 mm further along x, turned 90° about z: the same pose, another correction.
+    again = _placed([[0.0, 0, 0], [6.0, 0, 0], [600.0, 0, 0]], [0.4, 0.32, 0.28])
+    seen = again.estimate(np.array([10.0, 0, 0]), ROT_Z90)
+    assert seen.position_mm == pytest.approx(est.position_mm)
+    assert seen.correction == pytest.approx([0.0, 10.0 - x, 0.0, 0.0, 0.0, -90.0])
+
+
+def test_the_mode_mass_never_exceeds_one() -> None:
+    belief = _placed(np.zeros((20, 3)), np.ones(20))  # twenty equal weights sum to 1 + 2⁻⁵² here
+    assert belief.weights.sum() > 1.0
+    assert belief.estimate(np.zeros(3), np.eye(3)).mass == 1.0
+
+
+# Two hypotheses 660 mm apart along x: A (two particles at +60) and B (three at −600).
+A, B = [60.0, 0, 0], [-600.0, 0, 0]
+
+
+def test_the_first_estimate_takes_the_denser_hypothesis_even_when_its_particles_are_lighter() -> None:
+    # A holds 0.55 in two particles, B 0.45 in three, one of them the heaviest of all.
+    belief = _placed([A, A, B, B, B], [0.3, 0.25, 0.32, 0.08, 0.05])
+    est = belief.estimate(np.zeros(3), np.eye(3))
+    assert est.position_mm == pytest.approx(A) and est.mass == pytest.approx(0.55)
+
+
+def test_the_previous_mode_is_kept_while_it_holds_seventy_percent_of_the_best_density() -> None:
+    belief = _placed([A, A, B, B, B], [0.32, 0.23, 0.2, 0.16, 0.09])  # A 0.55, B 0.45
+    assert belief.estimate(np.zeros(3), np.eye(3)).position_mm == pytest.approx(A)
+    # B now 0.55 and A 0.45 (≥ 0.7 · 0.55): the instruction stays with A.
+    belief.logw = np.log([0.25, 0.2, 0.4, 0.1, 0.05])
+    kept = belief.estimate(np.zeros(3), np.eye(3))
+    assert kept.position_mm == pytest.approx(A) and kept.mass == pytest.approx(0.45)
+    # A 0.27 against B 0.73 (below 0.7 of it): the belief moves to B, and stays there.
+    belief.logw = np.log([0.16, 0.11, 0.42, 0.22, 0.09])
+    moved = belief.estimate(np.zeros(3), np.eye(3))
+    assert moved.position_mm == pytest.approx(B) and moved.mass == pytest.approx(0.73)
+    belief.logw = np.log([0.3, 0.25, 0.2, 0.15, 0.1])  # A 0.55 against B 0.45: B still holds 70%
+    assert belief.estimate(np.zeros(3), np.eye(3)).position_mm == pytest.approx(B)
+
+
+def test_with_more_particles_than_candidates_the_mode_is_sought_among_the_heaviest() -> None:
+    # 100 particles at A holding 0.6, 100 at B holding 0.4: only A's are among the 96 heaviest.
+    belief = _placed([A] * 100 + [B] * 100, [0.006] * 100 + [0.004] * 100)
+    assert belief.estimate(np.zeros(3), np.eye(3)).position_mm == pytest.approx(A)
+    # With one candidate the mode is the heaviest particle's, even where the cloud is thinner.
+    lone = _placed([A, B, B, B], [0.45, 0.2, 0.2, 0.15])
+    assert lone.estimate(np.zeros(3), np.eye(3), candidates=1).position_mm == pytest.approx(A)
+    assert lone.estimate(np.zeros(3), np.eye(3)).position_mm == pytest.approx(A)  # kept: 0.45 ≥ 0.7·0.55
+
+
+def _spread_cloud(n: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """n positions spread 50 mm along x and 5 along y, none along z; rotations about z spread 30°."""
+    rng = np.random.default_rng(seed)
+    positions = np.column_stack([rng.normal(0, 50, n), rng.normal(0, 5, n), np.zeros(n)])
+    rotations = rotvecs_to_matrices(np.column_stack([np.zeros((n, 2)), rng.normal(0, 30, n)]))
+    return positions, rotations
+
+
+def test_resampling_keeps_equal_particles_and_jitters_them_by_the_cloud_s_own_spread() -> None:
+    n = 4096  # Gordon's factor 0.4 · n^(−1/6) is 0.1 here
+    belief = _placed(np.zeros((n, 3)), np.ones(n))
+    before_pos, before_rot = _spread_cloud(n)
+    belief.positions, belief.rotations = before_pos.copy(), before_rot.copy()
+    belief._resample()
+    # Equal weights: each particle is kept once, moved by a jitter of 0.1 of the cloud's spread per
+    # axis, and never less than the roughening floor (1 mm, 1°).
+    moved = belief.positions - before_pos
+    turned = matrices_to_rotvecs(np.transpose(before_rot, (0, 2, 1)) @ belief.rotations)
+    assert np.abs(moved).max() < 5 * 5.0 and np.abs(turned).max() < 5 * 3.0
+    expected_mm = [0.1 * before_pos[:, 0].std(), 1.0, 1.0]  # y's 0.5 mm is below the floor
+    assert moved.std(axis=0) == pytest.approx(expected_mm, rel=0.05)
+    assert turned.std(axis=0) == pytest.approx([1.0, 1.0, 3.0], rel=0.05)
+    assert np.abs(moved.mean(axis=0)).max() < 0.2 and np.abs(turned.mean(axis=0)).max() < 0.2
+    # Each moved particle is weighed by how much likelier the prior finds it where it went.
+    kinds = belief.kinds
+    change = belief.log_prior(belief.positions, belief.rotations, kinds) - belief.log_prior(
+        before_pos, before_rot, kinds
+    )
+    assert belief.logw == pytest.approx(change - change.max())
+
+
+def test_resampling_copies_the_particles_that_hold_the_weight() -> None:
+    far = [[300.0, 0, 0]] * 3
+    belief = _placed([[0.0, 0, 0]] * 47 + far, [0.0] * 47 + [1.0, 0.0, 0.0], roughen_mm=0.5)
+    belief.positions[-1] = [-300.0, 0.0, 0.0]  # the last particle: far, and weightless
+    belief._resample()
+    # Every particle is now a copy of the only weighted one (the third from last), jittered by the
+    # floor alone (the copies have no spread of their own).
+    assert np.abs(belief.positions - [300.0, 0.0, 0.0]).max() < 5 * 0.5
+    assert belief.positions.std(axis=0) == pytest.approx([0.5] * 3, rel=0.25)
+    last = _placed([[0.0, 0, 0]] * 49 + [[300.0, 0, 0]], [0.0] * 49 + [1.0])
+    last._resample()
+    assert np.abs(last.positions - [300.0, 0.0, 0.0]).max() < 5.0  # the last particle is reachable
+
+
+def test_resampling_draws_a_share_of_the_particles_afresh_from_the_belief_s_preset_prior() -> None:
+    # All the weight 1 m from the prior's mean: a quarter of the particles come back from the prior
+    # of the belief's preset ("test", at the origin), none from the other preset's, 2 m away.
+    base = calibration()
+    far = Prior(np.array([-2000.0, 0.0, 0.0]), np.eye(3), np.diag([1.0] * 6))
+    cal = BeliefCalibration({**base.priors, "other": far}, base.bands, base.quality, base.visibility)
+    belief = _placed([[1000.0, 0, 0]] * 40, np.ones(40), cal=cal, reinject=0.25)
+    belief.kinds = np.full(40, "test")
+    belief._resample()
+    fresh = np.linalg.norm(belief.positions, axis=1) < 200.0
+    assert fresh.sum() == 10 and set(belief.kinds) == {"test"}
+    assert np.abs(belief.positions[~fresh] - [1000.0, 0, 0]).max() < 10.0
+    # The jittered copies are weighed by the prior's change; the fresh particles start at 0.
+    kinds = belief.kinds[~fresh]
+    copies = np.repeat(np.array([[1000.0, 0, 0]]), len(kinds), axis=0)
+    expected = np.zeros(40)
+    expected[~fresh] = belief.log_prior(belief.positions[~fresh], belief.rotations[~fresh], kinds) - (
+        belief.log_prior(copies, np.repeat(np.eye(3)[None], len(kinds), axis=0), kinds)
+    )
+    assert belief.logw == pytest.approx(expected - expected.max())
+
+
+def test_the_prior_is_drawn_with_its_inflated_spread_and_its_correlations() -> None:
+    # dx and rz correlated 0.8 (a view found further along x is also turned further).
+    cov = np.diag([4.0, 1.0, 1.0, 1.0, 1.0, 9.0])
+    cov[0, 5] = cov[5, 0] = 0.8 * 2.0 * 3.0
+    cal = BeliefCalibration(
+        {"c": Prior(np.array([10.0, 0, 0]), np.eye(3), cov)},
+        ((0.0, tuple(AxisNoise(1, 1, 0) for _ in AXES)),), {}, {},
+    )  # fmt: skip
+    belief = TargetBelief(cal, BeliefParams(particles=4000, prior_inflation=1.5), seed=5)
+    dx = belief.positions[:, 0] - 10.0
+    rz = matrices_to_rotvecs(belief.rotations)[:, 2]
+    assert (dx.std(), rz.std()) == pytest.approx((1.5 * 2.0, 1.5 * 3.0), rel=0.05)
+    assert belief.positions[:, 1].std() == pytest.approx(1.5, rel=0.05)
+    assert np.corrcoef(dx, rz)[0, 1] == pytest.approx(0.8, abs=0.05)
+
+
+def test_an_unseeded_belief_is_the_seed_zero_one() -> None:
+    assert np.array_equal(
+        TargetBelief(calibration(), BeliefParams(particles=20)).positions,
+        TargetBelief(calibration(), BeliefParams(particles=20), seed=0).positions,
+    )
+
+
+def test_an_update_adds_each_frame_s_evidence_with_its_own_weights() -> None:
+    # Three particles a few mm apart: every frame changes their weights a little (no resampling).
+    cal = calibration(sigma=20.0)
+    belief = _placed([[0.0, 0, 0], [3.0, 0, 0], [0.0, 4.0, 0]], np.ones(3), cal=cal)
+    probe = np.array([-2.0, 1.0, 0.0])
+    obs = Observation(np.array([3.0, -1.0, 0.0, 0.0, 0.0, 0.0]), 0.8, 0.5)
+    params = belief.params
+
+    def loglik(at: np.ndarray, score_weight: float) -> np.ndarray:
+        pred = corrections_to(at, np.eye(3), belief.positions, belief.rotations)
+        return observation_loglik(
+            pred, obs, cal, params.outlier, belief.kinds, score_weight, params.noise_inflation
+        )
+
+    assert belief.update(obs, probe, np.eye(3)) == 1.0
+    first = loglik(probe, 1.0)
+    assert belief.logw == pytest.approx(first - first.max())
+    # 2 mm further: the corrections count 0.02 + 2/15, the view scores 0.02 + 2/4 of a frame.
+    second_at = probe + np.array([2.0, 0.0, 0.0])
+    weight, score_weight = 0.02 + 2.0 / 15.0, 0.02 + 2.0 / 4.0
+    assert belief.update(obs, second_at, np.eye(3)) == pytest.approx(weight)
+    total = first + weight * loglik(second_at, score_weight / weight)
+    assert belief.logw == pytest.approx(total - total.max())
+    assert belief.logw.max() == 0.0 and belief.observations == 2
+    assert belief.positions == pytest.approx(np.array([[0.0, 0, 0], [3.0, 0, 0], [0.0, 4.0, 0]]))
+
+
+def test_resampling_starts_when_the_effective_size_falls_below_half() -> None:
+    obs = Observation(np.zeros(6), 0.8, 0.5)
+    # Two of four particles hold all the weight: an effective size of exactly 2, not below half.
+    half = _placed([[0.0, 0, 0]] * 4, [0.5, 0.5, 0.0, 0.0])
+    half.update(obs, np.zeros(3), np.eye(3))
+    assert half.effective_size() == 2.0 and half.positions == pytest.approx(np.zeros((4, 3)))
+    # A frame that tells the particles apart by little leaves them where they are ...
+    even = _placed([[0.0, 0, 0], [1.0, 0, 0], [0.0, 1.0, 0], [1.0, 1.0, 0]], np.ones(4))
+    even.update(obs, np.zeros(3), np.eye(3))
+    assert even.effective_size() > 3.5 and even.positions[1:, :2] == pytest.approx(
+        np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    )
+    # ... and one that leaves one particle most of the weight resamples (all become its copies).
+    apart = _placed([[0.0, 0, 0], [40.0, 0, 0], [0.0, 40.0, 0], [40.0, 40.0, 0]], np.ones(4))
+    apart.update(obs, np.zeros(3), np.eye(3))
+    assert np.abs(apart.positions).max() < 10.0
+
+
+def _reading(gains: tuple[float, ...]) -> BeliefCalibration:
+    """calibration() with these per-axis gains (σ 2, no flips)."""
+    base = calibration()
+    axes = tuple(AxisNoise(g, 2.0, 0.0) for g in gains)
+    return BeliefCalibration(base.priors, ((0.0, axes),), base.quality, base.visibility)
+
+
+READS_DX_DY = (2.0, 0.5, 0.4, 0.1, 0.1, 0.1)  # dx and dy read (gain ≥ reset_gain 0.5), the rest not
+OBS = Observation(np.array([10.0, 4.0, 0.0, 0.0, 0.0, 0.0]), 0.8, 0.5)  # the target at dx 5, dy 8
+
+
+def _stuck(probe_frame: list[list[float]], gains: tuple[float, ...] = READS_DX_DY, n: int = 2000,
+           **params: Any) -> TargetBelief:  # fmt: skip
+    """A belief of n particles (the last ones at these probe-frame positions, the rest at dx 500,
+    dy −500, dz 7) that last saw OBS from a probe at the origin turned 90° about z."""
+    c = np.array([[500.0, -500.0, 7.0]] * (n - len(probe_frame)) + probe_frame)
+    belief = _placed(c @ ROT_Z90.T, np.exp(-0.001 * np.arange(n)), cal=_reading(gains),
+                     **{"observation_reinject": 0.05, **params})  # fmt: skip
+    belief._last, belief._last_observation = (np.zeros(3), ROT_Z90), OBS
+    return belief
+
+
+def test_a_stuck_cloud_redraws_a_share_where_the_observation_puts_the_target_on_its_read_axes() -> None:
+    belief = _stuck([])
+    before = belief.positions.copy()
+    belief._reset_from_observation()
+    moved = np.any(belief.positions != before, axis=1)
+    assert moved.sum() == 100  # 5% of 2000
+    got = corrections_to(np.zeros(3), ROT_Z90, belief.positions[moved], belief.rotations[moved])
+    # Read axes: (observation + σ·noise) / gain, σ the calibrated 2 inflated 1.5 times; the others
+    # are the particle's own (dz 7, no turn: the rotation is the probe's, −90° about z, undone).
+    assert got[:, 0].mean() == pytest.approx(5.0, abs=0.5) and got[:, 0].std() == pytest.approx(1.5, rel=0.2)
+    assert got[:, 1].mean() == pytest.approx(8.0, abs=2.0) and got[:, 1].std() == pytest.approx(6.0, rel=0.2)
+    assert got[:, 2:] == pytest.approx(np.tile([7.0, 0.0, 0.0, -90.0], (100, 1)))
+    assert belief.rotations[moved] == pytest.approx(np.tile(np.eye(3), (100, 1, 1)))
+    # The redrawn particles get the weight of the best, the others keep theirs.
+    assert np.all(belief.logw[moved] == 0.0)
+    assert belief.logw[~moved] == pytest.approx(-0.001 * np.flatnonzero(~moved))
+
+
+@pytest.mark.parametrize(
+    "explaining",
+    [
+        [5.0, 8.0, 7.0],  # right where the observation puts it
+        [-5.0, -8.0, 7.0],  # its mirror image: a flipped sign explains it as well
+        [9.5, 8.0, 7.0],  # exactly 3σ off on dx (|10 − 2·9.5| / 3)
+        [5.0, 26.0, 70.0],  # exactly 3σ off on dy (|4 − 0.5·26| / 3), dz far off but not read
+    ],
+)
+def test_a_cloud_that_explains_the_observation_is_left_alone(explaining: list[float]) -> None:
+    belief = _stuck([explaining])
+    before = belief.positions.copy()
+    belief._reset_from_observation()
+    assert np.array_equal(belief.positions, before)
+
+
+def test_only_a_cloud_past_three_sigma_on_a_read_axis_is_redrawn() -> None:
+    for nearly in ([9.51, 8.0, 7.0], [5.0, 26.1, 7.0]):  # just past 3σ: on dx, then on dy
+        belief = _stuck([nearly])
+        before = belief.positions.copy()
+        belief._reset_from_observation()
+        assert np.any(belief.positions != before, axis=1).sum() == 100
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        {"gains": (0.49, 0.4, 0.4, 0.1, 0.1, 0.1)},  # no axis read well enough
+        {"observation_reinject": 0.0},
+        {"observation_reinject": 0.0002},  # 0.4 of a particle rounds to none
+    ],
+)
+def test_without_a_read_axis_or_a_share_nothing_is_redrawn(case: dict[str, Any]) -> None:
+    belief = _stuck([], **case)
+    before = belief.positions.copy()
+    belief._reset_from_observation()
+    assert np.array_equal(belief.positions, before)
+
+
+def test_a_share_of_one_particle_redraws_one() -> None:
+    belief = _stuck([], observation_reinject=0.0005)  # 0.0005 · 2000 = 1
+    before = belief.positions.copy()
+    belief._reset_from_observation()
+    assert np.any(belief.positions != before, axis=1).sum() == 1
+
+
+def test_before_any_observation_nothing_is_redrawn() -> None:
+    belief = _stuck([])
+    before = belief.positions.copy()
+    belief._last_observation = None
+    belief._reset_from_observation()
+    assert np.array_equal(belief.positions, before)
+    belief._last_observation, belief._last = OBS, None
+    belief._reset_from_observation()
+    assert np.array_equal(belief.positions, before)
+
+
+def test_the_previous_mode_is_kept_at_exactly_seventy_percent() -> None:
+    belief = _placed([[0.0, 0, 0], [600.0, 0, 0]], [1.0, 0.5])  # both at whole kernel steps
+    assert belief.estimate(np.zeros(3), np.eye(3)).position_mm == pytest.approx([0.0, 0, 0])
+    belief.logw = np.array([np.log(0.7), 0.0])
+    assert belief.weights[0] == 0.7 * belief.weights[1]  # exactly, in floating point
+    assert belief.estimate(np.zeros(3), np.eye(3)).position_mm == pytest.approx([0.0, 0, 0])
+
+
+def test_a_flipped_reading_and_a_wild_view_score_have_their_own_terms() -> None:
+    # Half the readings flipped: the flipped Gaussian has the same width as the straight one.
+    cal = _one_band(gain=2.0, sigma=2.0, flip=0.5)
+    obs = Observation(np.array([6.0, 0, 0, 0, 0, 0]), 0.5, 0.0, use_scores=False)
+    pred = np.zeros((1, 6))
+    pred[0, 0] = -3.5  # straight: (6 + 7) / 2 = 6.5σ off; flipped: (6 − 7) / 2 = 0.5σ
+    got = observation_loglik(pred, obs, cal, 0.0, "p")[0]
+    assert got == pytest.approx(np.log(0.5 * np.exp(-0.5 * 6.5**2) + 0.5 * np.exp(-0.125)))
+    # A quality far from anything the view gives: the outlier share is its floor, as for a reading.
+    wild = Observation(np.zeros(6), 0.5, 100.0)  # visibility 0.5 is the field's peak: 0σ off
+    floor = observation_loglik(np.zeros((1, 6)), wild, _one_band(), 0.05, "p")[0]
+    assert floor == pytest.approx(7 * np.log(0.95 + 0.005) + np.log(0.005))
