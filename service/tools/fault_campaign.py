@@ -16,6 +16,9 @@ on the device side), and an MQTT observer. Each fault is injected in turn, with 
   not counted by the daemon in ``status.mqtt.events_dropped``;
 - ``crashes``: the daemon gone (it is restarted to go on), ``internal error`` replies, tracebacks.
 
+Camera loss (long only) gives the daemon the camera emulator as its camera (:class:`CameraRig`) and
+reports each loss in ``detail`` (:class:`CameraLoss`); its recovery is the time back to tracked guidance.
+
 ``short`` (``make test``, ``tests/tools/test_fault_campaign.py``) runs a few faults briefly; ``long``
 (``sonoguide faults``) all of them longer, with thousands of hypothesis-made commands. Figures are
 reported, never asserted as timings.
