@@ -5,6 +5,10 @@ the calibration stickers, the probe with its markers) at the pose the pose callb
 frame time, and streams the frames to one reader at a time over a Unix socket
 (:mod:`firmware_bridge.camera_wire`). The daemon reads it with ``[camera] source = "emulator"``
 through the same tracking code as a real camera. ``sim`` is imported lazily, as the probe emulator does.
+
+Faults (the fault campaign's camera loss): ``occluder()`` puts a hand (``sim.camera.Occluder``) in
+the picture; ``stalled`` set stops the stream with the connection left open (a camera whose frames
+stop coming); :meth:`stop` is the cable pulled (the socket goes away).
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ class CameraEmulator:
         pose: Callable[[], Any],
         seed: int = 0,
         fps: float = 20.0,
+        occluder: Callable[[], Any] | None = None,
     ) -> None:
         """``phantom``: a ``sim.phantom.Phantom``; ``pose()``: the probe's ``sim.types.Pose`` now, or
-        None (no probe in view)."""
+        None (no probe in view); ``occluder()``: a ``sim.camera.Occluder`` in the line of sight now,
+        or None."""
         from sim.camera import default_camera
 
         if fps <= 0:
@@ -44,6 +50,8 @@ class CameraEmulator:
         self.path = Path(socket_path)
         self.phantom = phantom
         self.pose = pose
+        self.occluder = occluder
+        self.stalled = threading.Event()
         self.seed = seed
         self.fps = fps
         self.camera = default_camera(seed)
@@ -97,8 +105,15 @@ class CameraEmulator:
         period = 1.0 / self.fps
         next_t = time.monotonic()
         while not self._stop.is_set():
+            if self.stalled.is_set():  # nothing sent, the connection kept: the reader must time out
+                next_t = time.monotonic()
+                self._stop.wait(period)
+                continue
             stamp_ms = time.time() * 1000.0  # when the pose is sampled: what the exposure time would be
-            rgb, depth = render_camera(self.phantom, self.pose(), self.camera, self.frames_sent, self.seed)
+            hand = self.occluder() if self.occluder is not None else None
+            rgb, depth = render_camera(
+                self.phantom, self.pose(), self.camera, self.frames_sent, self.seed, occluder=hand
+            )
             conn.sendall(encode_frame(self.frames_sent, stamp_ms, rgb, depth))
             self.frames_sent += 1
             next_t = max(next_t + period, time.monotonic() - period)

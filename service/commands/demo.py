@@ -77,11 +77,9 @@ def demo_config(
             f'\n[pacs]\nhost = "127.0.0.1"\nport = {pacs_port}\ncalled_ae = "{pacs_aet}"\n'
             "retry_initial_s = 1.0\nretry_max_s = 5.0\n"
         )
-    camera = (
-        f'source = "emulator"\nsocket = "{camera_socket}"\ncalibration = "{calibration}"\n'
-        if camera_socket
-        else 'source = "none"\n'
-    )
+    from service.tools.benchmark.procs import camera_section
+
+    camera = camera_section(camera_socket, calibration)
     return (
         f'[device]\nid = "{DEVICE_ID}"\n\n[probe]\nport = "{probe_port}"\n\n[camera]\n{camera}\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\n\n[auto]\ngain = true\ndepth = true\n'

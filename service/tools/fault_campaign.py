@@ -16,6 +16,9 @@ on the device side), and an MQTT observer. Each fault is injected in turn, with 
   not counted by the daemon in ``status.mqtt.events_dropped``;
 - ``crashes``: the daemon gone (it is restarted to go on), ``internal error`` replies, tracebacks.
 
+Camera loss (long only) gives the daemon the camera emulator as its camera (:class:`CameraRig`) and
+reports each loss in ``detail`` (:class:`CameraLoss`); its recovery is the time back to tracked guidance.
+
 ``short`` (``make test``, ``tests/tools/test_fault_campaign.py``) runs a few faults briefly; ``long``
 (``sonoguide faults``) all of them longer, with thousands of hypothesis-made commands. Figures are
 reported, never asserted as timings.
@@ -23,7 +26,9 @@ reported, never asserted as timings.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -53,8 +58,9 @@ RECOVERY_DEADLINE_S = 30.0
 SHORT = ("corruption", "reboot", "command_flood", "fuzzed_commands")  # the broker: test_daemon
 LONG = (
     "corruption", "dropped_chunks", "stall", "reboot", "unplug", "probe_swap", "broker_restart",
-    "freeze", "command_flood", "fuzzed_commands",
+    "camera_loss", "freeze", "command_flood", "fuzzed_commands",
 )  # fmt: skip
+IMAGE_ONLY_BASIS = "assumed_marker_toward_head"  # guidance.basis without a tracked pose (docs/service.md)
 
 
 @dataclass
@@ -69,6 +75,7 @@ class FaultResult:
     crashes: int = 0
     requests: int = 0
     note: str = ""
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict)  # fault-specific figures
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -80,6 +87,8 @@ class Observer:
     def __init__(self, broker_port: int, name: str = "campaign") -> None:
         self.reply_topic = f"{ROOT}reply/{name}-{uuid.uuid4().hex[:6]}/r"
         self.guidance: list[float] = []
+        self.guidance_basis: list[str] = []  # the ``basis`` of each message in ``guidance``
+        self.statuses: list[tuple[float, dict[str, Any]]] = []  # (arrival, message), every one
         self.events: list[dict[str, Any]] = []
         self.status: dict[str, Any] = {}
         self.replies: dict[bytes, dict[str, Any]] = {}
@@ -112,11 +121,23 @@ class Observer:
                     self.replies[corr] = body
             elif name == "guidance":
                 self.guidance.append(now)
+                self.guidance_basis.append(str(body.get("basis")))
             elif name == "events":
                 self.events.append(body)
             elif name == "status":
                 self.status = body
+                self.statuses.append((now, body))
             self._cond.notify_all()
+
+    def guided_since(self, t: float) -> list[tuple[float, str]]:
+        """(arrival, basis) of the guidance messages that arrived at or after ``t``."""
+        with self._cond:
+            i = bisect.bisect_left(self.guidance, t)
+            return list(zip(self.guidance[i:], self.guidance_basis[i:], strict=True))
+
+    def first_tracked(self, t: float) -> float | None:
+        """When the first guidance message at or after ``t`` guided from a tracked pose arrived."""
+        return next((at for at, basis in self.guided_since(t) if basis != IMAGE_ONLY_BASIS), None)
 
     @property
     def connected(self) -> bool:
@@ -192,10 +213,146 @@ def longest_gap(arrivals: list[float], start: float, end: float) -> float:
     return max(b - a for a, b in itertools.pairwise(times))
 
 
-class Campaign:
-    """The daemon, broker and emulator of one campaign run (see the module docstring)."""
+CAMERA_LOST_STATES = ("lost", "absent")  # status.camera.state once the camera has gone (docs/service.md)
 
-    def __init__(self, workdir: Path, scale: str = "short", log: Callable[[str], None] = print) -> None:
+
+@dataclass(frozen=True)
+class CameraLoss:
+    """One camera loss as the display saw it (:func:`judge_camera_loss`)."""
+
+    kind: str
+    held_s: float
+    rate_hz: float  # guidance messages per second while the camera was gone
+    gap_s: float  # the longest pause between them
+    fallback_s: float | None  # from the loss to the first message guided from the image alone
+    image_only: float  # share of the messages after that one that were image-only too
+    camera_states: tuple[str, ...]  # status.camera.state as published while gone, in order
+    said_lost: bool  # a status while gone said the camera was lost and guidance fell back to the model
+    belief_restarts: int  # "the camera lost the probe for N s" restarts, until tracked again
+    tracked_after_s: float | None  # from the camera's return to the first tracked guidance message
+    return_gap_s: float  # the longest pause from the return to 1 s after tracked guidance
+
+    def line(self) -> str:
+        def s(v: float | None) -> str:
+            return "never" if v is None else f"{v:.2f} s"
+
+        return (
+            f"{self.kind} {self.held_s:.1f} s: status {'/'.join(self.camera_states) or 'none'}, "
+            f"{self.rate_hz:.1f} msg/s, gap {self.gap_s:.2f} s, image-only after {s(self.fallback_s)} "
+            f"({100 * self.image_only:.0f}%), belief restarts {self.belief_restarts}, "
+            f"tracked again after {s(self.tracked_after_s)} (gap {self.return_gap_s:.2f} s)"
+        )
+
+
+def _said_lost(status: dict[str, Any]) -> bool:
+    return (
+        status.get("camera", {}).get("state") in CAMERA_LOST_STATES
+        and status.get("guidance", {}).get("basis") == "model"
+    )
+
+
+def judge_camera_loss(
+    kind: str,
+    guidance: list[tuple[float, str]],
+    statuses: list[tuple[float, dict[str, Any]]],
+    events: list[dict[str, Any]],
+    start: float,
+    end: float,
+) -> CameraLoss:
+    """A loss from ``start`` to ``end`` judged from (arrival, basis) guidance, (arrival, message)
+    statuses and the events received from its start until tracked guidance came back."""
+    during = [(t, b) for t, b in guidance if start <= t <= end]
+    fallback = next((t for t, b in during if b == IMAGE_ONLY_BASIS), None)
+    after = [b for t, b in during if fallback is not None and t >= fallback]
+    said = [m for t, m in statuses if start <= t <= end]
+    states = [str(m.get("camera", {}).get("state")) for m in said]
+    back = next((t for t, b in guidance if t >= end and b != IMAGE_ONLY_BASIS), None)
+    settled = (back if back is not None else end) + 1.0
+    return CameraLoss(
+        kind=kind,
+        held_s=round(end - start, 2),
+        rate_hz=round(len(during) / max(1e-9, end - start), 1),
+        gap_s=round(longest_gap([t for t, _ in during], start, end), 2),
+        fallback_s=None if fallback is None else round(fallback - start, 2),
+        image_only=round(sum(b == IMAGE_ONLY_BASIS for b in after) / len(after), 3) if after else 0.0,
+        camera_states=tuple(s for i, s in enumerate(states) if i == 0 or s != states[i - 1]),
+        said_lost=any(_said_lost(m) for m in said),
+        belief_restarts=sum(1 for e in events if "camera lost the probe" in str(e.get("message"))),
+        tracked_after_s=None if back is None else round(back - end, 2),
+        return_gap_s=round(longest_gap([t for t, _ in guidance], end, settled), 2),
+    )
+
+
+CAMERA_SEED = 7  # the demo's and the camera tests' scene: all three markers seen at the start pose
+
+
+class CameraRig:
+    """The camera emulator on the campaign's socket: seed 7's abdomen, the probe held still on it;
+    calibrated once (the probe off the patient, as at installation), then unplugged until the fault
+    plugs it in, covers the markers with a hand, stops its stream and pulls its cable."""
+
+    def __init__(self, workdir: Path) -> None:
+        from sim.camera import Occluder, default_camera
+        from sim.novice import random_start_pose
+        from sim.phantom import make_phantom
+
+        self.socket = workdir / "camera.sock"
+        self.calibration = workdir / "camera-calibration.json"
+        self.phantom = make_phantom("abdomen", CAMERA_SEED)
+        self.probe_pose = random_start_pose(self.phantom, CAMERA_SEED)
+        towards_camera = default_camera(CAMERA_SEED).pose.position_mm - self.probe_pose.position_mm
+        self.hand = Occluder(self.probe_pose.position_mm + 0.45 * towards_camera, 45.0)
+        self.covered = threading.Event()
+        self.placed = False
+        self.emulator: Any = None
+        self._calibrate()
+        self.placed = True
+
+    def _calibrate(self) -> None:
+        from service.tracking import calibration as cal
+        from service.tracking.device import CameraSpec, read_frames
+
+        self.plug()
+        try:
+            frames, intrinsics, serial = read_frames(CameraSpec("emulator", socket=str(self.socket)), 5)
+            found = cal.calibrate_frames(((f.rgb, f.depth_mm) for f in frames), intrinsics, serial)
+            cal.save(found, self.calibration)
+        finally:
+            self.unplug()
+
+    def plug(self) -> None:
+        from firmware_bridge.emulator.camera import CameraEmulator
+
+        self.emulator = CameraEmulator(
+            self.socket, self.phantom, lambda: self.probe_pose if self.placed else None, seed=CAMERA_SEED,
+            occluder=lambda: self.hand if self.covered.is_set() else None,
+        ).start()  # fmt: skip
+
+    def unplug(self) -> None:
+        if self.emulator is not None:
+            self.emulator.stop()
+            self.emulator = None
+
+    def lose(self, kind: str, lost: bool) -> None:
+        """``hand`` over the markers, ``stream_stopped`` (frames stop, connection open), ``unplugged``."""
+        if kind == "hand":
+            (self.covered.set if lost else self.covered.clear)()
+        elif kind == "stream_stopped":
+            (self.emulator.stalled.set if lost else self.emulator.stalled.clear)()
+        elif kind == "unplugged":
+            (self.unplug if lost else self.plug)()
+        else:
+            raise ValueError(f"unknown camera loss {kind!r}")
+
+
+class Campaign:
+    """The daemon, broker and emulator of one campaign run (see the module docstring); with
+    ``camera``, the daemon's camera is the camera emulator (:class:`CameraRig`, plugged in only
+    during the camera fault: the other faults see an absent camera and guide from the image)."""
+
+    def __init__(
+        self, workdir: Path, scale: str = "short", log: Callable[[str], None] = print, camera: bool = False
+    ) -> None:
         self.workdir, self.scale, self.log = workdir, scale, log
         self.long = scale == "long"
         self.broker = LocalBroker().start()
@@ -203,7 +360,12 @@ class Campaign:
         self.caps = Capabilities()
         self.endpoint = PtyEndpoint(self.link_path)
         self.emulator = self._emulator(self.endpoint, self.caps)
-        self.config = write_config(workdir, self.link_path, self.broker.port, auto=True)
+        self.camera = CameraRig(workdir) if camera else None
+        self.config = write_config(
+            workdir, self.link_path, self.broker.port, auto=True,
+            camera_socket=str(self.camera.socket) if self.camera else "",
+            calibration=str(self.camera.calibration) if self.camera else "",
+        )  # fmt: skip
         self.daemon = self._start_daemon()
         self.observer = Observer(self.broker.port)
         self.crashes = 0
@@ -224,6 +386,8 @@ class Campaign:
         self.emulator.stop()
         self.endpoint.close()
         self.endpoint.remove_link()
+        if self.camera is not None:
+            self.camera.unplug()
         self.broker.close()
 
     # --- one fault ---------------------------------------------------------------------------------
@@ -262,6 +426,9 @@ class Campaign:
         end = time.monotonic()
         obs.wait(lambda: recovery(obs.guidance, end) is not None, RECOVERY_DEADLINE_S)
         rec = recovery(obs.guidance, end)
+        detail, self._detail = self._detail, {}
+        if "recovery_s" in detail:  # the fault's own recovery (camera: tracked guidance again)
+            rec = detail["recovery_s"]
         lost_replies = len(obs.unanswered(pings)) + self._lost_requests
         self._lost_requests = 0
         crashes = self._crash_check(log0)
@@ -285,6 +452,7 @@ class Campaign:
             crashes=crashes + self._internal_errors,
             requests=len(pings) + requests,
             note=note,
+            detail=detail,
         )
         self._internal_errors = 0
         self.log(json.dumps(result.as_dict()))
@@ -292,6 +460,7 @@ class Campaign:
 
     _lost_requests = 0
     _internal_errors = 0
+    _detail: dict[str, Any] = {}  # noqa: RUF012  (replaced, never mutated)
 
     def _crash_check(self, log_offset: int) -> int:
         crashes = 0
@@ -364,6 +533,54 @@ class Campaign:
         self.broker.start()
         self.observer.wait(lambda: self.observer.connected, 10)
         return 0, "mosquitto killed, back after 1 s (no persistence)"
+
+    def _fault_camera_loss(self) -> tuple[int, str]:
+        """The camera plugged in and tracking, then lost three ways, each brought back; the camera
+        unplugged again at the end. Recovery: the slowest return to tracked guidance."""
+        rig, obs = self.camera, self.observer
+        if rig is None:
+            raise RuntimeError("camera_loss needs the campaign's camera (Campaign(camera=True))")
+        holds = (
+            {"hand": 3.0, "stream_stopped": 4.0, "unplugged": 8.0}  # unplugged: past the belief's 5 s
+            if self.long
+            else {"hand": 1.0, "unplugged": 1.0}
+        )
+
+        def said_since(t0: float) -> bool:
+            return any(_said_lost(m) for t, m in obs.statuses if t >= t0)
+
+        def tracked_since(t0: float) -> bool:
+            return obs.first_tracked(t0) is not None
+
+        rig.plug()
+        plugged = time.monotonic()
+        obs.wait(functools.partial(tracked_since, plugged), RECOVERY_DEADLINE_S)
+        first = obs.first_tracked(plugged)
+        losses: list[CameraLoss] = []
+        for kind, hold in holds.items():
+            seen, start = len(obs.events), time.monotonic()
+            rig.lose(kind, True)
+            self._hold(hold)
+            # and on until a status (published every 2 s) has said it, as a display would see
+            obs.wait(functools.partial(said_since, start), 3.0)
+            end = time.monotonic()
+            rig.lose(kind, False)
+            obs.wait(functools.partial(tracked_since, end), RECOVERY_DEADLINE_S)
+            self._hold(1.0)  # tracked a while before the next loss: the return is judged on its own
+            guidance = obs.guided_since(start - 1.0)
+            losses.append(
+                judge_camera_loss(kind, guidance, list(obs.statuses), obs.events[seen:], start, end)
+            )
+        rig.unplug()
+        backs = [c.tracked_after_s for c in losses]
+        self._detail = {
+            "recovery_s": None if first is None or None in backs else max(b for b in backs if b is not None),
+            "first_tracked_s": None if first is None else round(first - plugged, 2),
+            "losses": [dataclasses.asdict(c) for c in losses],
+        }
+        return 0, "; ".join(c.line() for c in losses) + (
+            "" if first is not None else "; NEVER tracked once plugged in"
+        )
 
     def _fault_freeze(self) -> tuple[int, str]:
         hold = 20.0 if self.long else 2.0  # long: past the unit's WatchdogSec=15s
@@ -469,7 +686,7 @@ def run_campaign(
     if unknown:
         raise ValueError(f"unknown faults {unknown}; known: {', '.join(LONG)}")
     with tempfile.TemporaryDirectory(prefix="sonoguide-faults-") as tmp:
-        campaign = Campaign(Path(tmp), scale, log)
+        campaign = Campaign(Path(tmp), scale, log, camera="camera_loss" in faults)
         try:
             return campaign.run(faults)
         finally:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from firmware_bridge.emulator.state import Capabilities
 from service.tools.fault_campaign import (
+    IMAGE_ONLY_BASIS,
     SHORT,
     fuzzed_requests,
+    judge_camera_loss,
     longest_gap,
     lost_event_count,
     out_of_caps,
@@ -50,3 +52,26 @@ def test_fuzzed_requests_are_reproducible_and_hostile() -> None:
     assert drawn == fuzzed_requests(200) and len(drawn) == 200
     assert len({c for c, _ in drawn}) >= 5
     assert any(not p.startswith((b"{", b"[", b'"')) for _, p in drawn)  # not all JSON objects
+
+
+def test_a_camera_loss_is_judged_from_what_the_display_received() -> None:
+    """Tracked until 1.0 s, lost to 3.0 s (image-only from 1.3 s, a 0.4 s hole), tracked at 3.5 s."""
+    arrivals = [i / 10 for i in range(50)]
+    hole = {round(2.0 + 0.1 * i, 1) for i in range(1, 4)}
+    guidance = [
+        (t, "belief" if t < 1.3 or t >= 3.5 else IMAGE_ONLY_BASIS)
+        for t in arrivals
+        if round(t, 1) not in hole
+    ]
+    tracked = {"camera": {"state": "tracking"}, "guidance": {"basis": "belief"}}
+    lost = {"camera": {"state": "lost"}, "guidance": {"basis": "model"}}
+    statuses = [(0.5, tracked), (1.1, tracked), (2.5, lost), (2.7, lost), (4.5, tracked)]
+    events = [{"kind": "warning", "message": "guidance restarted: the camera lost the probe for 5 s: ..."}]
+    loss = judge_camera_loss("hand", guidance, statuses, events, 1.0, 3.0)
+    assert (loss.held_s, loss.fallback_s, loss.image_only, loss.gap_s) == (2.0, 0.3, 1.0, 0.4)
+    assert loss.camera_states == ("tracking", "lost") and loss.said_lost and loss.belief_restarts == 1
+    assert loss.tracked_after_s == 0.5 and loss.rate_hz == 9.0 and loss.return_gap_s <= 0.11
+    never = judge_camera_loss(
+        "unplugged", [(t, IMAGE_ONLY_BASIS) for t in arrivals], statuses[:2], [], 1.0, 3.0
+    )
+    assert never.tracked_after_s is None and not never.said_lost and never.belief_restarts == 0

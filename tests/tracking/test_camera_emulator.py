@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from firmware_bridge.emulator.camera import CameraEmulator
 from service.tracking import calibration as cal
 from service.tracking.camera import CameraSource
 from service.tracking.device import CameraSpec, CameraUnavailableError, open_camera, read_frames
+from sim.camera import Occluder, default_camera
 from sim.novice import random_start_pose
 from sim.phantom import make_phantom
 from sim.truth import pose_error
@@ -62,14 +64,33 @@ def test_wire_round_trip_and_damaged_streams_named() -> None:
         encode_frame(1, 1.0, rgb, depth[:2])
 
 
-def test_daemon_camera_source_calibrates_and_tracks_the_emulated_probe(tmp_path: Path) -> None:
+def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_daemon_camera_source_calibrates_tracks_the_emulated_probe_and_finds_it_after_each_loss(
+    tmp_path: Path,
+) -> None:
     socket_path, calibration = tmp_path / "camera.sock", tmp_path / "calibration.json"
     with pytest.raises(CameraUnavailableError, match="no camera emulator serves there"):
         open_camera(CameraSpec("emulator", socket=str(socket_path)))
     phantom = make_phantom("abdomen", 7)
     pose = [random_start_pose(phantom, 7)]
     placed = [False]  # off the patient while calibrating: the probe would hide a sticker
-    emulator = CameraEmulator(socket_path, phantom, lambda: pose[0] if placed[0] else None, seed=7).start()
+    towards_camera = default_camera(7).pose.position_mm - pose[0].position_mm
+    hand = [None, Occluder(pose[0].position_mm + 0.45 * towards_camera, 45.0)]
+    covered = [False]
+
+    def start_emulator() -> CameraEmulator:
+        return CameraEmulator(
+            socket_path, phantom, lambda: pose[0] if placed[0] else None, seed=7,
+            occluder=lambda: hand[covered[0]],
+        ).start()  # fmt: skip
+
+    emulator = start_emulator()
     source = None
     try:
         spec = CameraSpec("emulator", socket=str(socket_path))
@@ -77,7 +98,7 @@ def test_daemon_camera_source_calibrates_and_tracks_the_emulated_probe(tmp_path:
         assert len(frames) == 5 and serial == "EMU00000007" and frames[0].domain == "system_time"
         cal.save(cal.calibrate_frames(((f.rgb, f.depth_mm) for f in frames), intrinsics, serial), calibration)
         placed[0] = True
-        source = CameraSource(spec, calibration).start()
+        source = CameraSource(spec, calibration, retry_s=0.2).start()
         for _ in range(2):  # where the probe is now, then after it moved 20 mm
             deadline = time.monotonic() + 20.0
             got = None
@@ -93,6 +114,24 @@ def test_daemon_camera_source_calibrates_and_tracks_the_emulated_probe(tmp_path:
             )
             assert distance < 3.0 and angle < 3.0
             pose[0] = pose[0].apply_motion(np.array([20.0, 0.0, 0.0]), np.zeros(3))
+        # A hand over the markers, the stream stopping with the connection open, the cable pulled:
+        # each is said (lost, absent) and each time the camera is back the probe is tracked again.
+        src = source
+        covered[0] = True
+        assert _wait(lambda: src.state == "lost"), src.state
+        covered[0] = False
+        assert _wait(lambda: src.state == "tracking"), src.state
+        emulator.stalled.set()
+        assert _wait(lambda: src.state == "absent"), src.state
+        emulator.stalled.clear()
+        assert _wait(lambda: src.state == "tracking"), (src.state, src.last_error)
+        emulator.stop()
+        assert _wait(lambda: src.state == "absent" and "no camera emulator" in src.last_error), src.last_error
+        emulator = start_emulator()
+        assert _wait(lambda: src.state == "tracking"), (src.state, src.last_error)
+        said = iter(s for _, s in src.state_log)  # in this order (a frame missing a marker may add more)
+        expected = ("lost", "tracking", "absent", "searching", "tracking", "absent", "searching", "tracking")
+        assert all(state in said for state in expected), list(src.state_log)
     finally:
         if source is not None:
             source.stop()

@@ -46,11 +46,27 @@ def start_emulator(fps: float, size: str = "256x256") -> tuple[subprocess.Popen[
     )  # fmt: skip
 
 
-def write_config(folder: Path, port_path: str, broker_port: int, auto: bool = True) -> Path:
+def camera_section(camera_socket: str = "", calibration: str = "") -> str:
+    """The ``[camera]`` keys: the camera emulator's socket and calibration file, or no camera."""
+    if not camera_socket:
+        return 'source = "none"\n'
+    return f'source = "emulator"\nsocket = "{camera_socket}"\ncalibration = "{calibration}"\n'
+
+
+def write_config(
+    folder: Path,
+    port_path: str,
+    broker_port: int,
+    auto: bool = True,
+    camera_socket: str = "",
+    calibration: str = "",
+) -> Path:
+    """The daemon's config; with ``camera_socket``, the camera emulator's socket and its calibration."""
     path = folder / "bench.toml"
     flag = "true" if auto else "false"
     path.write_text(
-        f'[device]\nid = "{DEVICE_ID}"\n\n[probe]\nport = "{port_path}"\n\n[camera]\nsource = "none"\n\n'
+        f'[device]\nid = "{DEVICE_ID}"\n\n[probe]\nport = "{port_path}"\n\n'
+        f"[camera]\n{camera_section(camera_socket, calibration)}\n"
         f'[model]\nproviders = ["cpu"]\n\n[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\n\n'
         f"[auto]\ngain = {flag}\ndepth = {flag}\n"
     )
