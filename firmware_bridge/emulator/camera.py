@@ -63,9 +63,10 @@ class CameraEmulator:
         self._thread: threading.Thread | None = None
 
     def start(self) -> CameraEmulator:
-        if len(os.fsencode(self.path)) > UNIX_PATH_MAX:
+        size = len(os.fsencode(self.path))
+        if size > UNIX_PATH_MAX:
             raise ValueError(
-                f"camera socket path {self.path} is {len(os.fsencode(self.path))} bytes; a Unix socket's "
+                f"camera socket path {self.path} is {size} bytes; a Unix socket's "
                 f"path may have at most {UNIX_PATH_MAX} (use a shorter folder, e.g. TMPDIR=/tmp)"
             )
         with contextlib.suppress(FileNotFoundError):

@@ -8,7 +8,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,14 @@ from service.tracking.markers import detect_markers
 from service.tracking.pose import angle_deg, fit_probe, pose_of, slerp
 from sim.camera import SKIN_RGB
 from tests.cli import run_sonoguide
-from tests.tracking.tracking_bench import NOVICE_SEED, PARKED_SEED, Recording, make_recording, parked_pose
+from tests.tracking.tracking_bench import (
+    NOVICE_SEED,
+    PARKED_SEED,
+    Recording,
+    make_recording,
+    parked_pose,
+    wait_until,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,15 +54,6 @@ def sources() -> Iterator[list[CameraSource]]:
 
 
 _sonoguide = run_sonoguide
-
-
-def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
 
 
 def test_probe_pose_matches_ground_truth_and_occlusion_gives_no_pose(novice: Recording) -> None:
@@ -131,7 +129,7 @@ def test_camera_source_tracks_a_recording_in_host_time(novice: Recording, tmp_pa
     spec = CameraSpec("recording", recording=str(novice.path), loop=False, real_time=True)
     src = CameraSource(spec, calibration, lost_after_s=0.1)
     sources.append(src.start())
-    assert _wait(lambda: src.state == "absent", 20.0), src.state  # played to the end (slow when loaded)
+    assert wait_until(lambda: src.state == "absent", 20.0), src.state  # played to the end (slow when loaded)
     states = [state for _, state in src.state_log]
     # Found, hidden by the passing hand, found again, then the recording ended.
     assert states[:5] == ["searching", "tracking", "lost", "tracking", "absent"], states
@@ -168,7 +166,7 @@ def test_absent_camera_and_unconfigured_camera(tmp_path: Path, sources) -> None:
     missing = CameraSource(CameraSpec("recording", recording=str(tmp_path / "nope.db3")), retry_s=0.2)
     unknown = CameraSource(CameraSpec("realsense", serial="123456789012"), retry_s=0.2)
     sources.extend([missing.start(), unknown.start()])
-    assert _wait(lambda: missing.state == "absent" and unknown.state == "absent", 5.0)
+    assert wait_until(lambda: missing.state == "absent" and unknown.state == "absent", 5.0)
     assert "nope.db3: no such recording file" in missing.last_error
     assert "no RealSense camera with serial 123456789012" in unknown.last_error
     assert missing.pose_at(time.monotonic()) is None
@@ -182,11 +180,11 @@ def test_uncalibrated_camera_calibrates_on_request(parked: Recording, tmp_path: 
     src = camera_from_config(config)
     assert src is not None
     sources.append(src.start())
-    assert _wait(lambda: src.state == "uncalibrated", 3.0), src.state
+    assert wait_until(lambda: src.state == "uncalibrated", 3.0), src.state
     assert src.pose_at(time.monotonic()) is None
     result = src.calibrate(frames=5)
     assert result["residual_mm"] < 1.0 and result["path"] == str(path) and path.is_file()
-    assert _wait(lambda: src.state == "tracking", 2.0), src.state
+    assert wait_until(lambda: src.state == "tracking", 2.0), src.state
     latest = src.track.latest()
     assert latest is not None
     pose = src.pose_at(latest.host_time - 0.01)

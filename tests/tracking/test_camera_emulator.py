@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import struct
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from sim.camera import Occluder, default_camera
 from sim.novice import random_start_pose
 from sim.phantom import make_phantom
 from sim.truth import pose_error
+from tests.tracking.tracking_bench import wait_until
 
 HELLO = CameraHello("EMU1", 4, 3, 600.0, 600.0, 2.0, 1.5, 20.0)
 
@@ -62,13 +62,6 @@ def test_wire_round_trip_and_damaged_streams_named() -> None:
             read_frame(io.BytesIO(data), HELLO)
     with pytest.raises(ValueError, match="not one registered frame"):
         encode_frame(1, 1.0, rgb, depth[:2])
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_daemon_camera_source_calibrates_tracks_the_emulated_probe_and_finds_it_after_each_loss(
@@ -118,17 +111,19 @@ def test_daemon_camera_source_calibrates_tracks_the_emulated_probe_and_finds_it_
         # each is said (lost, absent) and each time the camera is back the probe is tracked again.
         src = source
         covered[0] = True
-        assert _wait(lambda: src.state == "lost"), src.state
+        assert wait_until(lambda: src.state == "lost"), src.state
         covered[0] = False
-        assert _wait(lambda: src.state == "tracking"), src.state
+        assert wait_until(lambda: src.state == "tracking"), src.state
         emulator.stalled.set()
-        assert _wait(lambda: src.state == "absent"), src.state
+        assert wait_until(lambda: src.state == "absent"), src.state
         emulator.stalled.clear()
-        assert _wait(lambda: src.state == "tracking"), (src.state, src.last_error)
+        assert wait_until(lambda: src.state == "tracking"), (src.state, src.last_error)
         emulator.stop()
-        assert _wait(lambda: src.state == "absent" and "no camera emulator" in src.last_error), src.last_error
+        assert wait_until(lambda: src.state == "absent" and "no camera emulator" in src.last_error), (
+            src.last_error
+        )
         emulator = start_emulator()
-        assert _wait(lambda: src.state == "tracking"), (src.state, src.last_error)
+        assert wait_until(lambda: src.state == "tracking"), (src.state, src.last_error)
         said = iter(s for _, s in src.state_log)  # in this order (a frame missing a marker may add more)
         expected = ("lost", "tracking", "absent", "searching", "tracking", "absent", "searching", "tracking")
         assert all(state in said for state in expected), list(src.state_log)

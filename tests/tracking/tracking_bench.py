@@ -4,6 +4,8 @@ once per session with sim.camera and read back through rs.pipeline (service.trac
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,3 +59,13 @@ def make_recording(path: Path, seed: int, seconds: float, parked: bool) -> Recor
     )
     assert [f.number for f in frames] == list(range(n)), "the recording must play back every frame"
     return Recording(path, sidecar, frames, intr)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` s have passed; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())
