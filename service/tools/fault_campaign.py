@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import logging
 import math
 import tempfile
 import threading
@@ -51,6 +52,8 @@ from firmware_bridge.emulator.endpoints import PtyEndpoint
 from firmware_bridge.emulator.state import Capabilities
 from service.tools.benchmark.procs import DEVICE_ID, DaemonProcess, write_config
 from service.tools.local_broker import LocalBroker
+
+log = logging.getLogger(__name__)
 
 ROOT = f"sonoguide/{DEVICE_ID}/"
 REPLY_TIMEOUT_S = 5.0
@@ -591,6 +594,15 @@ class Campaign:
         self._lost_requests += (frozen is None) + (live is None)
         return 2, f"frozen {hold:g} s; status said {state!r} while frozen"
 
+    def _auto_back_on(self) -> None:
+        """Switch auto gain and auto depth back on after a fault that may have switched them off (the
+        fuzz does); a refused or unanswered request counts as a lost reply."""
+        for which in ("gain", "depth"):
+            reply = self.observer.request("set_auto", {"param": which, "enabled": True})
+            if reply is None or not reply.get("ok"):
+                self._lost_requests += 1
+                log.warning("campaign: set_auto %s on was not carried out: %s", which, reply)
+
     def _fault_command_flood(self) -> tuple[int, str]:
         n = 2000 if self.long else 200
         flood = Observer(self.broker.port, "flood")
@@ -604,7 +616,7 @@ class Campaign:
         finally:
             flood.close()
         self._lost_requests += len(lost)
-        self.observer.request("set_auto", {"gain": True, "depth": True})
+        self._auto_back_on()
         return n, f"{n} set_param as fast as paho sends; {busy} answered busy"
 
     def _fault_fuzzed_commands(self) -> tuple[int, str]:
@@ -628,7 +640,7 @@ class Campaign:
         self._internal_errors += internal
         # Whatever the fuzz left: live image, auto on.
         self.observer.request("freeze", {"frozen": False})
-        self.observer.request("set_auto", {"gain": True, "depth": True})
+        self._auto_back_on()
         return n, f"{n} hypothesis-made requests over {len(clients)} clients"
 
     def run(self, faults: tuple[str, ...]) -> list[FaultResult]:
