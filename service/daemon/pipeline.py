@@ -31,7 +31,7 @@ from service.daemon.handoff import LatestSlot
 from service.daemon.link_events import handle_link_event
 from service.daemon.probe import DEPTH, FREQUENCY, GAIN, limits_from_info
 from service.daemon.probe_state import ProbeState
-from service.policy.autotune import AutoDepth, AutoGain, Change, ContactGainGuard, ProbeLimits
+from service.policy.autotune import AutoDepth, AutoGain, Change, ContactGainGuard, ProbeLimits, SkinMemory
 from service.policy.belief import BeliefCalibration
 from service.policy.camera_guidance import (
     BeliefGuide,
@@ -76,7 +76,9 @@ class Pipeline:
         self.log = device_logger(__name__, name)
         self.limits = limits or limits_from_info(getattr(link, "info", None))
         self.auto_gain = AutoGain(self.limits)
-        self.contact_guard = ContactGainGuard()
+        self.contact_guard = ContactGainGuard(self.limits)
+        self.skin = SkinMemory()  # with a camera: was the probe lifted since the model last saw skin?
+        self.shadowed = False  # ... no contact, yet not lifted: the belief guides out of the shadow
         self.auto_depth = AutoDepth(self.limits)
         # settings, manual override, auto flags, frozen, the change detector, events
         self.state = ProbeState(publisher, clock, auto, self.log)
@@ -182,8 +184,10 @@ class Pipeline:
 
         gain_now, depth_now = tunable_setting("gain", GAIN), tunable_setting("depth", DEPTH)
         guarded_gain = tunable_setting("gain", GAIN, on_skin=False)  # the guard watches contact itself
+        on_skin = self._on_skin(work)
+        self.shadowed = self.skin.shadowed(out.contact, on_skin, now)
         if guarded_gain is not None:
-            change = self.contact_guard.update(out.contact, guarded_gain, now)
+            change = self.contact_guard.update(out.contact, guarded_gain, now, on_skin)
             if change:
                 changes.append(change)
         if gain_now is not None:
@@ -202,6 +206,16 @@ class Pipeline:
                 applied.append(change)
         return applied
 
+    def _on_skin(self, work: Work) -> bool:
+        """Whether the camera says the probe was not lifted since the model last saw skin (no camera
+        or no tracked pose: not known, False)."""
+        if self.camera is None or work.output is None:
+            return False
+        pose = newest_pose(self.camera.pose_at, work.frame.host_time)
+        position = pose.position_mm if pose is not None else None
+        self.skin.note(work.output.contact, position, pose.patient_from_probe if pose is not None else None)
+        return self.skin.on_skin(position)
+
     def guide(self, work: Work) -> dict[str, Any]:
         out, now = work.output, self.clock.now()
         assert out is not None
@@ -218,6 +232,7 @@ class Pipeline:
             visible=out.target_visible,
             belief=belief,
             belief_good_quality=self.belief.agreeing_quality() if self.belief is not None else None,
+            shadowed=self.shadowed,
         )
         work.times["guided"] = now
         with self._seq_lock:
@@ -311,6 +326,7 @@ class Pipeline:
     def set_preset(self, preset: str | None, reason: str = "preset changed") -> None:
         """Restart the target belief: a new exam preset (its prior), or None to keep the preset (a new
         camera calibration puts the tracked poses in another frame)."""
+        self.skin.forget()
         if self.belief is None:
             return
         self.belief.reset(preset)
@@ -399,7 +415,7 @@ class Pipeline:
             raise RuntimeError(f"the probe did not accept {param} = {value}")
         self.state.note_manual(param, now)
         if param == GAIN:
-            self.contact_guard = ContactGainGuard()  # the user's gain is not ours to undo
+            self.contact_guard = ContactGainGuard(self.limits)  # the user's gain is not ours to undo
         return float(self.state.setting(param) or 0.0)
 
     def on_link_event(self, event: dict[str, Any]) -> None:
@@ -409,7 +425,7 @@ class Pipeline:
             if limits != self.limits:  # its own limits, nothing of the old (or the defaults)
                 self.limits = limits
                 self.auto_gain, self.auto_depth = AutoGain(limits), AutoDepth(limits)
-                self.contact_guard = ContactGainGuard()
+                self.contact_guard = ContactGainGuard(limits)
         handle_link_event(self.state, event, lambda: self.last_frame_id)
         if event.get("type") == "capture_button":
             self.capture_latest("probe", "probe button")

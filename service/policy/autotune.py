@@ -11,6 +11,8 @@ import math
 import statistics
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class ProbeLimits:
@@ -123,6 +125,9 @@ class ContactGuardParams:
     lost_below: float = 0.15  # the model's contact under this: it sees no skin at all
     lost_s: float = 1.0  # ... for this long
     moved_db: float = 6.0  # ... with the gain this far from where it last saw skin
+    # ... or, with the camera saying the probe was not lifted, raise the gain this much per ``lost_s``:
+    # the probe slid over tissue that needs more gain than the last gain with skin (a rib shadow).
+    search_step_db: float = 10.0
 
 
 class ContactGainGuard:
@@ -133,35 +138,103 @@ class ContactGainGuard:
     good (seen in the closed loop: 40 dB too dark, 30 s). When contact has been gone ``lost_s`` and the
     gain is ``moved_db`` or more from the gain of the last frame with contact, go back to that gain,
     once per loss. A probe really lifted off the skin loses nothing by it: that gain was fine.
+
+    A probe that slid into tissue needing far more gain (best gain at the probe's top, the image black
+    at the last gain with skin) looks lifted too. When the caller knows the probe is still on the skin
+    (``on_skin``: the camera saw no lift since the last contact), the gain is raised ``search_step_db``
+    every ``lost_s`` up to the probe's top, and brought back to where the search began if even the top
+    shows no skin (then it is the gel, not the gain), once per loss.
     """
 
-    def __init__(self, params: ContactGuardParams | None = None) -> None:
+    def __init__(self, limits: ProbeLimits | None = None, params: ContactGuardParams | None = None) -> None:
+        self.limits = limits or ProbeLimits()
         self.params = params or ContactGuardParams()
         self._gain_with_contact: float | None = None
         self._lost_since: float | None = None
+        self._search_from: float | None = None  # the gain the search for a darker region began at
+        self._search_over = False
 
-    def update(self, contact: float, gain_db: float, now: float) -> Change | None:
+    def update(self, contact: float, gain_db: float, now: float, on_skin: bool = False) -> Change | None:
         p = self.params
         if contact >= 0.5 or self._gain_with_contact is None:  # the first frame's gain until then
             self._gain_with_contact = gain_db
         if contact >= 0.5:
-            self._lost_since = None
+            self._lost_since, self._search_from, self._search_over = None, None, False
             return None
         if contact >= p.lost_below:
             return None
         if self._lost_since is None:
             self._lost_since = now
             return None
-        good = self._gain_with_contact
-        if now - self._lost_since < p.lost_s or abs(gain_db - good) < p.moved_db:
+        if now - self._lost_since < p.lost_s:
             return None
-        self._lost_since = None
+        good = self._gain_with_contact
+        if self._search_from is None and abs(gain_db - good) >= p.moved_db:
+            self._lost_since = None
+            return Change(
+                "gain_db",
+                gain_db,
+                good,
+                f"no skin contact seen since the gain moved from {good:g} dB: back to it",
+            )
+        if not on_skin or self._search_over:
+            return None
+        self._lost_since = None  # the next step after another ``lost_s`` at the new gain
+        if self._search_from is None:
+            self._search_from = gain_db
+        top = self.limits.quantize_gain(self.limits.gain_max_db)
+        if gain_db >= top:
+            self._search_over = True
+            start = self._search_from
+            if start >= top:
+                return None
+            return Change(
+                "gain_db",
+                gain_db,
+                start,
+                f"no skin contact seen up to {top:g} dB with the probe on the skin: back to {start:g} dB",
+            )
         return Change(
             "gain_db",
             gain_db,
-            good,
-            f"no skin contact seen since the gain moved from {good:g} dB: back to it",
+            self.limits.quantize_gain(gain_db + p.search_step_db),
+            "no skin contact seen, yet the camera saw no lift: a darker region? gain up",
         )
+
+
+class SkinMemory:
+    """Whether a tracked probe is still on the skin where the model last saw contact: it has not moved
+    back along its beam axis by more than ``lift_mm`` since (sliding along the skin moves it across)."""
+
+    def __init__(self, lift_mm: float = 3.0, shadow_s: float = 3.0) -> None:
+        self.lift_mm = lift_mm
+        self.shadow_s = shadow_s
+        self._contact: tuple[np.ndarray, np.ndarray] | None = None  # face position, beam axis
+        self._dark_since: float | None = None
+
+    def note(self, contact: float, position: np.ndarray | None, rotation: np.ndarray | None) -> None:
+        if contact >= 0.5 and position is not None and rotation is not None:
+            self._contact = (np.asarray(position, float), np.asarray(rotation, float)[:, 2])
+
+    def forget(self) -> None:
+        self._contact, self._dark_since = None, None
+
+    def shadowed(self, contact: float, on_skin: bool, now: float) -> bool:
+        """No contact for ``shadow_s`` while the probe stayed on the skin: the beam is in a shadow (a
+        rib, gas) that the probe must leave, not a probe to put back on the skin with gel."""
+        if contact >= 0.5 or not on_skin:
+            self._dark_since = None
+            return False
+        if self._dark_since is None:
+            self._dark_since = now
+        return now - self._dark_since >= self.shadow_s
+
+    def on_skin(self, position: np.ndarray | None) -> bool:
+        if self._contact is None or position is None:
+            return False
+        face, beam = self._contact
+        lifted = -float(np.dot(np.asarray(position, float) - face, beam))
+        return lifted <= self.lift_mm
 
 
 @dataclass(frozen=True)

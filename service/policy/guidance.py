@@ -331,6 +331,7 @@ class GuidanceEngine:
         visible: float | None = None,
         belief: Correction | None = None,
         belief_good_quality: float | None = None,
+        shadowed: bool = False,
     ) -> tuple[Instruction, bool]:
         """The instruction to show now, and whether to capture this frame.
 
@@ -338,6 +339,9 @@ class GuidanceEngine:
         holds every frame's model output. "Hold still" and the capture then need the image (quality)
         *and* the belief (correction within tolerance) to agree; ``belief_good_quality`` is the image
         quality that counts as good then (the model's own score at the view, from its manifest).
+        ``shadowed`` (with a belief): no contact, yet the camera saw the probe stay on the skin; the
+        belief's motion is shown instead of "press" / "add gel" (the probe must leave a shadow), and
+        no capture is made without contact.
         """
         p = self.params
         seen = quality if visible is None else visible
@@ -350,8 +354,10 @@ class GuidanceEngine:
             judged = max(quality, p.good_quality) if agree else min(quality, p.good_quality - 1e-6)
             fused = self.filter.update(belief, now)
             current = self.stabilizer.shown.id if self.stabilizer.shown else None
+            words_contact = max(contact, p.contact_min) if shadowed else contact
             raw = replace(
-                choose_instruction(fused, judged, contact, p, patient_from_probe, current), basis=BASIS_BELIEF
+                choose_instruction(fused, judged, words_contact, p, patient_from_probe, current),
+                basis=BASIS_BELIEF,
             )
             self.search.reset()
             return self._show(raw, judged, contact, now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 
 from service.policy.autotune import (
@@ -14,6 +15,7 @@ from service.policy.autotune import (
     ManualChangeDetector,
     ManualOverride,
     ProbeLimits,
+    SkinMemory,
     depth_step_for,
 )
 
@@ -199,3 +201,75 @@ def test_contact_lost_at_the_same_gain_is_the_probe_lifted_not_the_gain() -> Non
     guard.update(0.9, 50.0, 0.0)
     assert all(guard.update(0.05, 47.0, t / 10) is None for t in range(1, 50))  # 3 dB: not the gain
     assert all(guard.update(0.3, 20.0, 5 + t / 10) is None for t in range(50))  # partial contact: wait
+
+
+def _dark(guard: ContactGainGuard, gain: float, t0: float, seconds: float, on_skin: bool) -> list:
+    """Frames of a black image (no contact) every 0.1 s; the guard's changes, applied as they come."""
+    changes = []
+    for k in range(round(seconds * 10)):
+        change = guard.update(0.02, gain, t0 + k / 10, on_skin=on_skin)
+        if change is not None:
+            changes.append(change)
+            gain = change.new
+    return changes
+
+
+def test_on_the_skin_a_black_image_raises_the_gain_step_by_step_to_the_top() -> None:
+    # A probe that slid into a shadow: skin seen at 23 dB, then black at that same gain; the camera
+    # says it was not lifted. 10 dB a step, one step per second of no contact, up to the top (60).
+    limits = ProbeLimits(gain_min_db=0, gain_max_db=60, gain_step_db=1.0)
+    guard = ContactGainGuard(limits)
+    guard.update(0.9, 23.0, 0.0)
+    steps = _dark(guard, 23.0, 0.1, 6.0, on_skin=True)
+    assert [(c.old, c.new) for c in steps] == [
+        (23.0, 33.0),
+        (33.0, 43.0),
+        (43.0, 53.0),
+        (53.0, 60.0),
+        (60.0, 23.0),
+    ]
+    assert all("gain up" in c.reason for c in steps[:4]) and "up to 60 dB" in steps[4].reason
+    assert _dark(guard, 23.0, 6.2, 5.0, on_skin=True) == []  # once per loss: then it is the gel
+    assert guard.update(0.9, 23.0, 12.0) is None  # skin again: a later loss may search again
+    assert [c.new for c in _dark(guard, 23.0, 12.1, 1.3, on_skin=True)] == [33.0]
+
+
+def test_contact_coming_back_stops_the_search_where_skin_was_seen() -> None:
+    guard = ContactGainGuard(ProbeLimits(gain_min_db=0, gain_max_db=60))
+    guard.update(0.9, 20.0, 0.0)
+    assert [c.new for c in _dark(guard, 20.0, 0.1, 1.3, on_skin=True)] == [30.0]
+    assert guard.update(0.8, 30.0, 1.5) is None  # skin at 30 dB: auto gain takes it from here
+    assert _dark(guard, 30.0, 1.6, 0.5, on_skin=True) == []  # a new loss waits its second again
+
+
+def test_without_the_camera_saying_on_skin_the_gain_is_not_searched() -> None:
+    guard = ContactGainGuard(ProbeLimits(gain_min_db=0, gain_max_db=60))
+    guard.update(0.9, 23.0, 0.0)
+    assert _dark(guard, 23.0, 0.1, 8.0, on_skin=False) == []  # a lifted probe: its gain was fine
+
+
+def test_skin_memory_tells_a_lift_from_a_slide() -> None:
+    skin = SkinMemory(lift_mm=3.0, shadow_s=3.0)
+    beam_down = np.diag([1.0, -1.0, -1.0])  # beam axis along patient −z: into a patient lying below
+    assert not skin.on_skin(np.zeros(3))  # no contact seen yet: not known
+    skin.note(0.2, np.zeros(3), beam_down)
+    assert not skin.on_skin(np.zeros(3))  # a frame without contact is not a contact pose
+    skin.note(0.9, np.array([0.0, 0.0, 10.0]), beam_down)
+    assert skin.on_skin(np.array([25.0, -15.0, 10.0]))  # slid 29 mm across the skin
+    assert skin.on_skin(np.array([0.0, 0.0, 12.9]))  # 2.9 mm back along the beam: tremor
+    assert not skin.on_skin(np.array([0.0, 0.0, 13.1]))  # 3.1 mm back: lifted
+    assert skin.on_skin(np.array([0.0, 0.0, 4.0]))  # pressed in
+    assert not skin.on_skin(None)  # not tracked now
+    skin.forget()
+    assert not skin.on_skin(np.array([0.0, 0.0, 10.0]))
+
+
+def test_a_shadow_is_no_contact_on_the_skin_for_three_seconds() -> None:
+    skin = SkinMemory(shadow_s=3.0)
+    assert not skin.shadowed(0.1, True, 0.0)
+    assert not skin.shadowed(0.1, True, 2.9)
+    assert skin.shadowed(0.1, True, 3.0)
+    assert not skin.shadowed(0.1, False, 3.1)  # lifted: the clock starts again
+    assert not skin.shadowed(0.1, True, 5.0) and not skin.shadowed(0.1, True, 7.9)
+    assert skin.shadowed(0.1, True, 8.0)
+    assert not skin.shadowed(0.6, True, 8.1)  # contact again

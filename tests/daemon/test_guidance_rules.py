@@ -165,6 +165,18 @@ def test_with_a_belief_the_correction_is_smoothed_too() -> None:
     assert (later.id, later.magnitude) == ("slide_head", round(20 - 10 * (1 - math.exp(-1)), 1))
 
 
+def test_in_a_shadow_the_belief_guides_instead_of_asking_for_gel_and_nothing_is_captured() -> None:
+    # No contact (0.05) with the probe on the skin: the belief's motion is shown, not "add gel"; and
+    # a view good by every other measure is still not captured without contact.
+    engine = GuidanceEngine()
+    shown = engine.update(corr(), 0.3, 0.05, 0.0, belief=corr(t=(20.0, 0, 0)), shadowed=True)[0]
+    assert shown.id == "slide_head"
+    assert engine.update(corr(), 0.3, 0.05, 0.1, belief=corr(t=(20.0, 0, 0)))[0].id == "more_gel"
+    there = GuidanceEngine()
+    out = [there.update(corr(), 0.9, 0.05, i / 10, belief=corr(), shadowed=True) for i in range(40)]
+    assert out[-1][0].id == "hold_still" and not any(capture for _, capture in out)
+
+
 # --- the engine's other rules, at their edges (from the mutation report: docs/testing.md) --------------
 
 

@@ -30,6 +30,34 @@ def test_camera_arm_brings_the_novice_to_the_view(model) -> None:  # type: ignor
     assert all(r.time_to_plane_s is not None and r.time_to_plane_s <= 60.0 for r in reached)
 
 
+@pytest.mark.timeout(600)
+def test_a_probe_that_slid_into_a_shadow_gets_its_gain_raised_and_reaches_the_view(model) -> None:  # type: ignore[no-untyped-def]
+    """Two default-seed starts (`sonoguide eval`, 2026-12-02) where the probe slides onto tissue needing
+    the probe's top gain: the image goes black at the last gain with skin and the model reads "no
+    contact". Before the skin memory both showed "add gel" for 30-45 s and never reached the view.
+    Now the camera says the probe was not lifted: the gain is raised out of the black and the belief
+    guides out of the shadow."""
+    from service.daemon.pipeline import Pipeline
+
+    reasons: list[str] = []
+    original = Pipeline._apply
+
+    def spy(self, change, source, frame_id=None):  # type: ignore[no-untyped-def]
+        reasons.append(change.reason)
+        return original(self, change, source, frame_id)
+
+    Pipeline._apply = spy  # type: ignore[method-assign]
+    try:
+        results = [
+            run_episode(EpisodeSpec.draw(seed), "camera", lambda: model, 0.3, limit_s=40.0, hold_s=0.0)
+            for seed in (200003, 200009)
+        ]
+    finally:
+        Pipeline._apply = original  # type: ignore[method-assign]
+    assert any("camera saw no lift" in r for r in reasons), reasons
+    assert all(r.success for r in results), [(r.seed, r.final_distance_mm, r.instructions) for r in results]
+
+
 def test_camera_arm_words_are_named_from_the_tracked_pose(model) -> None:  # type: ignore[no-untyped-def]
     """While the tracker has the probe the belief guides (basis "belief"); in its dropouts (a hand or
     the handle hides a marker: ~18% of frames, measured) the image alone does, in the default hold."""
