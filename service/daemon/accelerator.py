@@ -7,6 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+# Config names of execution providers -> ONNX Runtime names (docs/architecture.md, [model] providers).
+# Here, not beside the ONNX model, so the doctor can name them without importing ONNX Runtime.
+PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
 # Desktop/server driver nodes, and the Jetson (Tegra) GPU's.
 GPU_DEVICE_PATTERNS = ("nvidia[0-9]*", "nvhost-ctrl-gpu", "nvhost-gpu", "nvmap", "nvgpu")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")

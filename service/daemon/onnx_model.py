@@ -23,18 +23,13 @@ import numpy as np
 
 from firmware_bridge.devicelog import device_logger
 from models.imageprep import resize
-from service.daemon.accelerator import cpu_despite_gpu, gpu_devices
+from service.daemon.accelerator import PROVIDER_NAMES, cpu_despite_gpu, gpu_devices
 from service.model_store.compat import OUTPUT_UNITS
 from service.seams import ModelOutput
 
 log = logging.getLogger(__name__)
 
 MODELS_ROOT = Path(__file__).resolve().parents[2] / "models"
-PROVIDER_NAMES = {
-    "tensorrt": "TensorrtExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
 # ModelOutput field -> the unit the manifest must declare for it (the model contract, one place).
 EXPECTED_UNITS = OUTPUT_UNITS
 _PROVIDER_LIBS = {

@@ -31,7 +31,15 @@ from service.daemon.handoff import LatestSlot
 from service.daemon.link_events import handle_link_event
 from service.daemon.probe import DEPTH, FREQUENCY, GAIN, limits_from_info
 from service.daemon.probe_state import ProbeState
-from service.policy.autotune import AutoDepth, AutoGain, Change, ContactGainGuard, ProbeLimits, SkinMemory
+from service.policy.autotune import (
+    SKIN_CONTACT,
+    AutoDepth,
+    AutoGain,
+    Change,
+    ContactGainGuard,
+    ProbeLimits,
+    SkinMemory,
+)
 from service.policy.belief import BeliefCalibration
 from service.policy.camera_guidance import (
     BeliefGuide,
@@ -177,7 +185,7 @@ class Pipeline:
                 and value is not None
                 and float(value) == current[param]
                 and not self.state.paused(param, now)
-                and (out.contact >= 0.5 or not on_skin)
+                and (out.contact >= SKIN_CONTACT or not on_skin)
             ):
                 return float(value)
             return None

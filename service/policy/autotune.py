@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The model's contact (0-1) at or above which the probe images tissue: auto-tuning, the contact guard,
+# the skin memory and the target belief act on such frames only.
+SKIN_CONTACT = 0.5
+
 
 @dataclass(frozen=True)
 class ProbeLimits:
@@ -156,9 +160,9 @@ class ContactGainGuard:
 
     def update(self, contact: float, gain_db: float, now: float, on_skin: bool = False) -> Change | None:
         p = self.params
-        if contact >= 0.5 or self._gain_with_contact is None:  # the first frame's gain until then
+        if contact >= SKIN_CONTACT or self._gain_with_contact is None:  # the first frame's gain until then
             self._gain_with_contact = gain_db
-        if contact >= 0.5:
+        if contact >= SKIN_CONTACT:
             self._lost_since, self._search_from, self._search_over = None, None, False
             return None
         if contact >= p.lost_below:
@@ -213,7 +217,7 @@ class SkinMemory:
         self._dark_since: float | None = None
 
     def note(self, contact: float, position: np.ndarray | None, rotation: np.ndarray | None) -> None:
-        if contact >= 0.5 and position is not None and rotation is not None:
+        if contact >= SKIN_CONTACT and position is not None and rotation is not None:
             self._contact = (np.asarray(position, float), np.asarray(rotation, float)[:, 2])
 
     def forget(self) -> None:
@@ -222,7 +226,7 @@ class SkinMemory:
     def shadowed(self, contact: float, on_skin: bool, now: float) -> bool:
         """No contact for ``shadow_s`` while the probe stayed on the skin: the beam is in a shadow (a
         rib, gas) that the probe must leave, not a probe to put back on the skin with gel."""
-        if contact >= 0.5 or not on_skin:
+        if contact >= SKIN_CONTACT or not on_skin:
             self._dark_since = None
             return False
         if self._dark_since is None:

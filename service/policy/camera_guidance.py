@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from service.policy.autotune import SKIN_CONTACT
 from service.policy.belief import (
     AXES,
     BeliefCalibration,
@@ -122,7 +123,7 @@ class BeliefGuide:
         if reason is not None:
             self.reset()
         self._previous = (taken_at, np.asarray(position, float), np.asarray(rotation, float))
-        if contact >= 0.5:
+        if contact >= SKIN_CONTACT:
             scores_ok = abs(gain_error_db) <= p.scores_gain_db
             obs = Observation(np.asarray(correction, float), float(visible), float(quality), scores_ok)
             self.belief.update(obs, position, rotation)

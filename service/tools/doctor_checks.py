@@ -14,12 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-# Config names of execution providers -> ONNX Runtime names (docs/architecture.md, [model] providers).
-PROVIDER_NAMES = {
-    "tensorrt": "TensorrtExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
+from service.daemon.accelerator import PROVIDER_NAMES
+
 UDEV_RULES = "/etc/udev/rules.d/99-sonoguide.rules"
 
 
