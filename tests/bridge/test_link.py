@@ -197,7 +197,7 @@ def test_one_percent_of_bytes_corrupted_link_survives_counts_and_never_applies_a
     # images stop; short messages mostly get through. The link must stay up (or come back by itself),
     # count what it rejects, and apply nothing that was corrupted.
     emu, link, _ = bench(
-        faults=Faults(corrupt_byte_rate=0.01), seed=7, link_kwargs={"retries": 6, "request_timeout": 0.15}
+        faults=Faults(corrupt_byte_rate=0.01), seed=7, link_kwargs={"retries": 6, "request_timeout": 0.3}
     )
     requested = set()
     confirmed = 0
