@@ -106,7 +106,11 @@ def test_a_new_pty_without_the_stable_link_is_reported_as_such_not_as_no_frames(
         status = absent()[-1]
         assert status["probe"]["state"] != "no_frames"
         detail = status["probe"]["detail"]
-        assert f"{old_path} no longer exists" in detail and "pseudo-terminal" in detail, detail
+        # Gone, or (another test's pty under xdist, or any program on a real device) the kernel handed
+        # the same number out again at once: both are named for what they are.
+        gone = f"{old_path} no longer exists" in detail and "pseudo-terminal" in detail
+        reused = f"no probe answers on {old_path}" in detail and "handed out afresh" in detail
+        assert gone or reused, detail
         assert "stable link path" in detail and detail in status["summary"], status
     finally:
         bench.close()
