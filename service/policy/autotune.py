@@ -218,7 +218,7 @@ class SkinMemory:
 
     def note(self, contact: float, position: np.ndarray | None, rotation: np.ndarray | None) -> None:
         if contact >= SKIN_CONTACT and position is not None and rotation is not None:
-            self._contact = (np.asarray(position, float), np.asarray(rotation, float)[:, 2])
+            self._contact = (np.array(position), np.array(rotation)[:, 2])  # copies: the caller's may change
 
     def forget(self) -> None:
         self._contact, self._dark_since = None, None
@@ -237,7 +237,7 @@ class SkinMemory:
         if self._contact is None or position is None:
             return False
         face, beam = self._contact
-        lifted = -float(np.dot(np.asarray(position, float) - face, beam))
+        lifted = -float(np.dot(np.subtract(position, face), beam))
         return lifted <= self.lift_mm
 
 

@@ -273,3 +273,57 @@ def test_a_shadow_is_no_contact_on_the_skin_for_three_seconds() -> None:
     assert not skin.shadowed(0.1, True, 5.0) and not skin.shadowed(0.1, True, 7.9)
     assert skin.shadowed(0.1, True, 8.0)
     assert not skin.shadowed(0.6, True, 8.1)  # contact again
+
+
+# --- the guard's and the skin memory's edges (from the mutation report: docs/testing.md) -------------
+
+
+def test_every_guard_change_is_a_gain_change_with_its_reason() -> None:
+    limits = ProbeLimits(gain_min_db=0, gain_max_db=60)
+    guard = ContactGainGuard(limits)
+    guard.update(0.9, 50.0, 0.0)
+    back = _dark(guard, 20.0, 0.1, 1.3, on_skin=True)  # moved 30 dB: back to where skin was seen first
+    searched = _dark(guard, 50.0, 1.5, 3.5, on_skin=True)  # still black at 50: search up, then back
+    assert [(c.old, c.new) for c in back + searched] == [(20.0, 50.0), (50.0, 60.0), (60.0, 50.0)]
+    assert all(c.param == "gain_db" for c in back + searched)
+    assert searched[0].reason == "no skin contact seen, yet the camera saw no lift: a darker region? gain up"
+    assert searched[1].reason == "no skin contact seen up to 60 dB with the probe on the skin: back to 50 dB"
+
+
+def test_the_guard_counts_contact_and_loss_at_their_exact_thresholds() -> None:
+    guard = ContactGainGuard()
+    guard.update(0.5, 50.0, 0.0)  # exactly SKIN_CONTACT: skin, at 50 dB
+    guard.update(0.5, 40.0, 0.1)  # ... and again at 40 dB: the newest gain with skin counts
+    assert guard.update(0.15, 20.0, 0.2) is None and guard.update(0.15, 20.0, 5.0) is None  # 0.15: not lost
+    assert guard.update(0.1, 34.0, 5.1) is None  # lost from here
+    change = guard.update(0.1, 34.0, 6.1)  # exactly lost_s later, exactly moved_db from 40
+    assert change is not None and (change.old, change.new) == (34.0, 40.0)
+    assert guard.update(0.1, 30.0, 7.0) is None  # lost again: the clock starts
+    assert guard.update(0.5, 30.0, 7.5) is None  # one frame with skin (exactly SKIN_CONTACT) stops it
+    assert guard.update(0.1, 24.0, 7.6) is None and guard.update(0.1, 24.0, 8.2) is None  # a new loss
+
+
+def test_before_any_contact_the_first_frames_gain_is_where_the_guard_returns() -> None:
+    guard = ContactGainGuard(ProbeLimits(gain_min_db=0, gain_max_db=60))
+    assert guard.update(0.02, 30.0, 0.0) is None  # no contact from the start: the clock starts now
+    change = guard.update(0.02, 40.0, 1.0)
+    assert change is not None and (change.old, change.new) == (40.0, 30.0)
+    fresh = ContactGainGuard(ProbeLimits(gain_min_db=0, gain_max_db=60))
+    assert [c.new for c in _dark(fresh, 30.0, 0.0, 2.3, on_skin=True)] == [40.0, 50.0]  # never saw skin
+
+
+def test_a_search_from_the_top_has_nowhere_to_go() -> None:
+    guard = ContactGainGuard(ProbeLimits(gain_min_db=0, gain_max_db=60))
+    guard.update(0.9, 60.0, 0.0)
+    assert _dark(guard, 60.0, 0.1, 5.0, on_skin=True) == []
+
+
+def test_skin_memory_defaults_and_edges() -> None:
+    skin = SkinMemory()  # 3 mm of lift, 3 s of shadow
+    beam_down = np.diag([1.0, -1.0, -1.0])
+    skin.note(0.5, np.array([0.0, 0.0, 10.0]), beam_down)  # exactly SKIN_CONTACT: a contact pose
+    assert skin.on_skin(np.array([0.0, 0.0, 13.0]))  # exactly 3 mm back: still on the skin
+    assert not skin.on_skin(np.array([0.0, 0.0, 13.2]))
+    assert not skin.shadowed(0.1, True, 0.0) and skin.shadowed(0.1, True, 3.0)
+    assert not skin.shadowed(0.5, True, 3.1)  # exactly SKIN_CONTACT: contact, no shadow
+    assert not skin.shadowed(0.1, True, 3.2) and not skin.shadowed(0.1, True, 6.1)
