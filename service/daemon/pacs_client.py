@@ -77,10 +77,15 @@ def _tls(addr: PacsAddress) -> tuple[ssl.SSLContext, str] | None:
     return context, addr.host
 
 
+_RETRY_S = (0.05, 0.3, 0.6, 1.0)  # waits between association tries that ended in an abort
+
+
 def _associate(ae: AE, addr: PacsAddress) -> Any:
     # A peer that rejects and closes at once can look like an abort to pynetdicom when the close wins
-    # the race with the A-ASSOCIATE-RJ; another try names the real reason.
-    for attempt in range(3):
+    # the race with the A-ASSOCIATE-RJ; another try names the real reason. A loaded 2-core machine lost
+    # it three times running (1 `make test` in 5 beside `make mutation`), hence five tries, later ones
+    # further apart (2 s in all, only on the way to an error).
+    for attempt in range(len(_RETRY_S) + 1):
         try:
             assoc = ae.associate(addr.host, addr.port, ae_title=addr.called_ae, tls_args=_tls(addr))
         except (OSError, ssl.SSLError) as e:
@@ -92,8 +97,8 @@ def _associate(ae: AE, addr: PacsAddress) -> Any:
                 f"{addr.describe()} refused the association (check the AE titles: we are "
                 f"{addr.calling_ae!r}, calling {addr.called_ae!r})"
             )
-        if attempt < 2:
-            time.sleep(0.05 if attempt == 0 else 0.3)  # a loaded machine loses the race more often
+        if attempt < len(_RETRY_S):
+            time.sleep(_RETRY_S[attempt])
     # pynetdicom reports a refused connection as an abort too, so both are named.
     raise PacsUnavailableError(
         f"{addr.describe()}: no association (not listening, timed out, or aborted by the peer)"
