@@ -192,7 +192,7 @@ class Pipeline:
 
         gain_now, depth_now = tunable_setting("gain", GAIN), tunable_setting("depth", DEPTH)
         guarded_gain = tunable_setting("gain", GAIN, on_skin=False)  # the guard watches contact itself
-        on_skin = self._on_skin(work)
+        on_skin = self._on_skin(work.frame.host_time, out.contact)
         self.shadowed = self.skin.shadowed(out.contact, on_skin, now)
         if guarded_gain is not None:
             change = self.contact_guard.update(out.contact, guarded_gain, now, on_skin)
@@ -214,14 +214,14 @@ class Pipeline:
                 applied.append(change)
         return applied
 
-    def _on_skin(self, work: Work) -> bool:
+    def _on_skin(self, taken_at: float, contact: float) -> bool:
         """Whether the camera says the probe was not lifted since the model last saw skin (no camera
         or no tracked pose: not known, False)."""
-        if self.camera is None or work.output is None:
+        if self.camera is None:
             return False
-        pose = newest_pose(self.camera.pose_at, work.frame.host_time)
+        pose = newest_pose(self.camera.pose_at, taken_at)
         position = pose.position_mm if pose is not None else None
-        self.skin.note(work.output.contact, position, pose.patient_from_probe if pose is not None else None)
+        self.skin.note(contact, position, pose.patient_from_probe if pose is not None else None)
         return self.skin.on_skin(position)
 
     def guide(self, work: Work) -> dict[str, Any]:
