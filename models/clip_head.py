@@ -1,0 +1,379 @@
+"""The clip head: the pose correction and its uncertainty from a short clip of frames and their motion.
+
+The frame model (``models.net``) reads one frame; this head reads what it made of the current frame
+and of ``PAST`` earlier ones (its per-frame features, computed once per frame and kept by the service,
+so a window costs one frame's inference plus this small net), the probe motion from each earlier frame
+to the current one when the camera tracks it (with a mask when it does not), and returns the
+correction with a standard deviation per axis, trained by Gaussian negative log-likelihood and then
+scaled per axis so the 68% interval holds 68% of the truth on calibration trajectories.
+
+    python -m models.clip_head --model models/sonoguide-view/1.4.0 --out /tmp/clip  # train, evaluate
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.clip_data import FPS, Sequences, cached_generate
+from models.evaluate import AXES
+from models.inputs import prepare_images, prepare_scalars
+from sim.types import matrix_to_rotvec
+
+log = logging.getLogger(__name__)
+
+FEATURE_TENSOR = "/net/Flatten_output_0"  # the frame model's 4×4 spatial features, before its fc layers
+FEATURE_OUTPUT = "features"
+PAST_S = (0.3, 0.6, 1.0)  # how long before the current frame the earlier frames were taken
+MOTION_UNIT = 10.0  # motion inputs in units of 10 mm / 10 deg
+TOL = np.array([4.0, 4.0, 4.0, 4.0, 4.0, 4.0])  # "worth a move": as models.evaluate (mm, deg)
+CLIP_FILE = "clip_head.onnx"
+# Training phantoms 3000+ (inside dataset.TRAIN_SEEDS, beyond the frame model's 0-2599), held-out
+# trajectories on evaluation phantoms 110000+ (dataset.EVAL_SEEDS, never trained on).
+TRAIN_FROM, HELD_OUT_FROM, CHUNK = 3000, 110000, 900
+
+
+def with_feature_output(model_path: Path, out_path: Path) -> None:
+    """A copy of the frame model that also outputs its spatial features as ``features`` (N, D)."""
+    import onnx
+
+    m = onnx.load(str(model_path))
+    if FEATURE_OUTPUT in [o.name for o in m.graph.output]:
+        onnx.save(m, str(out_path))
+        return
+    node = onnx.helper.make_node("Identity", [FEATURE_TENSOR], [FEATURE_OUTPUT], name="features_out")
+    m.graph.node.append(node)
+    m.graph.output.append(onnx.helper.make_tensor_value_info(FEATURE_OUTPUT, onnx.TensorProto.FLOAT, None))
+    onnx.save(m, str(out_path))
+
+
+def encode(model_path: Path, seqs: Sequences, batch: int = 128) -> dict[str, np.ndarray]:
+    """Per-frame features and the frame model's own outputs, shaped (N, T, ...)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    n, t = seqs.images.shape[:2]
+    flat = seqs.images.reshape(n * t, *seqs.images.shape[2:])
+    depth = np.repeat(seqs.depth_mm, t)
+    freq = np.repeat(seqs.freq_mhz, t)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    for i in range(0, len(flat), batch):
+        out = sess.run(
+            names,
+            {
+                "image": prepare_images(flat[i : i + batch]),
+                "scalars": prepare_scalars(depth[i : i + batch], freq[i : i + batch]),
+            },
+        )
+        for k, v in zip(names, out, strict=True):
+            parts[k].append(v)
+    res = {k: np.concatenate(v) for k, v in parts.items()}
+    return {k: v.reshape(n, t, *v.shape[1:]) for k, v in res.items()}
+
+
+def relative_motion(pos: np.ndarray, rot: np.ndarray, past: int, now: int) -> np.ndarray:
+    """(6,) the earlier frame's pose in the current probe frame: translation mm, rotation vector deg."""
+    r_now = rot[now]
+    t = r_now.T @ (pos[past] - pos[now])
+    r = matrix_to_rotvec(r_now.T @ rot[past])
+    return np.concatenate([t, r])
+
+
+@dataclass
+class Windows:
+    features: np.ndarray  # (M, K, D): current first, then each earlier frame
+    motion: np.ndarray  # (M, K-1, 7): relative pose / MOTION_UNIT and a "tracked" flag
+    truth: np.ndarray  # (M, 6)
+    visible: np.ndarray  # (M,)
+    contact: np.ndarray  # (M,)
+    frame_correction: np.ndarray  # (M, 6) the frame model's own output for the current frame
+    group: np.ndarray  # (M,) trajectory index (splits keep trajectories whole)
+
+
+def windows(seqs: Sequences, enc: dict[str, np.ndarray], fps: float = FPS,
+            past_s: tuple[float, ...] = PAST_S) -> Windows:  # fmt: skip
+    lags = [int(np.rint(s * fps)) for s in past_s]
+    n, t = seqs.images.shape[:2]
+    feats, motion, truth, vis, cont, own, group = [], [], [], [], [], [], []
+    f = enc[FEATURE_OUTPUT]
+    own6 = np.concatenate([enc["correction_mm"], enc["correction_deg"]], axis=-1)
+    for i in range(n):
+        for now in range(max(lags), t):
+            idx = [now] + [now - lag for lag in lags]
+            feats.append(f[i, idx])
+            m = np.zeros((len(lags), 7), np.float32)
+            for j, past in enumerate(idx[1:]):
+                m[j, :6] = relative_motion(seqs.position_mm[i], seqs.rotation[i], past, now) / MOTION_UNIT
+                m[j, 6] = 1.0
+            motion.append(m)
+            truth.append(seqs.correction[i, now])
+            vis.append(seqs.visible[i, now])
+            cont.append(seqs.contact[i, now])
+            own.append(own6[i, now])
+            group.append(i)
+    return Windows(
+        np.array(feats, np.float32), np.array(motion, np.float32), np.array(truth, np.float32),
+        np.array(vis, np.float32), np.array(cont, np.float32), np.array(own, np.float32), np.array(group),
+    )  # fmt: skip
+
+
+def _torch_head(d: int, k: int, width: int = 256, proj: int = 48, dropout: float = 0.0) -> Any:
+    import torch
+    from torch import nn
+
+    class ClipHead(nn.Module):
+        """Shared per-frame projection; the current frame's and each earlier frame's difference from
+        it, with the motion between them, through an MLP → 6 means and 6 log standard deviations."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, proj), nn.ReLU())
+            self.mlp = nn.Sequential(
+                nn.Linear(proj * k + 7 * (k - 1), width), nn.ReLU(), nn.Dropout(dropout),
+                nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, 12),
+            )  # fmt: skip
+
+        def forward(self, features: torch.Tensor, motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            p = self.proj(features)  # (B, K, P)
+            now = p[:, 0]
+            diffs = (p[:, 1:] - now[:, None]).flatten(1)
+            out = self.mlp(torch.cat([now, diffs, motion.flatten(1)], dim=1))
+            return out[:, :6], out[:, 6:].clamp(-4.0, 4.0)
+
+    return ClipHead()
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    epochs: int = 15
+    batch: int = 256
+    lr: float = 1e-3
+    untracked_p: float = 0.5  # share of training windows shown without the camera's motion
+    repeat_p: float = 0.05  # ... and as a still clip (the current frame repeated, motion unknown)
+    seed: int = 1
+    # Strong regularisation: with 0.0 / 1e-4 the head learnt the training phantoms (its spread had to
+    # be scaled 2-3x on calibration trajectories) and signed worse on held-out ones.
+    dropout: float = 0.3
+    weight_decay: float = 0.05
+    proj: int = 48
+
+
+def drop_motion(features: np.ndarray, motion: np.ndarray, rng: np.random.Generator,
+                untracked_p: float, repeat_p: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Training-time input dropout: the camera lost (motion zero, flag 0), or no history at all."""
+    f, m = features.copy(), motion.copy()
+    lost = rng.uniform(size=len(m)) < untracked_p
+    m[lost] = 0.0
+    still = rng.uniform(size=len(m)) < repeat_p
+    f[still, 1:] = f[still, :1]
+    m[still] = 0.0
+    return f, m
+
+
+def train_head(w: Windows, params: HeadParams) -> Any:
+    import torch
+
+    torch.manual_seed(params.seed)
+    rng = np.random.default_rng(params.seed)
+    net = _torch_head(w.features.shape[2], w.features.shape[1], proj=params.proj, dropout=params.dropout)
+    opt = torch.optim.AdamW(net.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    steps = params.epochs * max(1, len(w.truth) // params.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.lr, total_steps=steps)
+    y_all = w.truth / TOL  # in "tolerances": mm and deg weigh alike
+    use = w.contact > 0.5
+    idx_all = np.flatnonzero(use)
+    for epoch in range(params.epochs):
+        order = rng.permutation(idx_all)
+        total = 0.0
+        for b in range(0, len(order) - params.batch + 1, params.batch):
+            idx = order[b : b + params.batch]
+            f, m = drop_motion(w.features[idx], w.motion[idx], rng, params.untracked_p, params.repeat_p)
+            mean, log_sd = net(torch.from_numpy(f), torch.from_numpy(m))
+            y = torch.from_numpy(y_all[idx])
+            # β-NLL (Seitzer et al. 2022, β = 0.5): plain NLL lets hard samples be explained away by a
+            # large variance and stops learning their mean.
+            var = torch.exp(2 * log_sd)
+            nll = 0.5 * ((y - mean) ** 2 / var + 2 * log_sd)
+            loss = (nll * var.detach() ** 0.5).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        log.info("clip head epoch %d: loss %.4f", epoch + 1, total / max(1, len(order)))
+    return net.eval()
+
+
+def predict(net: Any, features: np.ndarray, motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        mean, log_sd = net(torch.from_numpy(features), torch.from_numpy(motion))
+    return mean.numpy() * TOL, np.exp(log_sd.numpy()) * TOL
+
+
+def export_head(net: Any, path: Path, k: int, d: int, scale: np.ndarray) -> None:
+    """The head as ONNX: ``features`` (1, K, D) and ``motion`` (1, K-1, 7) → ``correction`` (1, 6) in
+    mm and degrees and its calibrated ``sd`` (1, 6)."""
+    import torch
+
+    class Exported(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+            self.tol = torch.tensor(TOL, dtype=torch.float32)
+            self.sd_unit = torch.tensor(TOL * np.asarray(scale), dtype=torch.float32)
+
+        def forward(self, features: torch.Tensor, motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            mean, log_sd = self.net(features, motion)
+            return mean * self.tol, torch.exp(log_sd) * self.sd_unit
+
+    torch.onnx.export(
+        Exported().eval(),
+        (torch.zeros(1, k, d), torch.zeros(1, k - 1, 7)),
+        str(path),
+        input_names=["features", "motion"],
+        output_names=["correction", "sd"],
+        opset_version=17,
+        dynamo=False,
+    )
+
+
+def head_latency_ms(path: Path, k: int, d: int, runs: int = 300) -> float:
+    """Median batch-of-one latency of the head on one CPU thread."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {"features": np.ones((1, k, d), np.float32), "motion": np.zeros((1, k - 1, 7), np.float32)}
+    for _ in range(20):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(1000 * (time.perf_counter() - t0))
+    return round(float(np.median(times)), 4)
+
+
+def sd_scale(mean: np.ndarray, sd: np.ndarray, truth: np.ndarray, target: float = 0.6827) -> np.ndarray:
+    """(6,) per-axis factor on ``sd`` that makes the ±1 sd interval hold ``target`` of the truth."""
+    z = np.abs(truth - mean) / sd
+    return np.quantile(z, target, axis=0)
+
+
+def report(mean: np.ndarray, sd: np.ndarray, w: Windows) -> dict[str, Any]:
+    """Sign accuracy per axis (target visible ≥ 0.5, axis ≥ 4 mm/deg off), sign of the largest axis
+    when not visible, and the share of the truth inside ±1 sd per axis."""
+    contact = w.contact > 0.5
+    vis = contact & (w.visible >= 0.5)
+    out: dict[str, Any] = {"windows": int(contact.sum()), "sign_visible": {}, "coverage_68": {}}
+    for k, a in enumerate(AXES):
+        sel = vis & (np.abs(w.truth[:, k]) >= TOL[k])
+        out["sign_visible"][a] = round(float(np.mean(np.sign(mean[sel, k]) == np.sign(w.truth[sel, k]))), 4)
+        out["coverage_68"][a] = round(
+            float(np.mean(np.abs(w.truth[contact, k] - mean[contact, k]) <= sd[contact, k])), 4
+        )
+    hidden = contact & (w.visible < 0.5)
+    big = np.argmax(np.abs(w.truth / TOL), axis=1)
+    rows = np.flatnonzero(hidden & (np.abs(w.truth[np.arange(len(big)), big]) >= TOL[big]))
+    out["sign_largest_hidden"] = round(
+        float(np.mean(np.sign(mean[rows, big[rows]]) == np.sign(w.truth[rows, big[rows]]))), 4
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, required=True, help="frame model folder")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cache", type=Path, default=Path("build/model-data"))
+    p.add_argument("--train-phantoms", type=int, default=900)
+    p.add_argument("--eval-phantoms", type=int, default=240)
+    p.add_argument("--epochs", type=int, default=HeadParams.epochs)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--dropout", type=float, default=HeadParams.dropout)
+    p.add_argument("--weight-decay", type=float, default=HeadParams.weight_decay)
+    p.add_argument("--proj", type=int, default=HeadParams.proj)
+    p.add_argument("--past", type=str, default=",".join(map(str, PAST_S)))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    t0 = time.monotonic()
+    args.out.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((args.model / "manifest.json").read_text())
+    frame_model = args.out / "frame_with_features.onnx"
+    with_feature_output(args.model / manifest["model_file"], frame_model)
+    # Rendered and cached in blocks of CHUNK phantoms, so a larger run reuses a smaller one's frames.
+    train = Sequences.concat(
+        [
+            cached_generate(
+                args.cache,
+                range(s, min(s + CHUNK, TRAIN_FROM + args.train_phantoms)),
+                2,
+                workers=args.workers,
+            )
+            for s in range(TRAIN_FROM, TRAIN_FROM + args.train_phantoms, CHUNK)
+        ]
+    )
+    held = cached_generate(
+        args.cache, range(HELD_OUT_FROM, HELD_OUT_FROM + args.eval_phantoms), 2, workers=args.workers
+    )
+    log.info("data %.0f s", time.monotonic() - t0)
+    past = tuple(float(v) for v in args.past.split(","))
+    w_train = windows(train, encode(frame_model, train), past_s=past)
+    w_held = windows(held, encode(frame_model, held), past_s=past)
+    log.info("features %.0f s: %d / %d windows", time.monotonic() - t0, len(w_train.truth), len(w_held.truth))
+    # The last tenth of the training trajectories calibrates the spread (never trained on).
+    cut = int(0.9 * len(train))
+    fit, cal = w_train.group < cut, w_train.group >= cut
+
+    def part(w: Windows, sel: np.ndarray) -> Windows:
+        return Windows(*(getattr(w, k)[sel] for k in Windows.__dataclass_fields__))
+
+    params = HeadParams(
+        epochs=args.epochs, dropout=args.dropout, weight_decay=args.weight_decay, proj=args.proj
+    )
+    net = train_head(part(w_train, fit), params)
+    wc = part(w_train, cal & (w_train.contact > 0.5))
+    results: dict[str, Any] = {
+        "frame_model": report(w_held.frame_correction, np.full_like(w_held.truth, 1e9), w_held)
+    }
+    scales = {}
+    for label, tracked in (("tracked", True), ("untracked", False)):
+        mc = wc.motion if tracked else np.zeros_like(wc.motion)
+        mean, sd = predict(net, wc.features, mc)
+        scales[label] = sd_scale(mean, sd, wc.truth)
+        mh = w_held.motion if tracked else np.zeros_like(w_held.motion)
+        mean, sd = predict(net, w_held.features, mh)
+        results[label] = report(mean, sd * scales[label], w_held)
+        results[label]["sd_scale"] = [round(float(v), 3) for v in scales[label]]
+    still_f = np.repeat(w_held.features[:, :1], w_held.features.shape[1], axis=1)
+    mean, sd = predict(net, still_f, np.zeros_like(w_held.motion))
+    results["still"] = report(mean, sd * scales["untracked"], w_held)
+    k, d = w_held.features.shape[1:]
+    export_head(net, args.out / CLIP_FILE, k, d, scales["tracked"])
+    results["head_latency_ms"] = head_latency_ms(args.out / CLIP_FILE, k, d)
+    results["past_s"] = list(past)
+    results["train_windows"] = int(fit.sum())
+    print(json.dumps(results, indent=1))
+    (args.out / "clip_report.json").write_text(json.dumps(results, indent=1))
+    import torch
+
+    torch.save(net.state_dict(), args.out / "clip_head.pt")
+    log.info("done %.0f s", time.monotonic() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
