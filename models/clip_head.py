@@ -222,31 +222,80 @@ def predict(net: Any, features: np.ndarray, motion: np.ndarray) -> tuple[np.ndar
     return mean.numpy() * TOL, np.exp(log_sd.numpy()) * TOL
 
 
-def export_head(net: Any, path: Path, k: int, d: int, scale: np.ndarray) -> None:
-    """The head as ONNX: ``features`` (1, K, D) and ``motion`` (1, K-1, 7) → ``correction`` (1, 6) in
-    mm and degrees and its calibrated ``sd`` (1, 6)."""
-    import torch
+def head_weights(net: Any) -> dict[str, np.ndarray]:
+    """The trained head's weights as numpy arrays (what :func:`head_onnx` and :func:`forward` take)."""
+    sd = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in net.state_dict().items()}
+    return {
+        "proj_w": sd["proj.1.weight"], "proj_b": sd["proj.1.bias"],
+        "fc1_w": sd["mlp.0.weight"], "fc1_b": sd["mlp.0.bias"],
+        "fc2_w": sd["mlp.3.weight"], "fc2_b": sd["mlp.3.bias"],
+        "out_w": sd["mlp.6.weight"], "out_b": sd["mlp.6.bias"],
+    }  # fmt: skip
 
-    class Exported(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
-            self.tol = torch.tensor(TOL, dtype=torch.float32)
-            self.sd_unit = torch.tensor(TOL * np.asarray(scale), dtype=torch.float32)
 
-        def forward(self, features: torch.Tensor, motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            mean, log_sd = self.net(features, motion)
-            return mean * self.tol, torch.exp(log_sd) * self.sd_unit
-
-    torch.onnx.export(
-        Exported().eval(),
-        (torch.zeros(1, k, d), torch.zeros(1, k - 1, 7)),
-        str(path),
-        input_names=["features", "motion"],
-        output_names=["correction", "sd"],
-        opset_version=17,
-        dynamo=False,
+def forward(weights: dict[str, np.ndarray], features: np.ndarray, motion: np.ndarray,
+            sd_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The head in numpy (the reference its ONNX graph is checked against): (B, K, D), (B, K-1, 7) →
+    correction (B, 6) in mm and degrees, calibrated sd (B, 6)."""
+    relu = lambda x: np.maximum(x, 0.0)  # noqa: E731
+    p = relu(features @ weights["proj_w"].T + weights["proj_b"])
+    now = p[:, 0]
+    x = np.concatenate(
+        [now, (p[:, 1:] - now[:, None]).reshape(len(p), -1), motion.reshape(len(p), -1)], axis=1
     )
+    h = relu(relu(x @ weights["fc1_w"].T + weights["fc1_b"]) @ weights["fc2_w"].T + weights["fc2_b"])
+    out = h @ weights["out_w"].T + weights["out_b"]
+    return out[:, :6] * TOL, np.exp(np.clip(out[:, 6:], -4.0, 4.0)) * TOL * np.asarray(sd_scale)
+
+
+def head_onnx(weights: dict[str, np.ndarray], sd_scale: np.ndarray, k: int) -> Any:
+    """The head as an ONNX graph built straight from its weights: ``features`` (1, K, D) and
+    ``motion`` (1, K-1, 7) → ``correction`` (1, 6), mm and degrees, and its calibrated ``sd`` (1, 6)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    d = weights["proj_w"].shape[1]
+    inits = [numpy_helper.from_array(v.astype(np.float32), name) for name, v in weights.items()]
+    consts = {
+        "proj_wt": weights["proj_w"].T.copy(),
+        "tol": TOL.astype(np.float32)[None],
+        "sd_unit": (TOL * np.asarray(sd_scale)).astype(np.float32)[None],
+        "lo": np.array(-4.0, np.float32),
+        "hi": np.array(4.0, np.float32),
+        "s0": np.array([0], np.int64), "s1": np.array([1], np.int64), "sk": np.array([k], np.int64),
+        "ax1": np.array([1], np.int64), "flat": np.array([1, -1], np.int64),
+        "c0": np.array([0], np.int64), "c6": np.array([6], np.int64), "c12": np.array([12], np.int64),
+    }  # fmt: skip
+    inits += [numpy_helper.from_array(v, name) for name, v in consts.items()]
+    n = helper.make_node
+    nodes = [
+        n("MatMul", ["features", "proj_wt"], ["p0"]), n("Add", ["p0", "proj_b"], ["p1"]), n("Relu", ["p1"], ["p"]),
+        n("Slice", ["p", "s0", "s1", "ax1"], ["now3"]),  # (1, 1, P)
+        n("Slice", ["p", "s1", "sk", "ax1"], ["past"]),  # (1, K-1, P)
+        n("Sub", ["past", "now3"], ["diff"]),
+        n("Reshape", ["now3", "flat"], ["now"]), n("Reshape", ["diff", "flat"], ["diffs"]),
+        n("Reshape", ["motion", "flat"], ["moves"]),
+        n("Concat", ["now", "diffs", "moves"], ["x"], axis=1),
+        n("Gemm", ["x", "fc1_w", "fc1_b"], ["h1"], transB=1), n("Relu", ["h1"], ["r1"]),
+        n("Gemm", ["r1", "fc2_w", "fc2_b"], ["h2"], transB=1), n("Relu", ["h2"], ["r2"]),
+        n("Gemm", ["r2", "out_w", "out_b"], ["out"], transB=1),
+        n("Slice", ["out", "c0", "c6", "ax1"], ["mean"]), n("Slice", ["out", "c6", "c12", "ax1"], ["log_sd"]),
+        n("Mul", ["mean", "tol"], ["correction"]),
+        n("Clip", ["log_sd", "lo", "hi"], ["log_sd_c"]), n("Exp", ["log_sd_c"], ["sd0"]),
+        n("Mul", ["sd0", "sd_unit"], ["sd"]),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "clip_head",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, k, d]),
+         helper.make_tensor_value_info("motion", TensorProto.FLOAT, [1, k - 1, 7])],
+        [helper.make_tensor_value_info("correction", TensorProto.FLOAT, [1, 6]),
+         helper.make_tensor_value_info("sd", TensorProto.FLOAT, [1, 6])],
+        initializer=inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
 
 
 def head_latency_ms(path: Path, k: int, d: int, runs: int = 300) -> float:
@@ -294,6 +343,53 @@ def report(mean: np.ndarray, sd: np.ndarray, w: Windows) -> dict[str, Any]:
     return out
 
 
+def write_candidate(frame_dir: Path, out: Path, head_file: Path, results: dict[str, Any]) -> None:
+    """A model folder: the frame model's files with the ``features`` output added, the head, and a
+    manifest whose ``clip`` section is the input contract the service reads."""
+    import shutil
+
+    from models.manifest import write_manifest
+
+    manifest = json.loads((frame_dir / "manifest.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name in manifest["files"]:
+        if name.endswith(".onnx"):
+            with_feature_output(frame_dir / name, out / name)
+        else:
+            shutil.copyfile(frame_dir / name, out / name)
+        files.append(name)
+    shutil.copyfile(head_file, out / CLIP_FILE)
+    files.append(CLIP_FILE)
+    fields = {k: v for k, v in manifest.items() if k != "files"}
+    fields["version"] = f"{manifest['version']}+clip"
+    fields["outputs"] = [*manifest["outputs"], {
+        "name": FEATURE_OUTPUT, "shape": [1, -1], "dtype": "float32", "unit": "1",
+        "meaning": "the frame's spatial features, kept by the service for the clip head",
+    }]  # fmt: skip
+    fields["clip"] = {
+        "file": CLIP_FILE,
+        "features_output": FEATURE_OUTPUT,
+        "past_s": list(results["past_s"]),
+        "match_s": 0.5 / FPS,
+        "motion": {
+            "about": "each earlier frame's probe pose in the current probe frame: dx dy dz (mm) and a "
+            "rotation vector (deg), times scale, then 1 if the camera tracked both frames; all zeros "
+            "when not (a frame missing from the history: the current frame repeated, motion zeros)",
+            "scale": 1.0 / MOTION_UNIT,
+        },
+        "inputs": ["features", "motion"],
+        "outputs": {"correction": "mm mm mm deg deg deg", "sd": "mm mm mm deg deg deg (1 sd, calibrated)"},
+        "evaluation": {k: results[k] for k in ("tracked", "untracked", "still", "frame_model")},
+        "training": {
+            "phantoms_from": TRAIN_FROM,
+            "phantoms": results["train_phantoms"],
+            "held_out_from": HELD_OUT_FROM,
+        },
+    }
+    write_manifest(out, fields, files)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, required=True, help="frame model folder")
@@ -306,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dropout", type=float, default=HeadParams.dropout)
     p.add_argument("--weight-decay", type=float, default=HeadParams.weight_decay)
     p.add_argument("--proj", type=int, default=HeadParams.proj)
+    p.add_argument(
+        "--candidate", type=Path, default=None, help="also write a model folder with the head here"
+    )
     p.add_argument("--past", type=str, default=",".join(map(str, PAST_S)))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -349,28 +448,33 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "frame_model": report(w_held.frame_correction, np.full_like(w_held.truth, 1e9), w_held)
     }
-    scales = {}
-    for label, tracked in (("tracked", True), ("untracked", False)):
-        mc = wc.motion if tracked else np.zeros_like(wc.motion)
-        mean, sd = predict(net, wc.features, mc)
-        scales[label] = sd_scale(mean, sd, wc.truth)
-        mh = w_held.motion if tracked else np.zeros_like(w_held.motion)
-        mean, sd = predict(net, w_held.features, mh)
-        results[label] = report(mean, sd * scales[label], w_held)
-        results[label]["sd_scale"] = [round(float(v), 3) for v in scales[label]]
+    # One scale per axis for tracked and untracked windows alike (the file has one).
+    means, sds = zip(
+        *(predict(net, wc.features, m) for m in (wc.motion, np.zeros_like(wc.motion))), strict=True
+    )
+    scale = sd_scale(np.concatenate(means), np.concatenate(sds), np.concatenate([wc.truth, wc.truth]))
+    results["sd_scale"] = [round(float(v), 3) for v in scale]
     still_f = np.repeat(w_held.features[:, :1], w_held.features.shape[1], axis=1)
-    mean, sd = predict(net, still_f, np.zeros_like(w_held.motion))
-    results["still"] = report(mean, sd * scales["untracked"], w_held)
+    for label, f, m in (
+        ("tracked", w_held.features, w_held.motion),
+        ("untracked", w_held.features, np.zeros_like(w_held.motion)),
+        ("still", still_f, np.zeros_like(w_held.motion)),
+    ):
+        mean, sd = predict(net, f, m)
+        results[label] = report(mean, sd * scale, w_held)
     k, d = w_held.features.shape[1:]
-    export_head(net, args.out / CLIP_FILE, k, d, scales["tracked"])
+    import onnx
+
+    weights = head_weights(net)
+    onnx.save(head_onnx(weights, scale, k), str(args.out / CLIP_FILE))
     results["head_latency_ms"] = head_latency_ms(args.out / CLIP_FILE, k, d)
     results["past_s"] = list(past)
     results["train_windows"] = int(fit.sum())
+    results["train_phantoms"] = args.train_phantoms
     print(json.dumps(results, indent=1))
     (args.out / "clip_report.json").write_text(json.dumps(results, indent=1))
-    import torch
-
-    torch.save(net.state_dict(), args.out / "clip_head.pt")
+    if args.candidate:
+        write_candidate(args.model, args.candidate, args.out / CLIP_FILE, results)
     log.info("done %.0f s", time.monotonic() - t0)
     return 0
 

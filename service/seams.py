@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -66,6 +66,10 @@ class ModelOutput:
     correction_mm: Vec3 = ZERO3  # motion to apply, current probe frame
     correction_deg: Vec3 = ZERO3  # rotation vector, current probe frame
     confidence: float = 0.0  # 0-1: how much to trust the pose correction
+    # 1 sd of each correction axis (dx dy dz mm, rx ry rz deg) when the model says (a clip head)
+    correction_sd: tuple[float, float, float, float, float, float] | None = None
+    # the frame's features, for a model that reads a clip of them (the service keeps the history)
+    features: Any = field(default=None, compare=False, repr=False)
 
 
 class Model(Protocol):

@@ -31,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "rendered camera frames (slow: use a few episodes)",
     )  # fmt: skip
     p.add_argument(
+        "--model", type=Path, default=None, metavar="DIR",
+        help="model folder to evaluate (default: the newest shipped one), e.g. a candidate not yet shipped",
+    )  # fmt: skip
+    p.add_argument(
         "--arms", default="all",
         help="comma-separated arms to run: guided, camera, unguided, oracle (default all)",
     )  # fmt: skip
@@ -84,7 +88,11 @@ def run(args: argparse.Namespace) -> int:
         for p in problems:
             print(f"sonoguide eval: {p}", file=sys.stderr)
         return 2
-    _, choice = load_model()
+    model_dir = str(args.model) if args.model else ""
+    _, choice = load_model(model_dir)
+    if model_dir and choice.kind == "heuristic":
+        print(f"sonoguide eval: --model {args.model}: {choice.reason}", file=sys.stderr)
+        return 2
     if choice.kind == "heuristic":
         log.warning(
             "EVALUATING THE HEURISTIC PLACEHOLDER, NOT THE ONNX MODEL: %s. Its guidance knows no pose "
@@ -99,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     results = run_all(
         args.episodes, args.seed_base, args.novice_noise, preset, args.fps, args.limit_s,
-        args.workers or None, progress, arms, args.tracking,
+        args.workers or None, progress, arms, args.tracking, model_dir,
     )  # fmt: skip
     settings = {
         "preset": args.preset,
@@ -109,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         "limit_s": args.limit_s,
         "arms": list(arms),
         "tracking": args.tracking,
+        "model_dir": model_dir or "shipped",
     }
     body = report(results, choice, settings, time.monotonic() - t0)
     from service.tools.evaluate.plots import write_plots

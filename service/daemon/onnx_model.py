@@ -25,6 +25,7 @@ from firmware_bridge.devicelog import device_logger
 from models.imageprep import resize
 from service.daemon.accelerator import PROVIDER_NAMES, cpu_despite_gpu, gpu_devices
 from service.model_store.compat import OUTPUT_UNITS
+from service.policy.clip_window import ClipContract
 from service.seams import ModelOutput
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,25 @@ class OnnxModel:
         if {n for n, _ in self._scalar_fields} - {"depth_mm", "freq_mhz", "gain_db"}:
             raise ModelLoadError(f"{self.folder}/manifest.json: unknown scalar inputs {self._scalar_fields}")
         self._output_names = [o["name"] for o in self.manifest["outputs"]]
+        # A clip head (manifest ``clip``): the frame model also gives its features, the service keeps
+        # them (service.policy.clip_window) and this head reads a window of them with the motion.
+        self.clip_contract: ClipContract | None = None
+        self._clip: Any = None
+        clip = self.manifest.get("clip")
+        if clip is not None:
+            try:
+                self.clip_contract = ClipContract.from_manifest(clip)
+            except ValueError as exc:
+                raise ModelLoadError(f"{self.folder}/manifest.json: {exc}") from None
+            if clip.get("features_output") not in self._output_names:
+                raise ModelLoadError(
+                    f"{self.folder}/manifest.json: the clip head reads the output "
+                    f"{clip.get('features_output')!r}, which the model does not declare"
+                )
+            if clip.get("file") not in self.manifest["files"]:
+                raise ModelLoadError(
+                    f"{self.folder}/manifest.json: the clip head file must be listed in 'files'"
+                )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -202,6 +222,13 @@ class OnnxModel:
         except Exception as exc:  # ORT raises its own C++ exception types
             raise ModelLoadError(f"ONNX Runtime cannot load {model_path}: {exc}") from None
         self.provider = self.session.get_providers()[0]
+        if clip is not None:
+            try:
+                self._clip = ort.InferenceSession(str(self.folder / clip["file"]), options, providers=chosen)
+            except Exception as exc:  # ORT raises its own C++ exception types
+                raise ModelLoadError(
+                    f"ONNX Runtime cannot load {self.folder / clip['file']}: {exc}"
+                ) from None
         self.log.info("loaded %s on %s (asked for %s)", model_path.name, self.provider, ", ".join(providers))
         self.gpu_warning = cpu_despite_gpu(
             gpu_devices(), self.providers_in_build, self.provider, self.providers_unusable
@@ -254,7 +281,15 @@ class OnnxModel:
             correction_deg=vec(o["correction_deg"]),
             # The pose correction is only as good as the target is in view (and the probe on the skin).
             confidence=visible * contact,
+            features=o[self.manifest["clip"]["features_output"]].astype(np.float32) if self._clip else None,
         )
+
+    def clip_correction(self, features: np.ndarray, motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The clip head's correction (6,) and its 1 sd (6,), mm and degrees, for one window."""
+        if self._clip is None:
+            raise RuntimeError(f"{self.name} {self.version} has no clip head")
+        corr, sd = self._clip.run(["correction", "sd"], {"features": features, "motion": motion})
+        return np.asarray(corr, float)[0], np.asarray(sd, float)[0]
 
 
 def load_model(folder: str | Path = "", config: Any = None, threads: int = 1) -> OnnxModel:

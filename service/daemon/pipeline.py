@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ from service.policy.camera_guidance import (
     PendingFrames,
     newest_pose,
 )
+from service.policy.clip_window import FrameHistory, KeptFrame
 from service.policy.guidance import Correction, GuidanceEngine, GuidanceParams, model_correction
 from service.policy.search import unreliable_axes
 from service.seams import Model, ModelOutput, PoseSource, ProbeLinkLike, Publisher, TrackedPose
@@ -108,6 +109,7 @@ class Pipeline:
             self.belief = BeliefGuide(calibration, tolerances)
             self.belief.reset(preset)
         self.belief_step: BeliefStep | None = None  # the belief's answer for the last frame guided
+        self.history = self._history_for(model)  # frames the model's clip head reads (None: one frame)
         self._pending = PendingFrames()  # model outputs waiting for the camera's pose of their time
         self._model_lock = threading.Lock()
         self.slots = {n: LatestSlot[Work](n) for n in ("preprocess", "infer", "guide", "control")}
@@ -229,6 +231,9 @@ class Pipeline:
         assert out is not None
         taken_at = work.frame.host_time
         pose = newest_pose(self.camera.pose_at, taken_at) if self.camera is not None else None
+        with self._model_lock:
+            model = self.model
+        out = work.output = self._clip(model, out, taken_at, pose)
         belief = self._belief_correction(taken_at, pose, out, now)
         shown, capture = self.guidance.update(
             model_correction(out.correction_mm, out.correction_deg, out.confidence),
@@ -305,6 +310,7 @@ class Pipeline:
             FrameOutput(
                 np.array([*out.correction_mm, *out.correction_deg], float), out.target_visible, out.quality,
                 out.contact, out.gain_error_db, out.best_depth_mm,
+                None if out.correction_sd is None else np.array(out.correction_sd, float),
             ),
         )  # fmt: skip
         folded_reason = self._pending.fold(self.belief, self.camera.pose_at, taken_at)
@@ -448,6 +454,31 @@ class Pipeline:
     def swap_model(self, model: Model) -> None:
         with self._model_lock:
             self.model = model
+            self.history = self._history_for(model)  # another model's features mean nothing to it
+
+    @staticmethod
+    def _history_for(model: Model) -> FrameHistory | None:
+        contract = getattr(model, "clip_contract", None)
+        return FrameHistory(contract) if contract is not None else None
+
+    def _clip(self, model: Model, out: ModelOutput, taken_at: float, pose: TrackedPose | None) -> ModelOutput:
+        """The frame's output with the clip head's correction and spread, read from this frame and the
+        kept earlier ones with the tracked motion between them (none tracked: the motion unknown)."""
+        history = self.history
+        if history is None or out.features is None:
+            return out
+        position = pose.position_mm if pose is not None else None
+        rotation = pose.patient_from_probe if pose is not None and position is not None else None
+        kept = KeptFrame(taken_at, np.asarray(out.features, np.float32).ravel(), position, rotation)
+        history.add(kept)
+        corr, sd = model.clip_correction(*history.inputs(kept))  # type: ignore[attr-defined]
+        return replace(
+            out,
+            correction_mm=(float(corr[0]), float(corr[1]), float(corr[2])),
+            correction_deg=(float(corr[3]), float(corr[4]), float(corr[5])),
+            correction_sd=tuple(float(v) for v in sd),  # type: ignore[arg-type]
+            features=None,
+        )
 
     # --- threads ------------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from firmware_bridge.kit import quat_to_matrix
 AXES = ("dx", "dy", "dz", "rx", "ry", "rz")
 # How different two target poses must be to count as different hypotheses (mode finding, spread).
 MODE_SCALE = np.array([6.0, 6.0, 6.0, 8.0, 8.0, 8.0])
+MIN_SD = 0.5  # mm / deg: no frame is believed closer than this (the calibrated bands' own floor)
 
 
 # --- rotations, vectorised ---------------------------------------------------------------------------
@@ -192,6 +193,9 @@ class Observation:
     visible: float
     quality: float
     use_scores: bool = True  # the view scores mean something (contact, gain and depth about right)
+    # The model's own 1 sd per axis (a clip head trained to give it): the correction is then read as
+    # the truth plus that much noise, in place of the calibrated bands' gain, spread and flips.
+    sd: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,14 @@ def corrections_to(probe_position: np.ndarray, probe_rotation: np.ndarray, posit
     return np.concatenate([t, r], axis=1)
 
 
+def observation_noise(obs: Observation, cal: BeliefCalibration) -> tuple[AxisNoise, ...]:
+    """Per axis, how the observation relates to the true correction: the model's own spread when it
+    gives one (gain 1, no flips), else the calibrated band of its ``visible``."""
+    if obs.sd is not None:
+        return tuple(AxisNoise(1.0, max(float(v), MIN_SD), 0.0) for v in obs.sd)
+    return cal.band(obs.visible)
+
+
 def observation_loglik(
     pred: np.ndarray,
     obs: Observation,
@@ -231,7 +243,7 @@ def observation_loglik(
     (``preset``: the preset whose view-score fields apply, one name or one per particle); the
     view-score terms are weighted by ``score_weight`` relative to the correction terms."""
     ll = np.zeros(len(pred))
-    for i, noise in enumerate(cal.band(obs.visible)):
+    for i, noise in enumerate(observation_noise(obs, cal)):
         c, o, s = pred[:, i], float(obs.correction[i]), noise.sigma * inflation
         same = np.exp(-0.5 * ((o - noise.gain * c) / s) ** 2)
         flipped = np.exp(-0.5 * ((o + noise.gain * c) / s) ** 2)
@@ -392,7 +404,7 @@ class TargetBelief:
         count = round(p.observation_reinject * len(self.logw))
         if obs is None or last is None or count == 0:
             return
-        bands = self.cal.band(obs.visible)
+        bands = observation_noise(obs, self.cal)
         gains = np.array([b.gain for b in bands])
         sigmas = np.array([b.sigma for b in bands]) * p.noise_inflation
         read = gains >= p.reset_gain

@@ -115,9 +115,11 @@ class BeliefGuide:
         contact: float,
         gain_error_db: float,
         best_depth_mm: float,
+        correction_sd: np.ndarray | None = None,
     ) -> str | None:
         """Fold one frame's model output in at the tracked pose the probe had when the frame was
-        taken (frames in time order); returns why the belief was restarted, if the pose jumped."""
+        taken (frames in time order); returns why the belief was restarted, if the pose jumped.
+        ``correction_sd``: the model's own 1 sd per axis, used instead of the calibrated bands."""
         p = self.params
         reason = pose_jump(self._previous, taken_at, position, rotation)
         if reason is not None:
@@ -125,7 +127,8 @@ class BeliefGuide:
         self._previous = (taken_at, np.asarray(position, float), np.asarray(rotation, float))
         if contact >= SKIN_CONTACT:
             scores_ok = abs(gain_error_db) <= p.scores_gain_db
-            obs = Observation(np.asarray(correction, float), float(visible), float(quality), scores_ok)
+            sd = None if correction_sd is None else np.asarray(correction_sd, float)
+            obs = Observation(np.asarray(correction, float), float(visible), float(quality), scores_ok, sd)
             self.belief.update(obs, position, rotation)
             if scores_ok and quality >= p.depth_quality and np.isfinite(best_depth_mm):
                 self._depths.append((float(best_depth_mm), float(quality)))
@@ -258,6 +261,7 @@ class FrameOutput:
     contact: float
     gain_error_db: float
     best_depth_mm: float
+    correction_sd: np.ndarray | None = None  # (6,) 1 sd per axis when the model gives it (a clip head)
 
 
 class PendingFrames:
@@ -295,7 +299,7 @@ class PendingFrames:
             waiting.clear()  # older frames still without a pose fell in a tracking gap
             r = guide.observe(
                 taken_at, position, pose.patient_from_probe, o.correction, o.visible, o.quality, o.contact,
-                o.gain_error_db, o.best_depth_mm,
+                o.gain_error_db, o.best_depth_mm, o.correction_sd,
             )  # fmt: skip
             reason = reason or r
         self._frames = deque(waiting)

@@ -32,10 +32,16 @@ def unreliable_axes(manifest: Mapping[str, Any] | None, threshold: float = SIGN_
     """Axes whose correction sign the model gets right less often than ``threshold``, from the
     manifest's held-out evaluation (``evaluation.<precision>.direction_sign_by_axis``).
 
+    A model with a clip head: its held-out figures without the camera (``clip.evaluation.untracked``).
     No manifest or no per-axis figures: nothing is known to be unreliable (the model is followed).
     """
     if not manifest:
         return frozenset()
+    clip = manifest.get("clip") or {}
+    if clip:
+        # The service follows the clip head's correction, whose figures without the camera these are.
+        untracked = ((clip.get("evaluation") or {}).get("untracked") or {}).get("sign_visible") or {}
+        return frozenset(a for a, v in untracked.items() if a in AXES and float(v) < threshold)
     evaluation = manifest.get("evaluation") or {}
     figures = (evaluation.get(str(manifest.get("precision", ""))) or evaluation.get("fp32") or {}).get(
         "direction_sign_by_axis"

@@ -155,6 +155,24 @@ def test_eval_cli_refuses_training_seeds(tmp_path: Path) -> None:
     assert not (tmp_path / "x.json").exists()
 
 
+def test_eval_cli_runs_a_candidate_model_folder_and_refuses_one_that_does_not_load(tmp_path: Path) -> None:
+    from tests.clip_models import make_candidate
+
+    candidate = make_candidate(tmp_path, {"dy": 0.5})
+    out = tmp_path / "eval.json"
+    proc = _run_cli("eval", "--episodes", "1", "--seed-base", str(SEED), "--limit-s", "2", "--fps", "5",
+                    "--workers", "1", "--arms", "guided", "--model", str(candidate), "--json", str(out),
+                    "--plots", str(tmp_path / "plots"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    body = json.loads(out.read_text())
+    assert body["model_version"] == "1.4.0+clip" and body["model_dir"] == str(candidate)
+    (candidate / "clip_head.onnx").write_bytes(b"not a model")
+    proc = _run_cli("eval", "--episodes", "1", "--seed-base", str(SEED), "--model", str(candidate),
+                    "--json", str(tmp_path / "x.json"))  # fmt: skip
+    assert proc.returncode == 2 and "clip_head.onnx" in proc.stderr and "sha256" in proc.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_proc_parsing_and_latency_arithmetic() -> None:
     stat = Path("/proc/self/stat").read_text()
     assert stats.cpu_seconds_from_stat(stat, os.sysconf("SC_CLK_TCK")) >= 0.0

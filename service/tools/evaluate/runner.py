@@ -61,15 +61,16 @@ class ModelChoice:
     reason: str = ""
 
 
-def load_model() -> tuple[Model, ModelChoice]:
-    """The shipped ONNX model on one CPU thread when this build has it, else the heuristic placeholder."""
+def load_model(folder: str = "") -> tuple[Model, ModelChoice]:
+    """The ONNX model in ``folder`` ("" = the newest shipped one) on one CPU thread when this build has
+    it, else the heuristic placeholder."""
     try:
         from service.daemon import onnx_model as onnxmodel
     except ImportError as e:
         return _heuristic(f"service.daemon.onnx_model is not in this build ({e})")
     config = SimpleNamespace(providers=("cpu",), engine_cache=None)
     try:
-        model = onnxmodel.load_model("", config, threads=1)
+        model = onnxmodel.load_model(folder, config, threads=1)
     except Exception as e:  # ModelLoadError: no shipped model, damaged files
         return _heuristic(f"the shipped ONNX model cannot be loaded: {e}")
     return model, ModelChoice("onnx", model.name, model.version, model.provider)
@@ -83,9 +84,9 @@ def _heuristic(reason: str) -> tuple[Model, ModelChoice]:
 _worker_model: Model | None = None
 
 
-def _init_worker() -> None:
+def _init_worker(folder: str = "") -> None:
     global _worker_model
-    _worker_model, _ = load_model()
+    _worker_model, _ = load_model(folder)
 
 
 def _worker_factory() -> Model:
@@ -115,6 +116,7 @@ def run_all(
     episodes: int, seed_base: int, noise: float, preset: str | None = None, fps: float = 10.0,
     limit_s: float = LIMIT_S, workers: int | None = None,
     progress: Callable[[int, int], None] | None = None, arms: Sequence[str] = ARMS, tracking: str = "model",
+    model_dir: str = "",
 ) -> list[EpisodeResult]:  # fmt: skip
     check_seeds(seed_base, episodes)
     if not 0.0 <= noise <= 1.0:
@@ -123,13 +125,13 @@ def run_all(
     workers = max(1, min(workers or os.cpu_count() or 1, episodes))
     results: list[EpisodeResult] = []
     if workers == 1:
-        model, _ = load_model()
+        model, _ = load_model(model_dir)
         for i, s in enumerate(seeds):
             results += run_seed(s, preset, noise, fps, limit_s, lambda: model, arms, tracking)
             if progress:
                 progress(i + 1, episodes)
         return results
-    with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(model_dir,)) as pool:
         jobs = [pool.submit(run_seed, s, preset, noise, fps, limit_s, None, arms, tracking) for s in seeds]
         for i, job in enumerate(jobs):
             results += job.result()
