@@ -8,6 +8,8 @@ correction with a standard deviation per axis, trained by Gaussian negative log-
 scaled per axis so the 68% interval holds 68% of the truth on calibration trajectories.
 
     python -m models.clip_head --model models/sonoguide-view/1.4.0 --out /tmp/clip  # train, evaluate
+    ... --candidate DIR --version 1.5.0                  # and write a model folder with the head
+    ... --candidate DIR --head /tmp/clip/clip_head.onnx --closed-loop eval.json  # re-write, with eval
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from models.clip_card import clip_model_card, closed_loop_summary
 from models.clip_data import FPS, Sequences, cached_generate
 from models.evaluate import AXES
 from models.inputs import prepare_images, prepare_scalars
@@ -343,17 +347,29 @@ def report(mean: np.ndarray, sd: np.ndarray, w: Windows) -> dict[str, Any]:
     return out
 
 
-def write_candidate(frame_dir: Path, out: Path, head_file: Path, results: dict[str, Any]) -> None:
-    """A model folder: the frame model's files with the ``features`` output added, the head, and a
-    manifest whose ``clip`` section is the input contract the service reads."""
+def write_candidate(
+    frame_dir: Path,
+    out: Path,
+    head_file: Path,
+    results: dict[str, Any],
+    version: str | None = None,
+    closed_loop: Sequence[dict[str, Any]] = (),
+) -> None:
+    """A model folder: the frame model's files with the ``features`` output added, the head, its model
+    card, and a manifest whose ``clip`` section is the input contract the service reads.
+
+    ``version`` defaults to the frame model's with ``+clip``; ``closed_loop`` holds
+    ``models.clip_card.closed_loop_summary`` entries of ``sonoguide eval`` runs on such a folder."""
     import shutil
 
     from models.manifest import write_manifest
 
     manifest = json.loads((frame_dir / "manifest.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
-    files = []
+    files = ["MODEL_CARD.md"]
     for name in manifest["files"]:
+        if name == "MODEL_CARD.md":
+            continue
         if name.endswith(".onnx"):
             with_feature_output(frame_dir / name, out / name)
         else:
@@ -362,7 +378,7 @@ def write_candidate(frame_dir: Path, out: Path, head_file: Path, results: dict[s
     shutil.copyfile(head_file, out / CLIP_FILE)
     files.append(CLIP_FILE)
     fields = {k: v for k, v in manifest.items() if k != "files"}
-    fields["version"] = f"{manifest['version']}+clip"
+    fields["version"] = version or f"{manifest['version']}+clip"
     fields["outputs"] = [*manifest["outputs"], {
         "name": FEATURE_OUTPUT, "shape": [1, -1], "dtype": "float32", "unit": "1",
         "meaning": "the frame's spatial features, kept by the service for the clip head",
@@ -380,13 +396,20 @@ def write_candidate(frame_dir: Path, out: Path, head_file: Path, results: dict[s
         },
         "inputs": ["features", "motion"],
         "outputs": {"correction": "mm mm mm deg deg deg", "sd": "mm mm mm deg deg deg (1 sd, calibrated)"},
-        "evaluation": {k: results[k] for k in ("tracked", "untracked", "still", "frame_model")},
+        "sd_scale": list(results.get("sd_scale", [])),
+        "head_latency_ms": results.get("head_latency_ms"),
+        "evaluation": {
+            **{k: results[k] for k in ("tracked", "untracked", "still", "frame_model")},
+            "closed_loop": list(closed_loop),
+        },
         "training": {
+            "frame_model": f"{manifest['name']} {manifest['version']}",
             "phantoms_from": TRAIN_FROM,
             "phantoms": results["train_phantoms"],
             "held_out_from": HELD_OUT_FROM,
         },
     }
+    (out / "MODEL_CARD.md").write_text(clip_model_card(fields))
     write_manifest(out, fields, files)
 
 
@@ -395,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, required=True, help="frame model folder")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cache", type=Path, default=Path("build/model-data"))
-    p.add_argument("--train-phantoms", type=int, default=900)
+    p.add_argument("--train-phantoms", type=int, default=1800)
     p.add_argument("--eval-phantoms", type=int, default=240)
     p.add_argument("--epochs", type=int, default=HeadParams.epochs)
     p.add_argument("--workers", type=int, default=2)
@@ -405,9 +428,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--candidate", type=Path, default=None, help="also write a model folder with the head here"
     )
+    p.add_argument(
+        "--version", default=None, help="the candidate's version (default: the frame model's +clip)"
+    )
+    p.add_argument(
+        "--closed-loop", type=Path, nargs="*", default=[], metavar="EVAL_JSON",
+        help="`sonoguide eval --json` files measured on the candidate, for its manifest and card",
+    )  # fmt: skip
+    p.add_argument(
+        "--head", type=Path, default=None,
+        help="write the candidate from this head and OUT's clip_report.json, without training",
+    )  # fmt: skip
     p.add_argument("--past", type=str, default=",".join(map(str, PAST_S)))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        closed_loop = [closed_loop_summary(json.loads(f.read_text())) for f in args.closed_loop]
+    except (OSError, ValueError) as e:
+        p.error(f"--closed-loop: {e}")
+    if args.head:
+        if not args.candidate:
+            p.error("--head writes a candidate: give --candidate")
+        report_file = json.loads((args.out / "clip_report.json").read_text())
+        write_candidate(args.model, args.candidate, args.head, report_file, args.version, closed_loop)
+        return 0
     t0 = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     manifest = json.loads((args.model / "manifest.json").read_text())
@@ -474,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(results, indent=1))
     (args.out / "clip_report.json").write_text(json.dumps(results, indent=1))
     if args.candidate:
-        write_candidate(args.model, args.candidate, args.out / CLIP_FILE, results)
+        write_candidate(args.model, args.candidate, args.out / CLIP_FILE, results, args.version, closed_loop)
     log.info("done %.0f s", time.monotonic() - t0)
     return 0
 
