@@ -24,6 +24,9 @@ from service.model_store.keys import Trust, keygen, load_private_key
 from service.model_store.store import Factory, ModelStore
 
 SHIPPED = shipped_model_dir()
+# The factory model's version. Bundles in the tests are numbered above it (1.6.0, 1.7.0, ...) and one
+# below it (1.3.0) for downgrades: shipping a newer model means moving them up.
+FACTORY_VERSION = json.loads((SHIPPED / "manifest.json").read_text())["version"]
 
 
 @functools.cache
@@ -69,7 +72,7 @@ class Vendor:
         return Trust.load(self.trustdir)
 
     def bundle(
-        self, out: Path, version: str = "1.5.0", files: dict[str, bytes] | None = None, **kwargs: Any
+        self, out: Path, version: str = "1.6.0", files: dict[str, bytes] | None = None, **kwargs: Any
     ) -> Path:
         files = files if files is not None else model_files(version)
         manifest = json.loads(files["model/manifest.json"])

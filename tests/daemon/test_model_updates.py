@@ -23,6 +23,7 @@ from service.model_store.bundle import write_tar
 from service.model_store.keys import REVOKED_FILE
 from service.tools.local_broker import LocalBroker
 from tests.model_bundles import (
+    FACTORY_VERSION,
     SHIPPED,
     Vendor,
     hostile,
@@ -158,25 +159,25 @@ def test_install_wait_for_safe_moment_swap_probation_rollback_and_forced_activat
     bench: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     vendor = Vendor(tmp_path / "vendor")  # a freshly generated key, trusted by this device only
-    bundle = vendor.bundle(tmp_path / "sonoguide-view-1.5.0.sgb", "1.5.0")
+    bundle = vendor.bundle(tmp_path / "sonoguide-view-1.6.0.sgb", "1.6.0")
     b = bench(vendor)
     rec = b.recorder
-    assert b.status()["model"]["version"] == "1.4.0"
+    assert b.status()["model"]["version"] == FACTORY_VERSION
 
     # Install and activate while the probe is on the skin: ready, but it waits for a safe moment.
     t0 = time.monotonic()
     reply = rec.request("install_model", {"path": str(bundle), "activate": True}, timeout=60, final=True)
     install_s = time.monotonic() - t0
     assert reply["ok"], reply
-    assert reply["result"]["state"] == "pending" and reply["result"]["version"] == "1.5.0", reply
+    assert reply["result"]["state"] == "pending" and reply["result"]["version"] == "1.6.0", reply
     assert "no skin contact" in reply["result"]["waiting_for"]
     progress = [body["progress"] for _corr, body in rec.reply_log if "progress" in body]
     assert any("golden vectors" in p for p in progress) and any("warmed up" in p for p in progress), progress
-    status = b.wait_status(lambda s: s["model"].get("pending") == "1.5.0")
-    assert status["model"]["version"] == "1.4.0"
+    status = b.wait_status(lambda s: s["model"].get("pending") == "1.6.0")
+    assert status["model"]["version"] == FACTORY_VERSION
     installed = b.model_events("installed")[0]
     assert (
-        installed["key_id"] == vendor.key.key_id and installed["model_version"] == "1.5.0" and installed["at"]
+        installed["key_id"] == vendor.key.key_id and installed["model_version"] == "1.6.0" and installed["at"]
     )
 
     # The probe leaves the skin: after safe_after_s the swap happens by itself, between two frames.
@@ -185,35 +186,37 @@ def test_install_wait_for_safe_moment_swap_probation_rollback_and_forced_activat
     activated = b.model_events("activated")[0]
     assert "no skin contact" in activated["reason"] and activated["key_id"] == vendor.key.key_id
     b.assert_guided_around(activated["frame_id"])
-    status = b.wait_status(lambda s: s["model"]["version"] == "1.5.0")
+    status = b.wait_status(lambda s: s["model"]["version"] == "1.6.0")
     assert status["model"]["probation"]["state"] in ("watching", "passed") and not status["model"]["pending"]
     assert b.store.read_state().as_dict() in (
-        {"active": "1.5.0", "previous": None, "trial": True},
-        {"active": "1.5.0", "previous": None, "trial": False},
+        {"active": "1.6.0", "previous": None, "trial": True},
+        {"active": "1.6.0", "previous": None, "trial": False},
     )
     assert rec.wait_for(lambda: b.model_events("probation_passed"), 15)
     b.wait_status(lambda s: s["model"]["probation"]["state"] == "passed")
-    assert b.store.read_state().as_dict() == {"active": "1.5.0", "previous": None, "trial": False}
+    assert b.store.read_state().as_dict() == {"active": "1.6.0", "previous": None, "trial": False}
 
     # Rollback over MQTT: instant, between two frames, status says so, the store agrees.
     b.probe.pose = b.on_skin
     last = max(b.frame_ids())
     reply = rec.request("rollback_model", {"reason": "test"}, timeout=30, final=True)
-    assert reply["ok"] and reply["result"]["version"] == "1.4.0" and reply["result"]["from"] == "1.5.0", reply
+    assert (
+        reply["ok"] and reply["result"]["version"] == FACTORY_VERSION and reply["result"]["from"] == "1.6.0"
+    ), reply
     b.assert_guided_around(last)
-    b.wait_status(lambda s: s["model"]["version"] == "1.4.0" and s["model"]["previous"] == "1.5.0")
+    b.wait_status(lambda s: s["model"]["version"] == FACTORY_VERSION and s["model"]["previous"] == "1.6.0")
     assert b.store.read_state().active is None
 
     # Forced activation on the skin: now, not at a safe moment.
-    reply = rec.request("activate_model", {"version": "1.5.0", "force": True}, timeout=60, final=True)
+    reply = rec.request("activate_model", {"version": "1.6.0", "force": True}, timeout=60, final=True)
     assert (
         reply["ok"] and reply["result"]["state"] == "probation" and "forced" in reply["result"]["reason"]
     ), reply
     b.assert_guided_around(b.model_events("activated")[-1]["frame_id"])
-    b.wait_status(lambda s: s["model"]["version"] == "1.5.0")
+    b.wait_status(lambda s: s["model"]["version"] == "1.6.0")
     # Downgrade by activation needs asking; a rollback does not.
     reply = rec.request("activate_model", {"version": "factory", "force": True}, timeout=30, final=True)
-    assert not reply["ok"] and "older than the active 1.5.0" in reply["error"], reply
+    assert not reply["ok"] and "older than the active 1.6.0" in reply["error"], reply
     swaps = [round(s["swap_ms"], 3) for s in b.daemon.model_updates.swaps]
     with capsys.disabled():  # the figures of docs/model-updates.md
         print(
@@ -254,8 +257,8 @@ def _bad_bundles(tmp: Path, vendor: Vendor, good: Path) -> dict[str, tuple[Path,
         "truncated": (tmp / "cut.sgb", "truncated"),
         "corrupt": (tmp / "text.sgb", "not gzip-compressed"),
         "changed after signing": (rewrite(good, tmp / "changed.sgb", flip), "does not match its sha256"),
-        "unknown key": (Vendor(tmp / "stranger", "stranger").bundle(tmp / "s.sgb", "1.6.0"), "unknown key"),
-        "expired key": (expired.bundle(tmp / "e.sgb", "1.6.0", now=past), "expired key"),
+        "unknown key": (Vendor(tmp / "stranger", "stranger").bundle(tmp / "s.sgb", "1.7.0"), "unknown key"),
+        "expired key": (expired.bundle(tmp / "e.sgb", "1.7.0", now=past), "expired key"),
         "unsigned": (tmp / "unsigned.sgb", "not signed"),
         "absolute path": (hostile(good, tmp / "abs.sgb", _regular("/etc/cron.d/x")), "absolute path"),
         "dot-dot": (hostile(good, tmp / "dd.sgb", _regular("model/../../x")), "'..'"),
@@ -264,16 +267,16 @@ def _bad_bundles(tmp: Path, vendor: Vendor, good: Path) -> dict[str, tuple[Path,
         "device file": (hostile(good, tmp / "d.sgb", device), "device file"),
         "bomb": (lying_header(tmp / "bomb.sgb", "bundle.json", 64 << 30, b"{" * 4096), "at most"),
         "newer service": (
-            vendor.bundle(tmp / "n.sgb", "1.6.0", model_files("1.6.0", newer)),
+            vendor.bundle(tmp / "n.sgb", "1.7.0", model_files("1.7.0", newer)),
             "needs service 9.0.0",
         ),
         "input contract": (
-            vendor.bundle(tmp / "c.sgb", "1.6.0", model_files("1.6.0", nhwc)),
+            vendor.bundle(tmp / "c.sgb", "1.7.0", model_files("1.7.0", nhwc)),
             "input contract",
         ),
         "golden": (
             vendor.bundle(
-                tmp / "g.sgb", "1.6.0", {**model_files("1.6.0"), "golden.json": json.dumps(golden).encode()}
+                tmp / "g.sgb", "1.7.0", {**model_files("1.7.0"), "golden.json": json.dumps(golden).encode()}
             ),
             "golden vectors out of tolerance on CPUExecutionProvider",
         ),
@@ -285,7 +288,7 @@ def test_bad_bundles_over_mqtt_are_refused_while_the_old_model_keeps_guiding(
     bench: Any, tmp_path: Path
 ) -> None:
     vendor = Vendor(tmp_path / "vendor")
-    good = vendor.bundle(tmp_path / "1.5.0.sgb", "1.5.0")
+    good = vendor.bundle(tmp_path / "1.6.0.sgb", "1.6.0")
     b = bench(vendor)
     rec = b.recorder
     bad = _bad_bundles(tmp_path, vendor, good)
@@ -298,7 +301,7 @@ def test_bad_bundles_over_mqtt_are_refused_while_the_old_model_keeps_guiding(
         assert "serving model is unchanged" in reply["error"], (name, reply)
         assert snapshot(b.store.root) == before, name
         assert rec.wait_for(lambda: len(rec.of("guidance")) > seen + 5, 10), name  # still guiding
-        assert b.status()["model"]["version"] == "1.4.0", name
+        assert b.status()["model"]["version"] == FACTORY_VERSION, name
 
     for name, (path, fragment) in bad.items():
         refused(name, path, fragment)
@@ -317,7 +320,7 @@ def test_bad_bundles_over_mqtt_are_refused_while_the_old_model_keeps_guiding(
 
 def test_probation_failure_rolls_back_by_itself(bench: Any, tmp_path: Path) -> None:
     vendor = Vendor(tmp_path / "vendor")
-    good = vendor.bundle(tmp_path / "1.5.0.sgb", "1.5.0")
+    good = vendor.bundle(tmp_path / "1.6.0.sgb", "1.6.0")
     # Latency limit no inference can meet: the probation fails on its third frame.
     b = bench(vendor, probation_s=30.0, probation_max_latency_ms=0.001)
     rec = b.recorder
@@ -335,12 +338,12 @@ def test_probation_failure_rolls_back_by_itself(bench: Any, tmp_path: Path) -> N
         and "slower than 0.001 ms" in rolled["reason"]
     )
     b.assert_guided_around(b.model_events("activated")[0]["frame_id"])
-    status = b.wait_status(lambda s: s["model"]["version"] == "1.4.0")
+    status = b.wait_status(lambda s: s["model"]["version"] == FACTORY_VERSION)
     assert (
         status["model"]["probation"]["state"] == "failed"
         and "slower" in status["model"]["probation"]["reason"]
     )
-    assert b.store.read_state().as_dict() == {"active": None, "previous": "1.5.0", "trial": False}
+    assert b.store.read_state().as_dict() == {"active": None, "previous": "1.6.0", "trial": False}
     assert snapshot(vendor.trustdir) == keys_before  # the daemon only reads the keys
 
 

@@ -1,7 +1,7 @@
 """Signed model bundles and the store, with the shipped model, real Ed25519 keys and real ONNX Runtime.
 
 Each bad input of issue 15 is refused with a message naming the problem, and the store (a real one:
-version 1.5.0 installed and active, the factory model previous) is byte-identical before and after.
+version 1.6.0 installed and active, the factory model previous) is byte-identical before and after.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.version import Version
 
 from service.model_store import ModelStoreError
 from service.model_store.bundle import MANIFEST, SIGNATURE, verify_folder, write_tar
 from service.model_store.keys import REVOKED_FILE, Trust
 from service.model_store.store import ModelStore, StoreBusyError
 from tests.model_bundles import (
+    FACTORY_VERSION,
     Vendor,
     golden_loader,
     hostile,
@@ -39,13 +41,15 @@ from tests.model_bundles import (
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    # The updates here must be newer than the factory model, the downgrade older (a new model ships).
+    assert Version("1.3.0") < Version(FACTORY_VERSION) < Version("1.6.0"), FACTORY_VERSION
     root = tmp_path_factory.mktemp("bundles")
     vendor = Vendor(root)
-    good = vendor.bundle(root / "1.5.0.sgb", "1.5.0")
+    good = vendor.bundle(root / "1.6.0.sgb", "1.6.0")
     template = make_store(root / "store-template")
     template.install(good, vendor.trust, golden_loader)
-    template.activate("1.5.0", vendor.trust)
-    nxt = vendor.bundle(root / "1.6.0.sgb", "1.6.0")  # a good bundle of a version not installed yet
+    template.activate("1.6.0", vendor.trust)
+    nxt = vendor.bundle(root / "1.7.0.sgb", "1.7.0")  # a good bundle of a version not installed yet
     return {"root": root, "vendor": vendor, "good": good, "next": nxt, "template": template.root}
 
 
@@ -65,7 +69,7 @@ def refused(
     assert snapshot(store.root) == before, "a refused install changed the store"
     # The old version still serves: it verifies and stays active.
     state, folder, notes = store.resolve_active(serving or trust)
-    assert state.active == "1.5.0" and folder == store.versions / "1.5.0" / "model" and not notes
+    assert state.active == "1.6.0" and folder == store.versions / "1.6.0" / "model" and not notes
     return str(info.value)
 
 
@@ -73,27 +77,27 @@ def test_install_activate_rollback_remove_and_list(kit: dict[str, Any], tmp_path
     vendor: Vendor = kit["vendor"]
     store = make_store(tmp_path / "store")
     result = store.install(kit["good"], vendor.trust, golden_loader)
-    assert result["version"] == "1.5.0" and result["key_id"] == vendor.key.key_id
+    assert result["version"] == "1.6.0" and result["key_id"] == vendor.key.key_id
     assert result["golden"]["vectors"] == len(shipped_golden()["vectors"])
-    assert verify_folder(store.versions / "1.5.0", vendor.trust).version == "1.5.0"
+    assert verify_folder(store.versions / "1.6.0", vendor.trust).version == "1.6.0"
     assert store.read_state().active is None  # installed, not active: the factory model still serves
-    store.activate("1.5.0", vendor.trust)
+    store.activate("1.6.0", vendor.trust)
     entries = {(e.version, e.where): e for e in store.entries(vendor.trust)}
-    assert entries["1.5.0", "store"].active and entries["1.4.0", "factory"].previous
+    assert entries["1.6.0", "store"].active and entries[FACTORY_VERSION, "factory"].previous
     assert all(e.ok for e in entries.values())
     with pytest.raises(ModelStoreError, match="is active"):
-        store.remove("1.5.0")
+        store.remove("1.6.0")
     assert store.rollback(vendor.trust).active is None
     assert store.resolve_active(vendor.trust)[1] == store.factory.folder
-    store.remove("1.5.0")
-    assert not (store.versions / "1.5.0").exists() and store.read_state().previous is None
-    assert [e.version for e in store.entries(vendor.trust)] == ["1.4.0"]
+    store.remove("1.6.0")
+    assert not (store.versions / "1.6.0").exists() and store.read_state().previous is None
+    assert [e.version for e in store.entries(vendor.trust)] == [FACTORY_VERSION]
 
 
 def test_downgrade_refused_unless_asked(kit: dict[str, Any], store: ModelStore) -> None:
     vendor: Vendor = kit["vendor"]
     old = vendor.bundle(kit["root"] / "1.3.0.sgb", "1.3.0")
-    refused(store, old, vendor.trust, "older than the active 1.5.0")
+    refused(store, old, vendor.trust, "older than the active 1.6.0")
     store.install(old, vendor.trust, golden_loader, allow_downgrade=True)
     with pytest.raises(ModelStoreError, match="older than the active"):
         store.activate("1.3.0", vendor.trust)
@@ -132,7 +136,7 @@ def test_a_file_changed_after_signing(kit: dict[str, Any], store: ModelStore, tm
     )
 
     def relabel(name: str, data: bytes) -> bytes:
-        return data.replace(b'"version": "1.6.0"', b'"version": "1.8.0"') if name == MANIFEST else data
+        return data.replace(b'"version": "1.7.0"', b'"version": "1.9.0"') if name == MANIFEST else data
 
     refused(store, rewrite(kit["next"], tmp_path / "relabel.sgb", relabel), trust, "changed after signing")
 
@@ -209,8 +213,8 @@ def test_decompression_bombs_and_lying_sizes(kit: dict[str, Any], store: ModelSt
         "at most 1048576",
     )
     # Signed sizes far beyond any model, and beyond the free space of the store's disk.
-    files = model_files("1.6.0")
-    huge = vendor.bundle(tmp_path / "huge.sgb", "1.6.0", files)
+    files = model_files("1.7.0")
+    huge = vendor.bundle(tmp_path / "huge.sgb", "1.7.0", files)
 
     def claim(size: int) -> Path:
         """The same files, the signed manifest claiming ``size`` bytes for the model (re-signed)."""
@@ -264,7 +268,7 @@ def test_incompatible_models(kit: dict[str, Any], store: ModelStore, tmp_path: P
         (unit, "'correction_mm' must be declared in 'mm'"),
         (preset, "['brain'] are unknown"),
     ]:
-        bundle = vendor.bundle(tmp_path / f"{edit.__name__}.sgb", "1.6.0", model_files("1.6.0", edit))
+        bundle = vendor.bundle(tmp_path / f"{edit.__name__}.sgb", "1.7.0", model_files("1.7.0", edit))
         message = refused(store, bundle, vendor.trust, fragment)
         assert message.startswith("incompatible model"), message
 
@@ -272,8 +276,8 @@ def test_incompatible_models(kit: dict[str, Any], store: ModelStore, tmp_path: P
 def test_golden_vectors_out_of_tolerance(kit: dict[str, Any], store: ModelStore, tmp_path: Path) -> None:
     golden = json.loads(json.dumps(shipped_golden()))
     golden["vectors"][1]["int8"]["gain_error_db"][0] += 3.0  # what the vendor saw is not what runs here
-    files = {**model_files("1.6.0"), "golden.json": json.dumps(golden).encode()}
-    bundle = kit["vendor"].bundle(tmp_path / "golden.sgb", "1.6.0", files)
+    files = {**model_files("1.7.0"), "golden.json": json.dumps(golden).encode()}
+    bundle = kit["vendor"].bundle(tmp_path / "golden.sgb", "1.7.0", files)
     refused(
         store,
         bundle,
@@ -284,7 +288,7 @@ def test_golden_vectors_out_of_tolerance(kit: dict[str, Any], store: ModelStore,
 
 def test_a_second_install_while_one_runs(kit: dict[str, Any], store: ModelStore) -> None:
     vendor: Vendor = kit["vendor"]
-    bundle = vendor.bundle(kit["root"] / "1.7.0.sgb", "1.7.0")
+    bundle = vendor.bundle(kit["root"] / "1.8.0.sgb", "1.8.0")
     in_golden, release = threading.Event(), threading.Event()
 
     def slow_loader(folder: Path) -> tuple[Any, str]:
@@ -314,31 +318,31 @@ def test_a_second_install_while_one_runs(kit: dict[str, Any], store: ModelStore)
     finally:
         release.set()
         t.join(60)
-    assert not errors and (store.versions / "1.7.0").is_dir()
+    assert not errors and (store.versions / "1.8.0").is_dir()
 
 
 def test_an_installed_version_damaged_or_its_key_revoked_is_not_served(
     kit: dict[str, Any], store: ModelStore
 ) -> None:
     vendor: Vendor = kit["vendor"]
-    onnx = store.versions / "1.5.0" / "model" / "model.int8.onnx"
+    onnx = store.versions / "1.6.0" / "model" / "model.int8.onnx"
     onnx.write_bytes(onnx.read_bytes()[:-10])
     _, folder, notes = store.resolve_active(vendor.trust)
     assert folder == store.factory.folder and "does not match its signed sha256" in notes[0]
     listed = {e.version: e for e in store.entries(vendor.trust) if e.where == "store"}
-    assert not listed["1.5.0"].ok and "sha256" in listed["1.5.0"].problem
+    assert not listed["1.6.0"].ok and "sha256" in listed["1.6.0"].problem
     (vendor.trustdir / REVOKED_FILE).write_text(vendor.key.key_id + "\n")
     try:
         with pytest.raises(ModelStoreError, match="revoked key"):
-            verify_folder(kit["template"] / "versions" / "1.5.0", vendor.trust)
+            verify_folder(kit["template"] / "versions" / "1.6.0", vendor.trust)
     finally:
         (vendor.trustdir / REVOKED_FILE).unlink()
 
 
 def test_a_version_left_on_probation_is_rolled_back_at_start(kit: dict[str, Any], store: ModelStore) -> None:
     vendor: Vendor = kit["vendor"]
-    store.rollback(vendor.trust)  # factory active, 1.5.0 previous
-    store.activate("1.5.0", vendor.trust, trial=True)  # the daemon died during the probation
+    store.rollback(vendor.trust)  # factory active, 1.6.0 previous
+    store.activate("1.6.0", vendor.trust, trial=True)  # the daemon died during the probation
     state, folder, notes = store.resolve_active(vendor.trust)
     assert state.active is None and folder == store.factory.folder and "probation" in notes[0]
-    assert store.read_state().as_dict() == {"active": None, "previous": "1.5.0", "trial": False}
+    assert store.read_state().as_dict() == {"active": None, "previous": "1.6.0", "trial": False}

@@ -84,10 +84,10 @@ def test_twenty_kills_during_installs_and_activations_leave_one_complete_verifie
 ) -> None:
     vendor = Vendor(tmp_path)
     store, trust = make_store(tmp_path / "store"), vendor.trust
-    store.install(vendor.bundle(tmp_path / "1.5.0.sgb", "1.5.0"), trust, golden_loader)
-    store.activate("1.5.0", trust)
+    store.install(vendor.bundle(tmp_path / "1.6.0.sgb", "1.6.0"), trust, golden_loader)
+    store.activate("1.6.0", trust)
     rng = random.Random(15)
-    next_minor = 6
+    next_minor = 7
     duration = {"install": 0.0, "activate": 0.0}
     served: list[str] = []
     outcomes = {"killed": 0, "finished": 0}

@@ -210,12 +210,12 @@ def test_model_store_and_keys_checks(tmp_path: Path) -> None:
     assert none.ok and "updates will be refused" in none.detail and none.fix
     vendor = Vendor(tmp_path)
     store = make_store(store_dir)
-    store.install(vendor.bundle(tmp_path / "1.5.0.sgb", "1.5.0"), vendor.trust, golden_loader)
-    store.activate("1.5.0", vendor.trust)
+    store.install(vendor.bundle(tmp_path / "1.6.0.sgb", "1.6.0"), vendor.trust, golden_loader)
+    store.activate("1.6.0", vendor.trust)
     good = check_model_store(str(store_dir), str(keys))
-    assert good.ok and "active 1.5.0" in good.detail and "GB free" in good.detail, good
+    assert good.ok and "active 1.6.0" in good.detail and "GB free" in good.detail, good
     assert vendor.key.key_id in check_model_keys(str(keys)).detail
-    card = store.versions / "1.5.0" / "model" / "MODEL_CARD.md"
+    card = store.versions / "1.6.0" / "model" / "MODEL_CARD.md"
     card.write_text("edited\n")
     damaged = check_model_store(str(store_dir), str(keys))
     assert not damaged.ok and "MODEL_CARD.md does not match its signed sha256" in damaged.detail, damaged
