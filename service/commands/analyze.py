@@ -82,7 +82,9 @@ def analyze_one(
     from models.imageprep import read_image
 
     image = read_image(path)
-    out = model.predict(image, gain_db, depth_mm, freq_mhz)
+    # A still image: with a clip head, the image repeated as a clip with the motion unknown.
+    still = getattr(model, "predict_still", model.predict)
+    out = still(image, gain_db, depth_mm, freq_mhz)
     row: dict[str, Any] = {"image": str(path)}
     row.update(decide(out, gain_db, depth_mm, preset))
     row.update(

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from firmware_bridge.devicelog import device_logger
 from models.imageprep import resize
 from service.daemon.accelerator import PROVIDER_NAMES, cpu_despite_gpu, gpu_devices
 from service.model_store.compat import OUTPUT_UNITS
-from service.policy.clip_window import ClipContract
+from service.policy.clip_window import ClipContract, FrameHistory, KeptFrame
 from service.seams import ModelOutput
 
 log = logging.getLogger(__name__)
@@ -290,6 +291,35 @@ class OnnxModel:
             raise RuntimeError(f"{self.name} {self.version} has no clip head")
         corr, sd = self._clip.run(["correction", "sd"], {"features": features, "motion": motion})
         return np.asarray(corr, float)[0], np.asarray(sd, float)[0]
+
+    def with_clip(self, out: ModelOutput, features: np.ndarray, motion: np.ndarray) -> ModelOutput:
+        """``out`` with the clip head's correction and 1 sd for this window in place of the frame's."""
+        corr, sd = self.clip_correction(features, motion)
+        return replace(
+            out,
+            correction_mm=(float(corr[0]), float(corr[1]), float(corr[2])),
+            correction_deg=(float(corr[3]), float(corr[4]), float(corr[5])),
+            correction_sd=(
+                float(sd[0]),
+                float(sd[1]),
+                float(sd[2]),
+                float(sd[3]),
+                float(sd[4]),
+                float(sd[5]),
+            ),
+            features=None,
+        )
+
+    def predict_still(
+        self, image: np.ndarray, gain_db: float, depth_mm: float, freq_mhz: float
+    ) -> ModelOutput:
+        """One still image as the service reads a frame with no history: with a clip head, a clip of
+        the image repeated and the motion unknown (a model without one: ``predict``)."""
+        out = self.predict(image, gain_db, depth_mm, freq_mhz)
+        if self.clip_contract is None or out.features is None:
+            return out
+        only = KeptFrame(0.0, np.asarray(out.features, np.float32).ravel(), None, None)
+        return self.with_clip(out, *FrameHistory(self.clip_contract).inputs(only))
 
 
 def load_model(folder: str | Path = "", config: Any = None, threads: int = 1) -> OnnxModel:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -471,14 +471,7 @@ class Pipeline:
         rotation = pose.patient_from_probe if pose is not None and position is not None else None
         kept = KeptFrame(taken_at, np.asarray(out.features, np.float32).ravel(), position, rotation)
         history.add(kept)
-        corr, sd = model.clip_correction(*history.inputs(kept))  # type: ignore[attr-defined]
-        return replace(
-            out,
-            correction_mm=(float(corr[0]), float(corr[1]), float(corr[2])),
-            correction_deg=(float(corr[3]), float(corr[4]), float(corr[5])),
-            correction_sd=tuple(float(v) for v in sd),  # type: ignore[arg-type]
-            features=None,
-        )
+        return model.with_clip(out, *history.inputs(kept))  # type: ignore[attr-defined]
 
     # --- threads ------------------------------------------------------------------------------------
 

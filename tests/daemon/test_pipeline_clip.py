@@ -11,7 +11,7 @@ from service.daemon.clock import SimClock
 from service.daemon.onnx_model import OnnxModel, load_model
 from service.daemon.pipeline import Pipeline
 from service.seams import MemoryPublisher
-from tests.clip_models import make_candidate
+from tests.clip_models import FRAME_MODEL, make_candidate
 from tests.service_bench import SimTimeProbe
 
 FPS = 10.0
@@ -45,7 +45,7 @@ def test_the_clip_heads_correction_and_spread_replace_the_frames_and_a_swap_star
     # The head's own reading, not the frame model's (random weights: far from it).
     alone, clipped = seen[-1]
     assert not np.allclose(clipped.correction_mm, alone.correction_mm, atol=1e-3)
-    pipe.swap_model(load_model(config=None))  # the shipped single-frame model: no history at all
+    pipe.swap_model(load_model(FRAME_MODEL, config=None))  # a single-frame model: no history at all
     assert pipe.history is None
     work = pipe.infer(pipe.preprocess(pipe.receive(probe.frame(clock.now()))))
     pipe.guide(work)

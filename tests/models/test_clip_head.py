@@ -129,3 +129,19 @@ def test_a_clip_manifest_that_names_a_missing_output_or_an_unlisted_head_is_refu
         path.write_text(json.dumps(broken))
         with pytest.raises(ModelLoadError, match=words):
             OnnxModel(candidate, providers=("cpu",))
+
+
+def test_a_still_image_is_read_as_a_clip_of_itself_with_the_motion_unknown(candidate: Path) -> None:
+    from service.daemon.onnx_model import OnnxModel
+
+    grey = np.random.default_rng(4).integers(0, 255, (200, 160)).astype(np.uint8)
+    model = OnnxModel(candidate, providers=("cpu",))
+    framewise, still = model.predict(grey, 40.0, 120.0, 3.5), model.predict_still(grey, 40.0, 120.0, 3.5)
+    f = np.repeat(np.asarray(framewise.features, np.float32)[None, None], K, axis=1)
+    want_corr, want_sd = forward(random_weights(), f, np.zeros((1, K - 1, 7), np.float32), np.ones(6))
+    np.testing.assert_allclose(still.correction_mm + still.correction_deg, want_corr[0], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(still.correction_sd, want_sd[0], rtol=1e-3)
+    assert still.features is None and still.gain_error_db == framewise.gain_error_db
+    # A frame model has no history to stand in for: a still image is its one frame.
+    frame_only = OnnxModel(FRAME_MODEL, providers=("cpu",))
+    assert frame_only.predict_still(grey, 40.0, 120.0, 3.5) == frame_only.predict(grey, 40.0, 120.0, 3.5)
