@@ -23,6 +23,14 @@ CLOSED_LOOP_FIGURES = (
     "flicker_per_s",
 )
 SIGN_GOAL, HIDDEN_GOAL, COVERAGE_GOAL = 0.90, 0.75, (0.60, 0.76)  # issue 17's held-out acceptance
+# Issue 17's closed-loop goals for the guided (no camera) arm: (figure, "<=" or ">=", goal).
+GUIDED_GOALS = (
+    ("success_rate", ">=", 0.80),
+    ("median_time_to_plane_s", "<=", 30.0),
+    ("depth_ok_rate", ">=", 0.95),
+    ("gain_converged_rate", ">=", 0.98),
+    ("flicker_per_s", "<=", 0.2),
+)
 SEARCHED_BELOW = 0.65  # service.policy.search.SIGN_RELIABLE (models never import the service)
 
 
@@ -74,6 +82,10 @@ def _held_out_rows(ev: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _figure(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}".rstrip("0").rstrip(".")
+
+
 def _closed_loop_rows(runs: Sequence[Mapping[str, Any]]) -> str:
     if not runs:
         return "**Not measured in the closed loop** (no `sonoguide eval` run was given to the build)."
@@ -85,15 +97,32 @@ def _closed_loop_rows(runs: Sequence[Mapping[str, Any]]) -> str:
         seeds = f"{run['seed_base']}+, {run['n_episodes']} episodes"
         for arm, f in run["arms"].items():
             t = f["median_time_to_plane_s"]
-            lines.append(
-                f"| {seeds} | {arm} | {f['success_rate']} | {'> limit' if t is None else t} | "
-                f"{f['depth_ok_rate']} | {f['gain_converged_rate']} | {f['flicker_per_s']} |"
-            )
+            cells = [
+                _figure(f["success_rate"]),
+                "> limit" if t is None else _figure(t),
+                *(_figure(f[k]) for k in ("depth_ok_rate", "gain_converged_rate", "flicker_per_s")),
+            ]
+            lines.append(f"| {seeds} | {arm} | " + " | ".join(cells) + " |")
     commands = "; ".join(f"`{run['command']}`" for run in runs)
-    return (
-        "\n".join(lines)
-        + f"\n\nNovice noise {runs[0]['novice_noise']}, camera arm's tracker `{runs[0]['tracking']}`: {commands}."
+    text = "\n".join(lines) + (
+        f"\n\nNovice noise {runs[0]['novice_noise']}, camera arm's tracker `{runs[0]['tracking']}`: {commands}."
     )
+    missed = _guided_shortfalls(runs)
+    if missed:
+        text += "\n\n**Guided (no camera) goals not met:** " + "; ".join(missed) + "."
+    return text
+
+
+def _guided_shortfalls(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each guided-arm goal some run misses, with every run's figure (None: never reached)."""
+    out = []
+    guided = [run["arms"]["guided"] for run in runs if "guided" in run["arms"]]
+    for key, op, goal in GUIDED_GOALS:
+        values = [g[key] for g in guided]
+        if any(v is None or (v < goal if op == ">=" else v > goal) for v in values):
+            shown = " / ".join("> limit" if v is None else _figure(v) for v in values)
+            out.append(f"{key} {shown} (goal {'≥' if op == '>=' else '≤'} {goal:g})")
+    return out
 
 
 def _shortfalls(ev: Mapping[str, Any]) -> list[str]:

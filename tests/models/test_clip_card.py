@@ -84,6 +84,8 @@ def test_a_shipped_clip_folder_has_its_version_a_hashed_card_and_the_figures_it_
     assert "dy 71%" in card and "rx 68%" in card and "Held-out goals not met" in card
     assert "| 800000+, 24 episodes | guided | 0.333 | > limit | 0.708 | 0.958 | 0.39 |" in card
     assert "--seed-base 200000" in card and "--seed-base 800000" in card
+    assert "success_rate 0.333 / 0.333 (goal ≥ 0.8)" in card and "flicker_per_s 0.39 / 0.39" in card
+    assert "median_time_to_plane_s > limit / > limit (goal ≤ 30)" in card
     # The axes the service will search rather than follow, by its own threshold.
     assert SIGN_RELIABLE == SEARCHED_BELOW and "(none here)" in card
 
