@@ -164,10 +164,14 @@ def test_a_flood_of_commands_is_answered_busy_and_nothing_is_lost_uncounted(benc
         props.CorrelationData = corr
         body = json.dumps({"param": "gain_db", "value": 10.0 + 10.0 * (i % 2)}).encode()
         rec.client.publish(rec.root + "cmd/set_param", body, qos=1, properties=props)
-    assert rec.wait_for(lambda: all(c in rec.replies for c in corrs), 120), (
-        f"{sum(c not in rec.replies for c in corrs)} of {n} requests got no reply"
+    stats = bench.daemon.mqtt.stats
+    # A reply that found paho's outgoing queue full (the broker acknowledging slower than the flood
+    # comes in; how many depends on the machine) is dropped and counted, never silently lost.
+    assert rec.wait_for(lambda: sum(c in rec.replies for c in corrs) + stats["replies_dropped"] == n, 90), (
+        f"{sum(c not in rec.replies for c in corrs)} of {n} requests got no reply, "
+        f"{stats['replies_dropped']} replies counted as dropped"
     )
-    replies = [rec.replies[c] for c in corrs]
+    replies = [rec.replies[c] for c in corrs if c in rec.replies]
     busy = [r for r in replies if not r["ok"]]
     assert busy and all(r["error"].startswith("busy") and r["retry_after_s"] > 0 for r in busy), busy[:3]
     assert sum(r["ok"] for r in replies) >= 40  # the burst, then the steady rate, ran
@@ -178,7 +182,9 @@ def test_a_flood_of_commands_is_answered_busy_and_nothing_is_lost_uncounted(benc
     seqs = sorted(m.payload["seq"] for m in rec.of("events") if m.payload["seq"] > seq_before)
     missing = (seqs[-1] - seq_before) - len(seqs) if seqs else 0
     assert missing == losses["events_dropped"], (missing, losses)
-    assert losses["commands_busy"] == len(busy) and losses["replies_dropped"] == 0, losses
+    unanswered = n - len(replies)
+    assert losses["replies_dropped"] == unanswered, (unanswered, losses)
+    assert losses["commands_busy"] >= len(busy) and losses["commands_busy"] <= len(busy) + unanswered, losses
 
 
 def test_rate_limiter_bursts_then_holds_the_rate_per_client() -> None:
