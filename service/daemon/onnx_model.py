@@ -335,8 +335,8 @@ def bench_precisions(
     folder: str | Path = "", runs: int = 200, threads: int = 1
 ) -> dict[str, dict[str, float]]:
     """CPU latency (ms, batch 1) of the shipped INT8 model and its FP32 reference, measured alternately
-    in blocks so a busy machine slows both alike: ``{"int8": {...}, "fp32": {...}}`` with median and p90.
-    For ``sonoguide bench``."""
+    in blocks so a busy machine slows both alike: ``{"int8": {...}, "fp32": {...}}`` with median and p90;
+    with a clip head also ``"clip_head"`` (one window, the frame's features reused). For ``sonoguide bench``."""
     import onnxruntime as ort
 
     path = Path(folder) if folder else shipped_model_dir()
@@ -351,19 +351,34 @@ def bench_precisions(
         opts.inter_op_num_threads = 1
         sessions[key] = ort.InferenceSession(str(path / name), opts, providers=["CPUExecutionProvider"])
     shape = manifest["inputs"][0]["shape"]
-    feed = {
+    frame_feed = {
         manifest["inputs"][0]["name"]: np.random.default_rng(0).normal(0, 1, shape).astype(np.float32),
         manifest["inputs"][1]["name"]: np.ones(manifest["inputs"][1]["shape"], np.float32),
     }
+    feeds = dict.fromkeys(sessions, frame_feed)
+    clip = manifest.get("clip")
+    if clip:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        sessions["clip_head"] = ort.InferenceSession(
+            str(path / clip["file"]), opts, providers=["CPUExecutionProvider"]
+        )
+        features = sessions["int8"].run([clip["features_output"]], frame_feed)[0]
+        k = len(clip["past_s"]) + 1
+        feeds["clip_head"] = {
+            "features": np.repeat(features[:, None], k, axis=1).astype(np.float32),
+            "motion": np.zeros((1, k - 1, 7), np.float32),
+        }
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(10):  # warm-up
-        for s in sessions.values():
-            s.run(None, feed)
+        for key, s in sessions.items():
+            s.run(None, feeds[key])
     for _ in range(max(1, runs // 20)):
         for key, s in sessions.items():
             for _ in range(20):
                 t0 = time.perf_counter()
-                s.run(None, feed)
+                s.run(None, feeds[key])
                 times[key].append(1000 * (time.perf_counter() - t0))
     return {
         k: {"median_ms": round(float(np.median(v)), 3), "p90_ms": round(float(np.percentile(v, 90)), 3)}

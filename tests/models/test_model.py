@@ -18,6 +18,7 @@ from service.seams import ModelOutput
 from sim.phantom import make_phantom
 from sim.scanner import Scanner
 from sim.truth import ground_truth
+from tests.clip_models import FRAME_MODEL
 
 MODEL_DIR = shipped_model_dir()
 MANIFEST = json.loads((MODEL_DIR / "manifest.json").read_text())
@@ -214,8 +215,10 @@ def test_daemon_load_path_and_bench_numbers(tmp_path: Path) -> None:
     m = daemon_load(cfg)
     assert isinstance(m, OnnxModel) and m.provider in ("CUDAExecutionProvider", "CPUExecutionProvider")
     bench = bench_precisions("", runs=40)
-    assert set(bench) == {"int8", "fp32"}
+    clip = "clip" in json.loads((shipped_model_dir() / "manifest.json").read_text())
+    assert set(bench) == {"int8", "fp32"} | ({"clip_head"} if clip else set())
     assert all(0 < v["median_ms"] <= v["p90_ms"] for v in bench.values())
+    assert set(bench_precisions(FRAME_MODEL, runs=20)) == {"int8", "fp32"}  # a single-frame model
 
 
 def test_manifest_reader_names_each_problem(tmp_path: Path) -> None:
