@@ -35,11 +35,22 @@ lint: setup
 	$(VENV)/bin/ruff format --check firmware_bridge service sim models tests scripts
 	$(VENV)/bin/mypy firmware_bridge service sim models
 
-# Regenerates models/sonoguide-view/<version>/ from scratch on the CPU: 27 min on 2 idle cores
-# (frames 6.5 min, 15 epochs of ~80 s); up to ~33 min when this machine kind runs slow or shared.
+# Regenerates the shipped models/sonoguide-view/ folders from scratch on the CPU, on 2 idle cores:
+# the frame model 1.4.0 in 27 min (frames 6.5 min, 15 epochs of ~80 s; up to ~33 min when this
+# machine kind runs slow or shared), then 1.5.0 = 1.4.0 + its clip head (clips of 1 800 training and
+# 240 held-out phantoms, features, ~150 s of training; docs/model.md) and the closed-loop runs its
+# card reports (`sonoguide eval`, camera and guided arms: defaults, seeds 800000+ and 900000+; ~8 min).
+CLIP := models/sonoguide-view/1.5.0
+CLIP_SEEDS := 200000 800000 900000
 model: setup
 	$(PY) -m pip install --quiet -e '.[dev,train]'
 	$(PY) -m models.build $(MODEL_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m models.clip_head --model models/sonoguide-view/1.4.0 --out build/clip \
+	  --cache build/model-data/clip --candidate $(CLIP) --version 1.5.0 $(CLIP_ARGS)
+	for base in $(CLIP_SEEDS); do $(VENV)/bin/sonoguide eval --arms camera,guided --model $(CLIP) \
+	  --seed-base $$base --json build/clip/eval-$$base.json --plots build/clip/plots-$$base || exit 1; done
+	$(PY) -m models.clip_head --model models/sonoguide-view/1.4.0 --out build/clip --head build/clip/clip_head.onnx \
+	  --candidate $(CLIP) --version 1.5.0 --closed-loop $(foreach b,$(CLIP_SEEDS),build/clip/eval-$(b).json)
 	@if [ -n "$(BUNDLE_KEY)" ]; then $(MAKE) --no-print-directory bundle; fi
 
 # A signed bundle of the newest model folder for field updates (docs/model-updates.md):
