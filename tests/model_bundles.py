@@ -35,7 +35,7 @@ def shipped_golden() -> dict[str, Any]:
     fp32 = OnnxModel(
         SHIPPED, ("cpu",), model_file=json.loads((SHIPPED / "manifest.json").read_text())["reference_file"]
     )
-    return make_golden(golden_inputs(), int8.run, fp32.run)
+    return make_golden(golden_inputs(), int8.golden_run, fp32.golden_run)
 
 
 def model_files(version: str, edit: Callable[[dict[str, Any]], None] | None = None) -> dict[str, bytes]:
@@ -52,7 +52,7 @@ def model_files(version: str, edit: Callable[[dict[str, Any]], None] | None = No
 
 def golden_loader(folder: Path) -> tuple[Any, str]:
     model = OnnxModel(folder, ("cpu",))
-    return model.run, model.provider
+    return model.golden_run, model.provider
 
 
 class Vendor:

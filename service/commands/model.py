@@ -117,7 +117,7 @@ def golden_loader(config: Any) -> Any:
             model = OnnxModel(folder, tuple(config.providers), config.engine_cache or None)
         except ModelLoadError as exc:
             raise ModelStoreError(f"the model does not load: {exc}") from None
-        return model.run, model.provider
+        return model.golden_run, model.provider
 
     return load
 
@@ -207,7 +207,7 @@ def pack_folder(model_dir: Path, key_path: Path, out: Path, valid_days: int) -> 
         fp32 = OnnxModel(model_dir, ("cpu",), model_file=ref) if ref else int8
     except ModelLoadError as exc:
         raise ModelStoreError(str(exc)) from None
-    golden = make_golden(golden_inputs(), int8.run, fp32.run)
+    golden = make_golden(golden_inputs(), int8.golden_run, fp32.golden_run)
     files = {f"model/{n}": (model_dir / n).read_bytes() for n in [*manifest["files"], "manifest.json"]}
     files["golden.json"] = json.dumps(golden, indent=1).encode()
     meta = {"name": manifest["name"], "version": manifest["version"],

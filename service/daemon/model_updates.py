@@ -394,7 +394,7 @@ class ModelUpdates:
 
 
 def _runner(model: Model) -> Any:
-    run = getattr(model, "run", None)
+    run = getattr(model, "golden_run", None) or getattr(model, "run", None)
     if run is None:
         raise ModelStoreError(f"model {model.name} has no raw outputs to check golden vectors with")
     return run

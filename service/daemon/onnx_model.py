@@ -26,6 +26,7 @@ from firmware_bridge.devicelog import device_logger
 from models.imageprep import resize
 from service.daemon.accelerator import PROVIDER_NAMES, cpu_despite_gpu, gpu_devices
 from service.model_store.compat import OUTPUT_UNITS
+from service.model_store.golden import clip_golden_motion
 from service.policy.clip_window import ClipContract, FrameHistory, KeptFrame
 from service.seams import ModelOutput
 
@@ -284,6 +285,23 @@ class OnnxModel:
             confidence=visible * contact,
             features=o[self.manifest["clip"]["features_output"]].astype(np.float32) if self._clip else None,
         )
+
+    def golden_run(
+        self, image: np.ndarray, depth_mm: float, freq_mhz: float, gain_db: float = 0.0
+    ) -> dict[str, np.ndarray]:
+        """``run``'s outputs and, with a clip head, the head's on a clip of this frame repeated with
+        the golden tracked motion: what golden vectors record and the device checks."""
+        out = self.run(image, depth_mm, freq_mhz, gain_db)
+        if self.clip_contract is None:
+            return out
+        k = len(self.clip_contract.past_s) + 1
+        feats = np.asarray(out[self.manifest["clip"]["features_output"]], np.float32).ravel()
+        corr, sd = self.clip_correction(np.repeat(feats[None, None], k, axis=1), clip_golden_motion(k - 1))
+        return {
+            **out,
+            "clip_correction_mm": corr[:3], "clip_correction_deg": corr[3:],
+            "clip_sd_mm": sd[:3], "clip_sd_deg": sd[3:],
+        }  # fmt: skip
 
     def clip_correction(self, features: np.ndarray, motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The clip head's correction (6,) and its 1 sd (6,), mm and degrees, for one window."""

@@ -11,6 +11,11 @@ correct INT8 kernel may move it. ``golden.json``::
      "vectors": [{"id": ..., "depth_mm": ..., "freq_mhz": ..., "gain_db": ...,
                   "image": {"shape": [H, W], "b64": <uint8 bytes>},
                   "fp32": {"gain_error_db": [..], ...}, "int8": {...}}]}
+
+A model with a clip head adds ``clip_*`` outputs to each vector: the head's correction and spread for
+a clip of the vector's frame repeated with a fixed tracked motion (``clip_golden_motion``), so the
+device checks the head and the motion path on its own provider too. Older files without them still
+check the frame outputs.
 """
 
 from __future__ import annotations
@@ -37,6 +42,23 @@ GOLDEN_SCENES = (
 )
 
 
+# The clip head's golden outputs (``OnnxModel.golden_run``): correction and 1 sd, split by unit.
+CLIP_UNITS = {
+    "clip_correction_mm": "mm",
+    "clip_correction_deg": "deg",
+    "clip_sd_mm": "mm",
+    "clip_sd_deg": "deg",
+}
+
+
+def clip_golden_motion(earlier_frames: int) -> np.ndarray:
+    """(1, earlier_frames, 7) a fixed tracked motion for the golden clips: each earlier frame a little
+    further along every axis (units of the head's input), with the tracked flag set."""
+    steps = np.arange(1, earlier_frames + 1, dtype=np.float32)[:, None]
+    along = np.array([0.3, -0.2, 0.05, 0.2, -0.1, 0.4], np.float32)[None, :]
+    return np.concatenate([steps * along, np.ones((earlier_frames, 1), np.float32)], axis=1)[None]
+
+
 def golden_inputs(size: int = 128) -> list[tuple[str, np.ndarray, float, float, float]]:
     """Reference B-mode frames from the simulator (seeded, so the same on every machine)."""
     from firmware_bridge.emulator.images import SimImageSource
@@ -51,18 +73,24 @@ def golden_inputs(size: int = 128) -> list[tuple[str, np.ndarray, float, float, 
     return inputs
 
 
+UNITS = {**OUTPUT_UNITS, **CLIP_UNITS}
+
+
 def _lists(outputs: dict[str, np.ndarray]) -> dict[str, list[float]]:
-    return {k: [float(x) for x in np.asarray(outputs[k], float).ravel()] for k in OUTPUT_UNITS}
+    """The checked outputs as lists: the frame outputs always, the clip head's where the model has one."""
+    keys = [*OUTPUT_UNITS, *(k for k in CLIP_UNITS if k in outputs)]
+    return {k: [float(x) for x in np.asarray(outputs[k], float).ravel()] for k in keys}
 
 
 def make_golden(
     inputs: list[tuple[str, np.ndarray, float, float, float]], run_int8: Runner, run_fp32: Runner
 ) -> dict[str, Any]:
-    vectors, worst = [], dict.fromkeys(OUTPUT_UNITS, 0.0)
+    vectors: list[dict[str, Any]] = []
+    worst: dict[str, float] = {}
     for vid, image, depth, freq, gain in inputs:
         int8, fp32 = _lists(run_int8(image, depth, freq, gain)), _lists(run_fp32(image, depth, freq, gain))
-        for k in OUTPUT_UNITS:
-            worst[k] = max(worst[k], *(abs(a - b) for a, b in zip(int8[k], fp32[k], strict=True)))
+        for k in int8:
+            worst[k] = max(worst.get(k, 0.0), *(abs(a - b) for a, b in zip(int8[k], fp32[k], strict=True)))
         img = np.ascontiguousarray(image, np.uint8)
         vectors.append(
             {
@@ -75,7 +103,7 @@ def make_golden(
                 "int8": int8,
             }
         )
-    tolerance = {k: round(max(UNIT_FLOOR[OUTPUT_UNITS[k]], 2.0 * worst[k]), 4) for k in OUTPUT_UNITS}
+    tolerance = {k: round(max(UNIT_FLOOR[UNITS[k]], 2.0 * v), 4) for k, v in worst.items()}
     return {"format": FORMAT, "tolerance": tolerance, "vectors": vectors}
 
 
@@ -112,18 +140,21 @@ def check_golden(golden: dict[str, Any], run: Runner, where: str) -> dict[str, A
             raise ModelStoreError(
                 f"golden vector {vector.get('id')!r} failed to run on {where}: {exc}"
             ) from None
-        for k in OUTPUT_UNITS:
-            tol = float(tolerance.get(k, UNIT_FLOOR[OUTPUT_UNITS[k]]))
+        for k in [*OUTPUT_UNITS, *(c for c in CLIP_UNITS if c in vector["int8"])]:
+            tol = float(tolerance.get(k, UNIT_FLOOR[UNITS[k]]))
             want = vector["int8"][k]
+            if k not in got:
+                failures.append(
+                    f"{k}: the model gives none (the golden vectors are of a model with a clip head)"
+                )
+                continue
             dev = max(
                 abs(a - b) if np.isfinite(a) else float("inf") for a, b in zip(got[k], want, strict=True)
             )
             if dev > worst.get(k, [-1.0])[0]:
                 worst[k] = [round(dev, 4), tol]
             if not dev <= tol:
-                failures.append(
-                    f"{k} off by {dev:.3g} {OUTPUT_UNITS[k]} (tolerance {tol:g}) on {vector['id']}"
-                )
+                failures.append(f"{k} off by {dev:.3g} {UNITS[k]} (tolerance {tol:g}) on {vector['id']}")
     if failures:
         raise ModelStoreError(
             f"golden vectors out of tolerance on {where}: "

@@ -17,13 +17,19 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
 import pytest
 from packaging.version import Version
 
+from models.clip_head import head_onnx
+from models.manifest import sha256
 from service.model_store import ModelStoreError
 from service.model_store.bundle import MANIFEST, SIGNATURE, verify_folder, write_tar
+from service.model_store.golden import CLIP_UNITS
 from service.model_store.keys import REVOKED_FILE, Trust
 from service.model_store.store import ModelStore, StoreBusyError
+from tests.clip_models import K, random_weights
 from tests.model_bundles import (
     FACTORY_VERSION,
     Vendor,
@@ -284,6 +290,36 @@ def test_golden_vectors_out_of_tolerance(kit: dict[str, Any], store: ModelStore,
         kit["vendor"].trust,
         "golden vectors out of tolerance on CPUExecutionProvider: gain_error_db off by",
     )
+
+
+def test_golden_vectors_check_the_clip_head_and_older_vectors_without_it_still_check(
+    kit: dict[str, Any], store: ModelStore, tmp_path: Path
+) -> None:
+    golden = shipped_golden()
+    assert "clip_correction_deg" in golden["vectors"][0]["int8"] and "clip_sd_mm" in golden["tolerance"]
+    # Another head under the same name, the manifest re-hashed and the bundle signed: every hash and the
+    # signature hold, and only the golden vectors can tell that the head is not the one the vendor ran.
+    head = tmp_path / "other_head.onnx"
+    onnx.save(head_onnx(random_weights(5), np.ones(6), K), str(head))
+
+    def rehash(manifest: dict[str, Any]) -> None:
+        manifest["files"]["clip_head.onnx"] = sha256(head)
+
+    files = {**model_files("1.7.0", rehash), "model/clip_head.onnx": head.read_bytes()}
+    swapped = kit["vendor"].bundle(tmp_path / "swapped.sgb", "1.7.0", files)
+    refused(
+        store, swapped, kit["vendor"].trust, "golden vectors out of tolerance on CPUExecutionProvider: clip_"
+    )
+    # Vectors written before heads had golden outputs check the frame outputs, as before.
+    older = json.loads(json.dumps(golden))
+    for vector in older["vectors"]:
+        for key in CLIP_UNITS:
+            vector["int8"].pop(key), vector["fp32"].pop(key)
+    files = {**model_files("1.7.0"), "golden.json": json.dumps(older).encode()}
+    result = store.install(
+        kit["vendor"].bundle(tmp_path / "older.sgb", "1.7.0", files), kit["vendor"].trust, golden_loader
+    )
+    assert result["version"] == "1.7.0" and not set(result["golden"]["worst"]) & set(CLIP_UNITS)
 
 
 def test_a_second_install_while_one_runs(kit: dict[str, Any], store: ModelStore) -> None:
