@@ -27,7 +27,7 @@ from models.imageprep import resize
 from service.daemon.accelerator import PROVIDER_NAMES, cpu_despite_gpu, gpu_devices
 from service.model_store.compat import OUTPUT_UNITS
 from service.model_store.golden import clip_golden_motion
-from service.policy.clip_window import ClipContract, FrameHistory, KeptFrame
+from service.policy.clip_window import ClipContract, still_clip
 from service.seams import ModelOutput
 
 log = logging.getLogger(__name__)
@@ -294,9 +294,8 @@ class OnnxModel:
         out = self.run(image, depth_mm, freq_mhz, gain_db)
         if self.clip_contract is None:
             return out
-        k = len(self.clip_contract.past_s) + 1
-        feats = np.asarray(out[self.manifest["clip"]["features_output"]], np.float32).ravel()
-        corr, sd = self.clip_correction(np.repeat(feats[None, None], k, axis=1), clip_golden_motion(k - 1))
+        feats, _ = still_clip(self.clip_contract, out[self.manifest["clip"]["features_output"]])
+        corr, sd = self.clip_correction(feats, clip_golden_motion(len(self.clip_contract.past_s)))
         return {
             **out,
             "clip_correction_mm": corr[:3], "clip_correction_deg": corr[3:],
@@ -336,8 +335,7 @@ class OnnxModel:
         out = self.predict(image, gain_db, depth_mm, freq_mhz)
         if self.clip_contract is None or out.features is None:
             return out
-        only = KeptFrame(0.0, np.asarray(out.features, np.float32).ravel(), None, None)
-        return self.with_clip(out, *FrameHistory(self.clip_contract).inputs(only))
+        return self.with_clip(out, *still_clip(self.clip_contract, out.features))
 
 
 def load_model(folder: str | Path = "", config: Any = None, threads: int = 1) -> OnnxModel:
@@ -360,14 +358,14 @@ def bench_precisions(
     path = Path(folder) if folder else shipped_model_dir()
     manifest = read_manifest(path)
     files = {"int8": manifest["model_file"], "fp32": manifest.get("reference_file")}
-    sessions = {}
-    for key, name in files.items():
-        if not name:
-            continue
+
+    def session(name: str) -> Any:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        sessions[key] = ort.InferenceSession(str(path / name), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path / name), opts, providers=["CPUExecutionProvider"])
+
+    sessions = {key: session(name) for key, name in files.items() if name}
     shape = manifest["inputs"][0]["shape"]
     frame_feed = {
         manifest["inputs"][0]["name"]: np.random.default_rng(0).normal(0, 1, shape).astype(np.float32),
@@ -376,18 +374,10 @@ def bench_precisions(
     feeds = dict.fromkeys(sessions, frame_feed)
     clip = manifest.get("clip")
     if clip:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        sessions["clip_head"] = ort.InferenceSession(
-            str(path / clip["file"]), opts, providers=["CPUExecutionProvider"]
-        )
+        sessions["clip_head"] = session(clip["file"])
         features = sessions["int8"].run([clip["features_output"]], frame_feed)[0]
-        k = len(clip["past_s"]) + 1
-        feeds["clip_head"] = {
-            "features": np.repeat(features[:, None], k, axis=1).astype(np.float32),
-            "motion": np.zeros((1, k - 1, 7), np.float32),
-        }
+        window, motion = still_clip(ClipContract.from_manifest(clip), features)
+        feeds["clip_head"] = {"features": window, "motion": motion}
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(10):  # warm-up
         for key, s in sessions.items():

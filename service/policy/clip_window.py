@@ -109,3 +109,10 @@ class FrameHistory:
                 motion[j, :6] = moved * self.contract.motion_scale
                 motion[j, 6] = 1.0
         return np.stack(feats)[None].astype(np.float32), motion[None]
+
+
+def still_clip(contract: ClipContract, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The head's inputs for one frame with no history: the frame repeated, the motion unknown (how the
+    head reads a still image, and the service's first second)."""
+    only = KeptFrame(0.0, np.asarray(features, np.float32).ravel(), None, None)
+    return FrameHistory(contract).inputs(only)
