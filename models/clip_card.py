@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from models.evaluate import AXES
+from models.goals import Goal, met
 from models.manifest import model_card
 
 # The figures of one ``sonoguide eval`` arm kept in the manifest, in the JSON's names without the arm
@@ -23,14 +24,14 @@ CLOSED_LOOP_FIGURES = (
     "flicker_per_s",
 )
 SIGN_GOAL, HIDDEN_GOAL, COVERAGE_GOAL = 0.90, 0.75, (0.60, 0.76)  # issue 17's held-out acceptance
-# Issue 17's closed-loop goals for the guided (no camera) arm: (figure, "<=" or ">=", goal).
-GUIDED_GOALS = (
-    ("success_rate", ">=", 0.80),
-    ("median_time_to_plane_s", "<=", 30.0),
-    ("depth_ok_rate", ">=", 0.95),
-    ("gain_converged_rate", ">=", 0.98),
-    ("flicker_per_s", "<=", 0.2),
-)
+# Issue 17's closed-loop goals for the guided (no camera) arm.
+GUIDED_GOALS: dict[str, Goal] = {
+    "success_rate": (">=", 0.80),
+    "median_time_to_plane_s": ("<=", 30.0),
+    "depth_ok_rate": (">=", 0.95),
+    "gain_converged_rate": (">=", 0.98),
+    "flicker_per_s": ("<=", 0.2),
+}
 SEARCHED_BELOW = 0.65  # service.policy.search.SIGN_RELIABLE (models never import the service)
 
 
@@ -117,11 +118,11 @@ def _guided_shortfalls(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     """Each guided-arm goal some run misses, with every run's figure (None: never reached)."""
     out = []
     guided = [run["arms"]["guided"] for run in runs if "guided" in run["arms"]]
-    for key, op, goal in GUIDED_GOALS:
+    for key, goal in GUIDED_GOALS.items():
         values = [g[key] for g in guided]
-        if any(v is None or (v < goal if op == ">=" else v > goal) for v in values):
+        if not all(met(v, goal) for v in values):  # no figure (never reached) misses the goal too
             shown = " / ".join("> limit" if v is None else _figure(v) for v in values)
-            out.append(f"{key} {shown} (goal {'≥' if op == '>=' else '≤'} {goal:g})")
+            out.append(f"{key} {shown} (goal {'≥' if goal[0] == '>=' else '≤'} {goal[1]:g})")
     return out
 
 
