@@ -71,6 +71,18 @@ def test_aggregate_has_the_issue_keys_and_lower_bound_speedup() -> None:
     assert out["speedup_vs_unguided"] == 5.0 and not out["speedup_is_lower_bound"]
 
 
+def test_capture_figures_count_episodes_captured_at_the_view_and_captures_elsewhere() -> None:
+    rs = [
+        _result("camera", 10.0, 1, captured_at_view=True),
+        _result("camera", 12.0, 2, captured_at_view=False, captures_off_view=2),
+        _result("camera", None, 3, captures_off_view=1),
+        _result("camera", None, 4),
+    ]
+    out = metrics.aggregate(rs)
+    assert out["camera_capture_rate"] == 0.25 and out["camera_off_view_captures"] == 3
+    assert out["capture_rate"] is None and out["off_view_captures"] is None  # no guided episodes
+
+
 def test_sim_probe_applies_the_probe_rules_and_reads_back() -> None:
     preset = PRESETS["abdomen"]
     probe = SimProbe(preset, preset.default)
@@ -111,6 +123,16 @@ def test_oracle_episode_reaches_the_plane_and_success_holds_there() -> None:
     assert r.trajectory[0][1] == pytest.approx(d0, abs=0.01)
     assert r.depth_ok_at_end and r.auto_changes >= 1  # the controllers moved the simulated probe
     assert r.gain_curve[0] == pytest.approx(gt0.gain_error_db, abs=0.01)
+
+
+def test_oracle_episode_captures_the_view_once_the_novice_follows_on() -> None:
+    """After the hold the novice follows the words again, as a clinician does until the display
+    says "captured": with perfect perception the automatic capture is taken, and at the plane."""
+    spec = EpisodeSpec.draw(200000)
+    r = run_episode(spec, "oracle", HeuristicModel, noise=0.3, fps=10.0, limit_s=40.0, hold_s=1.0)
+    assert r.success and r.captured_at_view and r.captures_off_view == 0
+    t, dist, angle = r.trajectory[-1]
+    assert metrics.at_plane(dist, angle)
 
 
 def test_unguided_episode_stops_at_the_time_limit() -> None:

@@ -60,6 +60,7 @@ PRESET_CYCLE = ("abdomen", "vascular", "cardiac")
 GAIN_OFFSET_DB = (5.0, 20.0)  # |start gain − best gain|, random sign
 TRACKING = ("model", "full")  # the camera arm's tracker: the measured model, or the real chain
 GAIN_CURVE_FRAMES = 20  # frames whose gain error is recorded (convergence curves)
+CAPTURE_S = 5.0  # after the hold, the novice follows the guidance this long more for the capture
 
 
 @dataclass(frozen=True)
@@ -154,13 +155,18 @@ def run_episode(
     fps: float = 10.0,
     limit_s: float = LIMIT_S,
     hold_s: float = 3.0,
+    capture_s: float = CAPTURE_S,
     phantom: Phantom | None = None,
     scanner: Scanner | None = None,
     image_size: tuple[int, int] = (256, 256),
     tracking: str = "model",
 ) -> EpisodeResult:
     """``tracking`` (camera arm): ``model`` (the tracker model's measured figures) or ``full`` (the
-    real chain on rendered camera frames, :mod:`service.tools.evaluate.rendered_tracker`)."""
+    real chain on rendered camera frames, :mod:`service.tools.evaluate.rendered_tracker`).
+
+    After the hold, the novice follows the guidance again for up to ``capture_s``, as a clinician
+    does until the display says the view was captured; the episode records whether an automatic
+    capture was taken at the plane (anywhere on the way, in the hold or then) and how many elsewhere."""
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}")
     if fps <= 0 or limit_s <= 0:
@@ -194,9 +200,11 @@ def run_episode(
     shown: dict[str, int] = {}
     time_to_plane: float | None = None
     frame = 0
+    seen_events = 0
+    captures = {"at_view": 0, "off_view": 0}
 
     def step(pose: Pose) -> dict[str, Any]:
-        nonlocal frame
+        nonlocal frame, seen_events
         settings = probe.settings
         if oracle is not None:
             oracle.pose = pose
@@ -206,6 +214,10 @@ def run_episode(
         image = sc.render(pose, settings, frame)
         message, _ = pipeline.step(SimFrame(frame, round(t * 1e6), t, image, probe.params()))
         frame += 1
+        new, seen_events = display.events[seen_events:], len(display.events)
+        for e in new:  # an automatic capture: of the standard view, or of something else
+            if e.get("kind") == "capture" and e.get("source") == "auto":
+                captures["at_view" if at_plane(*pose_error(pose, target)) else "off_view"] += 1
         return message
 
     n_frames = round(limit_s * fps)
@@ -242,6 +254,14 @@ def run_episode(
     final_dist, final_angle = pose_error(pose, target)
     standard = ground_truth(ph, target, probe.settings)
     auto_changes = sum(1 for e in display.events if e.get("kind") == "auto_change")
+    if searcher is None:  # the figures above are the hold's; this only looks for the capture
+        for _ in range(round(capture_s * fps)):
+            if captures["at_view"]:
+                break
+            t = clock.now()
+            message = step(pose)
+            pose = novice.follow(pose, reader.read(message, t, pose.rotation_matrix()), dt)
+            clock.advance(dt)
     return EpisodeResult(
         seed=spec.seed,
         preset=spec.preset,
@@ -262,6 +282,8 @@ def run_episode(
         lifts=novice.lifts,
         final_distance_mm=final_dist,
         final_angle_deg=final_angle,
+        captured_at_view=captures["at_view"] > 0,
+        captures_off_view=captures["off_view"],
         trajectory=trajectory,
         gain_curve=gain_curve,
         instructions=shown,

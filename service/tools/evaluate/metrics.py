@@ -13,7 +13,10 @@ Definitions (docs/evaluation.md):
 - **gain converged**: the gain within ``GAIN_OK_DB`` of the best within ``GAIN_FRAMES`` (10) frames
   of the episode's start;
 - **flicker**: changes of the shown instruction per second while the novice holds still (a hold
-  window after each episode); ``good_view`` counts as ``hold_still`` (it only adds "captured").
+  window after each episode); ``good_view`` counts as ``hold_still`` (it only adds "captured");
+- **capture rate**: the share of episodes with an automatic capture taken with the probe at the
+  plane (on the way or in the hold window); **off-view captures**: automatic captures taken anywhere
+  else, counted over the arm's episodes (each is an image of the wrong view in a patient's record).
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ class EpisodeResult:
     lifts: int = 0
     final_distance_mm: float = math.nan
     final_angle_deg: float = math.nan
+    captured_at_view: bool = False  # an automatic capture fired with the probe at the plane
+    captures_off_view: int = 0  # automatic captures anywhere else
     trajectory: list[tuple[float, float, float]] = field(default_factory=list)  # (t, mm, deg)
     gain_curve: list[float] = field(default_factory=list)  # gain error (dB) of the first frames
     instructions: dict[str, int] = field(default_factory=dict)  # frames per shown instruction
@@ -147,6 +152,8 @@ def aggregate(results: Sequence[EpisodeResult]) -> dict[str, Any]:
         out[f"{prefix}depth_ok_rate"] = _rate([r.depth_ok_at_end for r in rs])
         hold = sum(r.hold_s for r in rs)
         out[f"{prefix}flicker_per_s"] = round(sum(r.hold_changes for r in rs) / hold, 4) if hold else None
+        out[f"{prefix}capture_rate"] = _rate([r.captured_at_view for r in rs])
+        out[f"{prefix}off_view_captures"] = sum(r.captures_off_view for r in rs) if rs else None
     guided = out["median_time_to_plane_s"]
     unguided = out["unguided_median_time_to_plane_s"]
     # An unguided median beyond the limit counts as the limit: the ratio is then a lower bound.
