@@ -18,9 +18,12 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:  # the contract is policy's pure code; the seam only names it
+    from service.policy.clip_window import ClipContract
 
 Vec3 = tuple[float, float, float]
 ZERO3: Vec3 = (0.0, 0.0, 0.0)
@@ -83,6 +86,20 @@ class Model(Protocol):
 
     def predict(self, image: np.ndarray, gain_db: float, depth_mm: float, freq_mhz: float) -> ModelOutput:
         """``image``: uint8 (H, W) B-mode, rows = depth."""
+        ...
+
+
+@runtime_checkable
+class ClipModel(Model, Protocol):
+    """A model with a clip head (manifest ``clip``): ``predict`` also gives the frame's features, the
+    service keeps a window of them (:class:`~service.policy.clip_window.FrameHistory`, laid out by
+    ``clip_contract``) and ``with_clip`` reads it with the motion between the frames. A single-frame
+    model's ``clip_contract`` is None."""
+
+    clip_contract: ClipContract | None
+
+    def with_clip(self, out: ModelOutput, features: np.ndarray, motion: np.ndarray) -> ModelOutput:
+        """``out`` with the head's correction and 1 sd for this window in place of the frame's."""
         ...
 
 

@@ -52,7 +52,7 @@ from service.policy.camera_guidance import (
 from service.policy.clip_window import FrameHistory, KeptFrame
 from service.policy.guidance import Correction, GuidanceEngine, GuidanceParams, model_correction
 from service.policy.search import unreliable_axes
-from service.seams import Model, ModelOutput, PoseSource, ProbeLinkLike, Publisher, TrackedPose
+from service.seams import ClipModel, Model, ModelOutput, PoseSource, ProbeLinkLike, Publisher, TrackedPose
 
 
 @dataclass
@@ -458,20 +458,21 @@ class Pipeline:
 
     @staticmethod
     def _history_for(model: Model) -> FrameHistory | None:
-        contract = getattr(model, "clip_contract", None)
-        return FrameHistory(contract) if contract is not None else None
+        if not isinstance(model, ClipModel) or model.clip_contract is None:
+            return None
+        return FrameHistory(model.clip_contract)
 
     def _clip(self, model: Model, out: ModelOutput, taken_at: float, pose: TrackedPose | None) -> ModelOutput:
         """The frame's output with the clip head's correction and spread, read from this frame and the
         kept earlier ones with the tracked motion between them (none tracked: the motion unknown)."""
         history = self.history
-        if history is None or out.features is None:
+        if history is None or out.features is None or not isinstance(model, ClipModel):
             return out
         position = pose.position_mm if pose is not None else None
         rotation = pose.patient_from_probe if pose is not None and position is not None else None
         kept = KeptFrame(taken_at, np.asarray(out.features, np.float32).ravel(), position, rotation)
         history.add(kept)
-        return model.with_clip(out, *history.inputs(kept))  # type: ignore[attr-defined]
+        return model.with_clip(out, *history.inputs(kept))
 
     # --- threads ------------------------------------------------------------------------------------
 
