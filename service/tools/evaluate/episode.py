@@ -202,6 +202,7 @@ def run_episode(
     frame = 0
     seen_events = 0
     captures = {"at_view": 0, "off_view": 0}
+    taken: list[tuple[float, float, float]] = []  # (t, mm, deg) of each automatic capture
 
     def step(pose: Pose) -> dict[str, Any]:
         nonlocal frame, seen_events
@@ -217,7 +218,9 @@ def run_episode(
         new, seen_events = display.events[seen_events:], len(display.events)
         for e in new:  # an automatic capture: of the standard view, or of something else
             if e.get("kind") == "capture" and e.get("source") == "auto":
-                captures["at_view" if at_plane(*pose_error(pose, target)) else "off_view"] += 1
+                mm, deg = pose_error(pose, target)
+                captures["at_view" if at_plane(mm, deg) else "off_view"] += 1
+                taken.append((round(t, 2), round(mm, 1), round(deg, 1)))
         return message
 
     n_frames = round(limit_s * fps)
@@ -284,6 +287,7 @@ def run_episode(
         final_angle_deg=final_angle,
         captured_at_view=captures["at_view"] > 0,
         captures_off_view=captures["off_view"],
+        captures=taken,
         trajectory=trajectory,
         gain_curve=gain_curve,
         instructions=shown,

@@ -87,6 +87,7 @@ class EpisodeResult:
     final_angle_deg: float = math.nan
     captured_at_view: bool = False  # an automatic capture fired with the probe at the plane
     captures_off_view: int = 0  # automatic captures anywhere else
+    captures: list[tuple[float, float, float]] = field(default_factory=list)  # (t s, mm, deg) of each
     trajectory: list[tuple[float, float, float]] = field(default_factory=list)  # (t, mm, deg)
     gain_curve: list[float] = field(default_factory=list)  # gain error (dB) of the first frames
     instructions: dict[str, int] = field(default_factory=dict)  # frames per shown instruction
