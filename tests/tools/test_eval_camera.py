@@ -22,7 +22,7 @@ def test_camera_arm_brings_the_novice_to_the_view(model) -> None:  # type: ignor
     (`sonoguide eval` at the defaults, 2026-12-02), one per preset: at least two reach it within the
     limit. The whole figure is `sonoguide eval`'s, not a test's."""
     results = [
-        run_episode(EpisodeSpec.draw(seed), "camera", lambda: model, 0.3, hold_s=0.0)
+        run_episode(EpisodeSpec.draw(seed), "camera", lambda: model, 0.3, hold_s=0.0, capture_s=0.0)
         for seed in (200012, 200017, 200022)
     ]
     reached = [r for r in results if r.success]
@@ -49,7 +49,9 @@ def test_a_probe_that_slid_into_a_shadow_gets_its_gain_raised_and_reaches_the_vi
     Pipeline._apply = spy  # type: ignore[method-assign]
     try:
         results = [
-            run_episode(EpisodeSpec.draw(seed), "camera", lambda: model, 0.3, limit_s=40.0, hold_s=0.0)
+            run_episode(
+                EpisodeSpec.draw(seed), "camera", lambda: model, 0.3, limit_s=40.0, hold_s=0.0, capture_s=0.0
+            )
             for seed in (200003, 200009)
         ]
     finally:
@@ -73,7 +75,9 @@ def test_camera_arm_words_are_named_from_the_tracked_pose(model) -> None:  # typ
 
     Pipeline.guide = spy  # type: ignore[method-assign]
     try:
-        run_episode(EpisodeSpec.draw(200001), "camera", lambda: model, 0.3, limit_s=3.0, hold_s=0.0)
+        run_episode(
+            EpisodeSpec.draw(200001), "camera", lambda: model, 0.3, limit_s=3.0, hold_s=0.0, capture_s=0.0
+        )
     finally:
         Pipeline.guide = original  # type: ignore[method-assign]
     assert seen and seen.count("belief") >= 0.5 * len(seen), seen
@@ -101,7 +105,14 @@ def test_full_tracking_runs_the_real_chain_on_rendered_frames(model) -> None:  #
     assert len(errors) >= 6, f"tracked {len(errors)} of 10 frames"
     assert max(d for d, _ in errors) < 3.0 and max(a for _, a in errors) < 3.0, errors
     result = run_episode(
-        EpisodeSpec.draw(200001), "camera", lambda: model, 0.3, limit_s=2.0, hold_s=0.0, tracking="full"
+        EpisodeSpec.draw(200001),
+        "camera",
+        lambda: model,
+        0.3,
+        limit_s=2.0,
+        hold_s=0.0,
+        capture_s=0.0,
+        tracking="full",
     )
     assert result.frames == 20
     with pytest.raises(ValueError, match="unknown tracking"):

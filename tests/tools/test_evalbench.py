@@ -116,7 +116,17 @@ def test_oracle_episode_reaches_the_plane_and_success_holds_there() -> None:
     assert 30.0 <= d0 <= 80.0 and 20.0 <= a0 <= 60.0
     gt0 = ground_truth(ph, spec.start_pose, spec.start_settings)
     assert 5.0 - 1e-6 <= abs(gt0.gain_error_db) <= 20.0 + 1e-6
-    r = run_episode(spec, "oracle", HeuristicModel, noise=0.0, fps=10.0, limit_s=40.0, hold_s=1.0, phantom=ph)
+    r = run_episode(
+        spec,
+        "oracle",
+        HeuristicModel,
+        noise=0.0,
+        fps=10.0,
+        limit_s=40.0,
+        hold_s=1.0,
+        capture_s=0.0,
+        phantom=ph,
+    )
     assert r.success and r.time_to_plane_s is not None and r.time_to_plane_s < 40.0
     t, dist, angle = r.trajectory[-1]
     assert metrics.at_plane(dist, angle) and t == pytest.approx(r.time_to_plane_s)
