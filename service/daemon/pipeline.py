@@ -109,7 +109,7 @@ class Pipeline:
             self.belief = BeliefGuide(calibration, tolerances)
             self.belief.reset(preset)
         self.belief_step: BeliefStep | None = None  # the belief's answer for the last frame guided
-        self.history = self._history_for(model)  # frames the model's clip head reads (None: one frame)
+        self._set_clip(model)
         self._pending = PendingFrames()  # model outputs waiting for the camera's pose of their time
         self._model_lock = threading.Lock()
         self.slots = {n: LatestSlot[Work](n) for n in ("preprocess", "infer", "guide", "control")}
@@ -454,25 +454,27 @@ class Pipeline:
     def swap_model(self, model: Model) -> None:
         with self._model_lock:
             self.model = model
-            self.history = self._history_for(model)  # another model's features mean nothing to it
+            self._set_clip(model)  # another model's features mean nothing to it
 
-    @staticmethod
-    def _history_for(model: Model) -> FrameHistory | None:
-        if not isinstance(model, ClipModel) or model.clip_contract is None:
-            return None
-        return FrameHistory(model.clip_contract)
+    def _set_clip(self, model: Model) -> None:
+        """The frames ``model``'s clip head reads (``history``; None: a single-frame model) and the model
+        they belong to, checked once here: a protocol check costs ~40 us, more than the head itself."""
+        self._clip_model: ClipModel | None = None
+        self.history: FrameHistory | None = None
+        if isinstance(model, ClipModel) and model.clip_contract is not None:
+            self._clip_model, self.history = model, FrameHistory(model.clip_contract)
 
     def _clip(self, model: Model, out: ModelOutput, taken_at: float, pose: TrackedPose | None) -> ModelOutput:
         """The frame's output with the clip head's correction and spread, read from this frame and the
         kept earlier ones with the tracked motion between them (none tracked: the motion unknown)."""
-        history = self.history
-        if history is None or out.features is None or not isinstance(model, ClipModel):
+        history, clip_model = self.history, self._clip_model
+        if history is None or clip_model is None or clip_model is not model or out.features is None:
             return out
         position = pose.position_mm if pose is not None else None
         rotation = pose.patient_from_probe if pose is not None and position is not None else None
         kept = KeptFrame(taken_at, np.asarray(out.features, np.float32).ravel(), position, rotation)
         history.add(kept)
-        return model.with_clip(out, *history.inputs(kept))
+        return clip_model.with_clip(out, *history.inputs(kept))
 
     # --- threads ------------------------------------------------------------------------------------
 
