@@ -201,8 +201,10 @@ def run_episode(
     time_to_plane: float | None = None
     frame = 0
     seen_events = 0
-    captures = {"at_view": 0, "off_view": 0}
-    taken: list[tuple[float, float, float]] = []  # (t, mm, deg) of each automatic capture
+    taken: list[tuple[float, float, float]] = []  # (t, mm, deg from the view) of each automatic capture
+
+    def at_view() -> list[bool]:
+        return [at_plane(mm, deg) for _, mm, deg in taken]
 
     def step(pose: Pose) -> dict[str, Any]:
         nonlocal frame, seen_events
@@ -218,9 +220,7 @@ def run_episode(
         new, seen_events = display.events[seen_events:], len(display.events)
         for e in new:  # an automatic capture: of the standard view, or of something else
             if e.get("kind") == "capture" and e.get("source") == "auto":
-                mm, deg = pose_error(pose, target)
-                captures["at_view" if at_plane(mm, deg) else "off_view"] += 1
-                taken.append((round(t, 2), round(mm, 1), round(deg, 1)))
+                taken.append((t, *pose_error(pose, target)))
         return message
 
     n_frames = round(limit_s * fps)
@@ -259,7 +259,7 @@ def run_episode(
     auto_changes = sum(1 for e in display.events if e.get("kind") == "auto_change")
     if searcher is None:  # the figures above are the hold's; this only looks for the capture
         for _ in range(round(capture_s * fps)):
-            if captures["at_view"]:
+            if any(at_view()):
                 break
             t = clock.now()
             message = step(pose)
@@ -285,9 +285,9 @@ def run_episode(
         lifts=novice.lifts,
         final_distance_mm=final_dist,
         final_angle_deg=final_angle,
-        captured_at_view=captures["at_view"] > 0,
-        captures_off_view=captures["off_view"],
-        captures=taken,
+        captured_at_view=any(at_view()),
+        captures_off_view=at_view().count(False),
+        captures=[(round(t, 2), round(mm, 1), round(deg, 1)) for t, mm, deg in taken],
         trajectory=trajectory,
         gain_curve=gain_curve,
         instructions=shown,

@@ -15,7 +15,8 @@ Definitions (docs/evaluation.md):
 - **flicker**: changes of the shown instruction per second while the novice holds still (a hold
   window after each episode); ``good_view`` counts as ``hold_still`` (it only adds "captured");
 - **capture rate**: the share of episodes with an automatic capture taken with the probe at the
-  plane (on the way or in the hold window); **off-view captures**: automatic captures taken anywhere
+  plane (on the way, in the hold window, or in the follow-on after it in which the novice follows
+  the words again: ``episode.CAPTURE_S``); **off-view captures**: automatic captures taken anywhere
   else, counted over the arm's episodes (each is an image of the wrong view in a patient's record).
 """
 
