@@ -246,26 +246,36 @@ class DepthParams:
     dwell_s: float = 1.0  # the recommendation must hold this long before we act
     min_interval_s: float = 1.0  # at most one change per this many seconds
     window_s: float = 1.0  # the model's best depth is the median over this window (one frame is noisy)
-    margin: float = 0.2  # of the gap to the neighbour step: the median must pass the midpoint by this
+    margin: float = 0.2  # of the gap to the neighbour step: the median must pass the boundary by this
+    # Where between two neighbouring steps the choice flips, as a share of the gap above the shallower
+    # (0.5: the nearest step). The best depth is the *shallowest* step that frames the target at most
+    # at 90% of the depth; one step deeper still frames it (60-90%) while one shallower cuts it off,
+    # so a best depth anywhere above a step asks for the next one (docs/service.md, "Auto depth").
+    boundary: float = 0.0
 
 
-def depth_step_for(best_depth_mm: float, current_mm: float, steps: tuple[float, ...], margin: float) -> float:
+def depth_step_for(
+    best_depth_mm: float, current_mm: float, steps: tuple[float, ...], margin: float, boundary: float = 0.5
+) -> float:
     """The depth step for a best depth, with hysteresis toward ``current_mm``.
 
-    The nearest step wins, but the current step keeps its place until the best depth lies past the
-    midpoint to the other step by ``margin`` of the gap: a best depth hovering at a midpoint does not
-    make the depth hop between two steps.
+    Between two neighbouring steps the choice flips at ``boundary`` of the gap above the shallower
+    (0.5: the nearest step wins; ties go to the shallower). The current step keeps its place until
+    the best depth lies past that boundary by ``margin`` of the gap: a best depth hovering at a
+    boundary does not make the depth hop between two steps.
     """
-    nearest = float(min(steps, key=lambda d: (abs(d - best_depth_mm), d)))
+
+    def edge(lo: int) -> float:  # the boundary between steps[lo] and steps[lo + 1]
+        return steps[lo] + boundary * (steps[lo + 1] - steps[lo])
+
+    chosen = next((steps[k] for k in range(len(steps) - 1) if best_depth_mm <= edge(k)), steps[-1])
     i = next((k for k, d in enumerate(steps) if abs(d - current_mm) < 1e-6), None)
-    if i is None or nearest == steps[i]:
-        return nearest
-    current_mm = steps[i]
-    j = i + (1 if nearest > current_mm else -1)
-    neighbour = steps[j]
-    midpoint = (current_mm + neighbour) / 2
-    past = (best_depth_mm - midpoint) * (1 if neighbour > current_mm else -1)
-    return nearest if past >= margin * abs(neighbour - current_mm) else current_mm
+    if i is None or chosen == steps[i]:
+        return float(chosen)
+    deeper = chosen > steps[i]
+    lo = i if deeper else i - 1
+    past = (best_depth_mm - edge(lo)) * (1 if deeper else -1)
+    return float(chosen) if past >= margin * (steps[lo + 1] - steps[lo]) else float(steps[i])
 
 
 class AutoDepth:
@@ -286,7 +296,8 @@ class AutoDepth:
         self._recent.clear()  # judged at the old depth: start afresh at the new one
 
     def recommend(self, best_depth_mm: float) -> float:
-        return self.limits.nearest_depth(best_depth_mm)
+        """The step for a best depth, without hysteresis (no current step to hold to)."""
+        return depth_step_for(best_depth_mm, math.nan, self.limits.depth_steps_mm, 0.0, self.params.boundary)
 
     def update(self, best_depth_mm: float, current_depth_mm: float, now: float) -> Change | None:
         if not math.isfinite(best_depth_mm):
@@ -295,7 +306,7 @@ class AutoDepth:
         self._recent = [(t, d) for t, d in self._recent if now - t < p.window_s]
         self._recent.append((now, best_depth_mm))
         median = float(statistics.median(d for _, d in self._recent))
-        rec = depth_step_for(median, current_depth_mm, self.limits.depth_steps_mm, p.margin)
+        rec = depth_step_for(median, current_depth_mm, self.limits.depth_steps_mm, p.margin, p.boundary)
         if rec == current_depth_mm:
             self._candidate = None
             return None

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.policy.autotune import (
     AutoDepth,
@@ -121,8 +123,43 @@ def test_depth_hysteresis_at_exactly_the_margin_and_in_both_directions() -> None
     assert depth_step_for(72.0, 60.0 + 1e-7, steps, 0.2) == 60.0  # on the step within 1e-6
 
 
+def test_depth_leans_deep_the_boundary_on_the_shallower_step() -> None:
+    """The best depth is the shallowest step that frames the target: one above a step asks for the
+    next one (boundary 0), with the same hysteresis of 20% of the gap around that boundary."""
+    steps = (40.0, 60.0, 80.0)
+    assert depth_step_for(60.0, math.nan, steps, 0.2, 0.0) == 60.0  # on a step: that step
+    assert depth_step_for(60.5, math.nan, steps, 0.2, 0.0) == 80.0  # above it: the next
+    assert depth_step_for(10.0, math.nan, steps, 0.2, 0.0) == 40.0
+    assert depth_step_for(500.0, math.nan, steps, 0.2, 0.0) == 80.0
+    # from 60 toward 80: the boundary is 60 itself, and the best depth must reach 64
+    assert depth_step_for(63.5, 60.0, steps, 0.2, 0.0) == 60.0
+    assert depth_step_for(64.0, 60.0, steps, 0.2, 0.0) == 80.0
+    # from 60 toward 40: the boundary is 40, and the best depth must fall to 36
+    assert depth_step_for(36.5, 60.0, steps, 0.2, 0.0) == 60.0
+    assert depth_step_for(36.0, 60.0, steps, 0.2, 0.0) == 40.0
+    assert AutoDepth(LIMITS).recommend(61.0) == 80.0  # the service's default leans deep
+    assert AutoDepth(LIMITS, DepthParams(boundary=0.5)).recommend(61.0) == 60.0  # 0.5: the nearest
+
+
+@given(
+    st.floats(0.0, 300.0),
+    st.sampled_from((math.nan, 40.0, 60.0, 80.0, 100.0)),
+    st.floats(0.0, 1.0),
+)
+def test_depth_without_hysteresis_is_the_first_step_past_its_boundary(
+    best: float, current: float, boundary: float
+) -> None:
+    steps = LIMITS.depth_steps_mm
+    chosen = depth_step_for(best, current, steps, 0.0, boundary)
+    k = steps.index(chosen)
+    assert k == 0 or best > steps[k - 1] + boundary * (chosen - steps[k - 1])
+    assert k == len(steps) - 1 or best <= chosen + boundary * (steps[k + 1] - chosen)
+
+
 def depth(**kw) -> AutoDepth:  # type: ignore[no-untyped-def]
-    base = dict(dwell_s=1.0, min_interval_s=2.0, window_s=0.5, margin=0.2)
+    # The nearest step (boundary 0.5): the timing edges below are written for it; the service's
+    # deep-leaning boundary has its own test above.
+    base = dict(dwell_s=1.0, min_interval_s=2.0, window_s=0.5, margin=0.2, boundary=0.5)
     return AutoDepth(LIMITS, DepthParams(**{**base, **kw}))
 
 
