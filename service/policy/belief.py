@@ -15,10 +15,8 @@ from the manifest's ``guidance`` section (``models/guidance_calibration.py``):
   at a tracked pose says "not here", which is how the belief remembers where it has looked.
 
 Frames taken at nearly the same pose are not independent (the image barely changes): each frame's
-log-likelihood is tempered by how far its pose lies from the nearest pose already folded in
-(``motion_mm``, ``motion_deg`` per unit of evidence). On a straight slide that is the previous frame;
-a probe that goes back and forth over the same skin (a probing move and its return, a novice's
-hesitation) adds almost nothing the second time, as the model's errors there are the same.
+log-likelihood is tempered by how far the probe moved since the previous one (``motion_mm``,
+``motion_deg`` per unit of evidence).
 """
 
 from __future__ import annotations
@@ -182,11 +180,9 @@ class BeliefParams:
     observation_reinject: float = 0.05
     reset_gain: float = 0.5
     reset_sigmas: float = 3.0
-    # The calibrated spreads times this. It was 1.5 while evidence was counted from the previous frame
-    # only: a probe going back and forth over the same skin counted the same errors again and made the
-    # belief overconfident. With evidence counted from the nearest pose already seen (VisitedPoses),
-    # the calibrated figures are used as they are (docs/evaluation.md, 2026-12-03 fourth session).
-    noise_inflation: float = 1.0
+    # The calibrated spreads times this: one phantom's errors are alike from frame to frame, and the
+    # per-axis terms are not independent, so the raw figures would make the belief overconfident.
+    noise_inflation: float = 1.5
 
 
 @dataclass(frozen=True)
@@ -264,39 +260,6 @@ def observation_loglik(
     return ll
 
 
-class VisitedPoses:
-    """The probe poses already folded in, for "how new is this pose" (:meth:`nearest`); at
-    ``capacity`` the oldest go first (at 30 fps, two minutes of scanning)."""
-
-    def __init__(self, capacity: int = 4096) -> None:
-        self.capacity = capacity
-        self._positions = np.zeros((capacity, 3))
-        self._rotations = np.zeros((capacity, 3, 3))
-        self._count = 0  # poses ever added; the next goes to slot count % capacity
-
-    def __len__(self) -> int:
-        return min(self._count, self.capacity)
-
-    def add(self, position: np.ndarray, rotation: np.ndarray) -> None:
-        slot = self._count % self.capacity
-        self._positions[slot], self._rotations[slot] = position, rotation
-        self._count += 1
-
-    def nearest(
-        self, position: np.ndarray, rotation: np.ndarray, mm: float, deg: float
-    ) -> tuple[float, float]:
-        """(mm, deg) to the kept pose nearest in ``moved / mm + turned / deg``; (inf, inf) when none."""
-        n = len(self)
-        if n == 0:
-            return math.inf, math.inf
-        moved = np.linalg.norm(self._positions[:n] - np.asarray(position), axis=1)
-        # The angle between two rotations from the trace of the relative one: tr(Aᵀ B) = Σ A∘B.
-        cos = (np.einsum("nij,ij->n", self._rotations[:n], np.asarray(rotation)) - 1.0) / 2.0
-        turned = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
-        k = int(np.argmin(moved / mm + turned / deg))
-        return float(moved[k]), float(turned[k])
-
-
 class TargetBelief:
     """Particles over the target view's pose in the patient frame.
 
@@ -325,7 +288,6 @@ class TargetBelief:
         self.observations = 0
         self._last, self._mode = None, None
         self._last_observation: Observation | None = None
-        self._visited = VisitedPoses()
 
     def _draw_prior(self, preset: str | None, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         names = [preset] if preset in self.cal.priors else sorted(self.cal.priors)
@@ -378,8 +340,8 @@ class TargetBelief:
         p = self.params
         if self._last is None:
             return 1.0
+        moved, turned = pose_distance(self._last[0], self._last[1], probe_position, probe_rotation)
         mm, deg = (p.score_motion_mm, p.score_motion_deg) if scores else (p.motion_mm, p.motion_deg)
-        moved, turned = self._visited.nearest(probe_position, probe_rotation, mm, deg)
         return min(1.0, p.min_evidence + moved / mm + turned / deg)
 
     def update(self, obs: Observation, probe_position: np.ndarray, probe_rotation: np.ndarray) -> float:
@@ -393,7 +355,6 @@ class TargetBelief:
         )  # fmt: skip
         self.logw -= self.logw.max()
         self._last = (np.asarray(probe_position, float).copy(), np.asarray(probe_rotation, float).copy())
-        self._visited.add(*self._last)
         self._last_observation = obs
         self.observations += 1
         if self.effective_size() < 0.5 * len(self.logw):

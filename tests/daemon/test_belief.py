@@ -4,7 +4,6 @@ convergence on exact and on sign-flipped observations, pose-jump resets, and the
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,7 +23,6 @@ from service.policy.belief import (
     Prior,
     ScoreField,
     TargetBelief,
-    VisitedPoses,
     chordal_mean,
     confidence_of,
     corrections_to,
@@ -382,7 +380,7 @@ def test_the_view_scores_count_with_their_weight_and_only_when_usable() -> None:
     assert names == pytest.approx([ll(0.6), ll(0.6)])  # one preset per particle
 
 
-def test_evidence_grows_with_the_motion_from_the_poses_already_seen() -> None:
+def test_evidence_grows_with_the_motion_since_the_last_frame() -> None:
     belief = TargetBelief(calibration(), BeliefParams(particles=50), seed=0)
     assert belief.evidence_weight(np.zeros(3), np.eye(3)) == 1.0  # the first frame
     belief.update(Observation(np.zeros(6), 0.0, 0.0), np.zeros(3), np.eye(3))
@@ -395,36 +393,6 @@ def test_evidence_grows_with_the_motion_from_the_poses_already_seen() -> None:
     )  # of 4
     assert belief.evidence_weight(np.array([30.0, 0, 0]), np.eye(3)) == 1.0  # capped
     assert belief.observations == 1
-
-
-def test_going_back_over_the_same_skin_adds_almost_no_evidence() -> None:
-    """A probing slide and its return: the way out is new evidence, the way back is not (the model's
-    errors there are the ones it already made), so the belief does not grow sure by oscillating."""
-    belief = TargetBelief(calibration(), BeliefParams(particles=50), seed=0)
-    obs = Observation(np.zeros(6), 0.0, 0.0)
-    out = [np.array([x, 0.0, 0.0]) for x in np.arange(0.0, 15.1, 1.5)]
-    weights_out = [belief.update(obs, p, np.eye(3)) for p in out]
-    assert sum(weights_out[1:]) == pytest.approx(10 * (0.02 + 0.1))  # 15 mm of new skin: ~1 unit
-    back = [belief.update(obs, p + np.array([0.0, 0.4, 0.0]), np.eye(3)) for p in reversed(out)]
-    assert max(back) == pytest.approx(0.02 + 0.4 / 15)  # 0.4 mm from where it already was
-    # new skin again, 1.5 mm past the far end: as much as on the way out
-    assert belief.evidence_weight(np.array([16.5, 0.0, 0.0]), np.eye(3)) == pytest.approx(0.12)
-
-
-def test_visited_poses_keep_the_newest_within_capacity() -> None:
-    visited = VisitedPoses(capacity=3)
-    assert visited.nearest(np.zeros(3), np.eye(3), 15.0, 15.0) == (math.inf, math.inf)
-    for x in (0.0, 10.0, 20.0, 30.0):  # the pose at 0 is pushed out by the fourth
-        visited.add(np.array([x, 0.0, 0.0]), np.eye(3))
-    assert len(visited) == 3
-    assert visited.nearest(np.array([1.0, 0.0, 0.0]), np.eye(3), 15.0, 15.0) == pytest.approx((9.0, 0.0))
-    turned = rotvecs_to_matrices(np.array([[0.0, 0.0, 20.0]]))[0]
-    visited.add(np.array([100.0, 0.0, 0.0]), turned)
-    # 5 mm and 20° from the turned pose (5/15 + 20/15) against 25 mm and 0° from the one at 30
-    moved, turned_deg = visited.nearest(np.array([95.0, 0.0, 0.0]), np.eye(3), 15.0, 15.0)
-    assert (moved, turned_deg) == pytest.approx((5.0, 20.0))
-    moved, turned_deg = visited.nearest(np.array([95.0, 0.0, 0.0]), np.eye(3), 15.0, 1.0)  # turns weigh more
-    assert (moved, turned_deg) == pytest.approx((65.0, 0.0))
 
 
 def test_the_prior_is_drawn_per_preset_and_scored_by_its_spread() -> None:
@@ -705,7 +673,7 @@ def test_resampling_starts_when_the_effective_size_falls_below_half() -> None:
     # A frame that tells the particles apart by little leaves them where they are ...
     even = _placed([[0.0, 0, 0], [1.0, 0, 0], [0.0, 1.0, 0], [1.0, 1.0, 0]], np.ones(4))
     even.update(obs, np.zeros(3), np.eye(3))
-    assert even.effective_size() > 3.0 and even.positions[1:, :2] == pytest.approx(
+    assert even.effective_size() > 3.5 and even.positions[1:, :2] == pytest.approx(
         np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     )
     # ... and one that leaves one particle most of the weight resamples (all become its copies).
@@ -731,7 +699,7 @@ def _stuck(probe_frame: list[list[float]], gains: tuple[float, ...] = READS_DX_D
     dy −500, dz 7) that last saw OBS from a probe at the origin turned 90° about z."""
     c = np.array([[500.0, -500.0, 7.0]] * (n - len(probe_frame)) + probe_frame)
     belief = _placed(c @ ROT_Z90.T, np.exp(-0.001 * np.arange(n)), cal=_reading(gains),
-                     **{"observation_reinject": 0.05, "noise_inflation": 1.5, **params})  # fmt: skip
+                     **{"observation_reinject": 0.05, **params})  # fmt: skip
     belief._last, belief._last_observation = (np.zeros(3), ROT_Z90), OBS
     return belief
 
