@@ -8,19 +8,15 @@ import numpy as np
 
 from service.tools.evaluate.depth_rule import framed_share
 from sim.phantom import make_phantom
-from sim.presets import PRESETS
 from sim.truth import ground_truth
 
 
 def test_the_true_best_depth_is_framed_and_one_step_shallower_is_not() -> None:
     phantoms = [make_phantom(name, 100003 + k) for k, name in enumerate(("abdomen", "vascular", "cardiac"))]
-    best = [
-        ground_truth(ph, ph.target_pose, PRESETS[ph.preset.name].default).best_depth_mm for ph in phantoms
-    ]
+    best = [ground_truth(ph, ph.target_pose, ph.preset.default).best_depth_mm for ph in phantoms]
     shares = framed_share(phantoms, np.array(best), boundaries=(0.5, 0.0))
-    assert shares == {"0.50": dict.fromkeys(("abdomen", "vascular", "cardiac"), 1.0)} | {
-        "0.00": dict.fromkeys(("abdomen", "vascular", "cardiac"), 1.0)
-    }
+    every = dict.fromkeys(("abdomen", "vascular", "cardiac"), 1.0)
+    assert shares == {"0.50": every, "0.00": every}
     shallower = []
     for ph, b in zip(phantoms, best, strict=True):
         steps = ph.preset.depth_steps_mm
