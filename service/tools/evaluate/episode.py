@@ -160,9 +160,12 @@ def run_episode(
     scanner: Scanner | None = None,
     image_size: tuple[int, int] = (256, 256),
     tracking: str = "model",
+    on_frame: Callable[[Pose, Pipeline], None] | None = None,
 ) -> EpisodeResult:
     """``tracking`` (camera arm): ``model`` (the tracker model's measured figures) or ``full`` (the
     real chain on rendered camera frames, :mod:`service.tools.evaluate.rendered_tracker`).
+    ``on_frame(pose, pipeline)``: called after every guided frame with the true pose it was taken at
+    (diagnostics that compare what the pipeline decided with the truth; nothing in an arm sees it).
 
     After the hold, the novice follows the guidance again for up to ``capture_s``, as a clinician
     does until the display says the view was captured; the episode records whether an automatic
@@ -216,6 +219,8 @@ def run_episode(
             tracker.observe(pose, t)
         image = sc.render(pose, settings, frame)
         message, _ = pipeline.step(SimFrame(frame, round(t * 1e6), t, image, probe.params()))
+        if on_frame is not None:
+            on_frame(pose, pipeline)
         frame += 1
         new, seen_events = display.events[seen_events:], len(display.events)
         for e in new:  # an automatic capture: of the standard view, or of something else
