@@ -23,9 +23,8 @@ def test_the_table_counts_each_gate_against_the_truth() -> None:
     frames = [
         frame(2.0, 3.0, 1.0, 0.6),  # at the plane, belief there, image agrees
         frame(3.0, 2.0, 1.0, 0.4, probing=True),  # at the plane, the image does not agree
-        frame(
-            20.0, 3.0, 1.0, 0.6, model=6.0
-        ),  # far, yet belief and image say "here"; the frame's own correction does not
+        # far, yet belief and image say "here"; the frame's own correction does not
+        frame(20.0, 3.0, 1.0, 0.6, model=6.0),
         frame(6.0, 9.0, 1.0, 0.6),  # neither at the plane nor far
         frame(30.0, 20.0, 9.0, 0.6),  # far, the belief knows
     ]

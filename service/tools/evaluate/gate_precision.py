@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from service.policy.guidance import GuidanceParams, within_tolerance
 from service.tools.evaluate.metrics import at_plane
 
 FAR_MM, FAR_DEG = 8.0, 12.0
@@ -40,17 +41,21 @@ class GateFrame:
     spread: np.ndarray  # (6,) the belief's spread
     shown: np.ndarray  # (6,) the correction shown (a probing move differs from ``estimate``)
     quality: float
-    agreeing_quality: float
+    agreeing_quality: float  # the quality the image must reach to agree, as the guidance takes it
     model: np.ndarray  # (6,) the frame's own correction (the clip head's when there is one)
     model_sd: np.ndarray | None  # (6,) its spread, when the model gives one
 
 
 def within(c: np.ndarray, tol_mm: float, tol_deg: float) -> np.ndarray:
-    c = np.atleast_2d(c)
-    return np.asarray((np.abs(c[:, :3]).max(axis=1) <= tol_mm) & (np.abs(c[:, 3:]).max(axis=1) <= tol_deg))
+    """Per row of (N, 6) corrections: within the tolerances by the guidance's own rule."""
+    return np.array([within_tolerance(row[:3], row[3:], tol_mm, tol_deg) for row in c], bool)
 
 
-def gates(frames: Sequence[GateFrame], tol_mm: float = 4.0, tol_deg: float = 4.0) -> dict[str, np.ndarray]:
+def gates(
+    frames: Sequence[GateFrame],
+    tol_mm: float = GuidanceParams.tolerance_mm,
+    tol_deg: float = GuidanceParams.tolerance_deg,
+) -> dict[str, np.ndarray]:
     """Candidate gates, one boolean per frame each (the first two are what the service uses)."""
     est = np.array([f.estimate for f in frames]).reshape(-1, 6)
     spread = np.array([f.spread for f in frames]).reshape(-1, 6)
@@ -62,7 +67,7 @@ def gates(frames: Sequence[GateFrame], tol_mm: float = 4.0, tol_deg: float = 4.0
     out = {
         "belief within tolerance": belief_there,
         "+ image agrees (shipped)": image_agrees,
-        "+ belief spread <= 2x tolerance": image_agrees & (spread.max(axis=1) <= 2.0 * max(tol_mm, tol_deg)),
+        "+ belief spread <= 2x tolerance": image_agrees & within(spread, 2.0 * tol_mm, 2.0 * tol_deg),
         "+ frame's correction within tolerance": image_agrees & within(model, tol_mm, tol_deg),
     }
     if frames and all(f.model_sd is not None for f in frames):
@@ -109,10 +114,12 @@ def recorder(frames: list[GateFrame], target: Any) -> Callable[[Any, Any], None]
             return
         out = work.output
         distance, angle = pose_error(pose, target)
+        # GuidanceEngine.update's threshold for the image agreeing with the belief
+        agree = min(pipeline.guidance.params.good_quality, guide.agreeing_quality())
         frames.append(
             GateFrame(
                 distance, angle, np.array(step.estimate.correction, float), np.array(step.estimate.spread, float),
-                np.array(step.correction, float), float(out.quality), float(guide.agreeing_quality()),
+                np.array(step.correction, float), float(out.quality), float(agree),
                 np.array([*out.correction_mm, *out.correction_deg], float),
                 None if out.correction_sd is None else np.array(out.correction_sd, float),
             )
