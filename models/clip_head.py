@@ -184,12 +184,15 @@ def drop_motion(features: np.ndarray, motion: np.ndarray, rng: np.random.Generat
     return f, m
 
 
-def train_head(w: Windows, params: HeadParams) -> Any:
+def train_head(w: Windows, params: HeadParams, net: Any = None) -> Any:
+    """Train a new head on ``w``, or go on training ``net`` (a head already trained: fine-tuning)."""
     import torch
 
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
-    net = _torch_head(w.features.shape[2], w.features.shape[1], proj=params.proj, dropout=params.dropout)
+    if net is None:
+        net = _torch_head(w.features.shape[2], w.features.shape[1], proj=params.proj, dropout=params.dropout)
+    net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     steps = params.epochs * max(1, len(w.truth) // params.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.lr, total_steps=steps)
