@@ -274,6 +274,10 @@ class Scanner:
         """Pre-log envelope on the beam grid (no gain, no TGC), for physics checks."""
         return self.render_stages(pose, settings, frame_index).envelope
 
+    def labels(self, pose: Pose, settings: ImagingSettings) -> np.ndarray:
+        """The tissue label of every beam-grid sample (rows = depth): the anatomy the frame shows."""
+        return self._labels(pose, self._settings_cache(settings).grid)[1]
+
     def grid(self, settings: ImagingSettings) -> BeamGrid:
         return self._settings_cache(settings).grid
 

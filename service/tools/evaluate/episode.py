@@ -49,6 +49,7 @@ from service.tools.evaluate.metrics import (
 from service.tools.evaluate.rendered_tracker import RenderedTracker
 from service.tools.evaluate.simdevice import OracleModel, SimFrame, SimProbe, SimTracker
 from sim.novice import NoviceUser, UnguidedNovice, random_start_pose
+from sim.observability import view_residual
 from sim.phantom import Phantom, make_phantom
 from sim.scanner import Scanner
 from sim.truth import ground_truth, pose_error
@@ -260,6 +261,7 @@ def run_episode(
             clock.advance(dt)
         held = len(hold_ids) * dt
     final_dist, final_angle = pose_error(pose, target)
+    final_view = view_residual(ph, pose)
     standard = ground_truth(ph, target, probe.settings)
     auto_changes = sum(1 for e in display.events if e.get("kind") == "auto_change")
     if searcher is None:  # the figures above are the hold's; this only looks for the capture
@@ -293,6 +295,7 @@ def run_episode(
         captured_at_view=any(at_view()),
         captures_off_view=at_view().count(False),
         captures=[(round(t, 2), round(mm, 1), round(deg, 1)) for t, mm, deg in taken],
+        final_view=final_view,
         trajectory=trajectory,
         gain_curve=gain_curve,
         instructions=shown,

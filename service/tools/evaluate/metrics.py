@@ -17,7 +17,10 @@ Definitions (docs/evaluation.md):
 - **capture rate**: the share of episodes with an automatic capture taken with the probe at the
   plane (on the way, in the hold window, or in the follow-on after it in which the novice follows
   the words again: ``episode.CAPTURE_S``); **off-view captures**: automatic captures taken anywhere
-  else, counted over the arm's episodes (each is an image of the wrong view in a patient's record).
+  else, counted over the arm's episodes (each is an image of the wrong view in a patient's record);
+- **failures turned about the target**: failed episodes whose end pose images the target through its
+  middle and misses the view only by a turn about it (``turned_about_target``): a direction in which
+  the simulated anatomy hardly changes (``sim.observability``), so perception has little to go on.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 PLANE_MM = 5.0
 PLANE_DEG = 8.0
+THROUGH_MM = 5.0  # the target's centre this near where the standard view images it
 GAIN_OK_DB = 3.0
 FILL_RANGE = (0.6, 0.9)
 LIMIT_S = 60.0
@@ -60,6 +64,15 @@ def count_changes(instructions: Iterable[str]) -> int:
     return changes
 
 
+def turned_about_target(view: dict[str, float]) -> bool:
+    """The end pose images the target through its middle (within ``THROUGH_MM`` of where the standard
+    view has it) and misses only by turning about it: a pose the image hardly tells from the view."""
+    if not view:
+        return False
+    through = max(abs(view["off_plane_mm"]), abs(view["across_mm"]), abs(view["depth_mm"])) <= THROUGH_MM
+    return through and view["angle_deg"] > PLANE_DEG
+
+
 def first_converged(gain_errors_db: Sequence[float]) -> int | None:
     """Index of the first frame whose gain is acceptable, or None."""
     return next((i for i, e in enumerate(gain_errors_db) if gain_ok(e)), None)
@@ -89,6 +102,9 @@ class EpisodeResult:
     captured_at_view: bool = False  # an automatic capture fired with the probe at the plane
     captures_off_view: int = 0  # automatic captures anywhere else
     captures: list[tuple[float, float, float]] = field(default_factory=list)  # (t s, mm, deg) of each
+    # Where the target lies in the end pose's image (sim.observability.view_residual): mm off the
+    # plane, across, in depth, and the angle left.
+    final_view: dict[str, float] = field(default_factory=dict)
     trajectory: list[tuple[float, float, float]] = field(default_factory=list)  # (t, mm, deg)
     gain_curve: list[float] = field(default_factory=list)  # gain error (dB) of the first frames
     instructions: dict[str, int] = field(default_factory=dict)  # frames per shown instruction
@@ -156,6 +172,9 @@ def aggregate(results: Sequence[EpisodeResult]) -> dict[str, Any]:
         out[f"{prefix}flicker_per_s"] = round(sum(r.hold_changes for r in rs) / hold, 4) if hold else None
         out[f"{prefix}capture_rate"] = _rate([r.captured_at_view for r in rs])
         out[f"{prefix}off_view_captures"] = sum(r.captures_off_view for r in rs) if rs else None
+        out[f"{prefix}failures_turned_about_target"] = (
+            sum(1 for r in rs if not r.success and turned_about_target(r.final_view)) if rs else None
+        )
     guided = out["median_time_to_plane_s"]
     unguided = out["unguided_median_time_to_plane_s"]
     # An unguided median beyond the limit counts as the limit: the ratio is then a lower bound.
