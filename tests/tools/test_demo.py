@@ -181,3 +181,51 @@ def test_demo_publishes_guidance_and_stops_cleanly(short_tmp: Path) -> None:
     values = [line.split(" ", 1)[1] for _, line in available]
     assert values[0] == "online" and values[-1] == "stopped", values
     assert not list(tmp_path.glob("sonoguide-demo-*")), "the demo left its temporary folder behind"
+
+
+def test_the_demos_capture_lands_in_the_patients_study_on_the_local_pacs(short_tmp: Path) -> None:
+    """As at the bedside: an exam opened with a non-ASCII patient name, a capture from the display's
+    button (cmd/capture), and the demo's daemon writes it as DICOM and sends it to the real local
+    Orthanc it started, which the summary counts; the file reads back with the exam's patient."""
+    import pydicom
+
+    port = free_port()
+    captures = short_tmp / "caps"
+    env = dict(ENV, TMPDIR=str(short_tmp))
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "service", "demo", "--duration", "25", "--broker-port", str(port),
+         "--captures", str(captures), "--plain"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert wait_for_port(port, timeout=10), "the demo's broker did not come up"
+        exam = [sys.executable, "-m", "service", "exam", "--broker", f"mqtt://127.0.0.1:{port}",
+                "--device", "demo", "--timeout", "3", "start", "--patient-id", "DEMO-42",
+                "--patient-name", "Müller^Jörg"]  # fmt: skip
+        deadline, opened = time.monotonic() + 40, None
+        while time.monotonic() < deadline:  # the daemon answers once the camera is calibrated
+            opened = subprocess.run(exam, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=30)
+            if opened.returncode == 0:
+                break
+        assert opened is not None and opened.returncode == 0, opened and (opened.stdout + opened.stderr)
+        pub = shutil.which("mosquitto_pub") or "mosquitto_pub"
+        subprocess.run([pub, "-p", str(port), "-t", "sonoguide/demo/cmd/capture", "-m", "{}", "-V", "mqttv5"],
+                       check=True, timeout=10)  # fmt: skip
+        stdout, stderr = demo.communicate(timeout=90)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 0, stderr
+    summary = re.search(r"(\d+) DICOM capture\(s\) in (\S+), (\d+) in the local PACS", stdout)
+    assert summary, stdout
+    on_device, in_pacs = int(summary.group(1)), int(summary.group(3))
+    assert on_device >= 1 and in_pacs == on_device, summary.group(0)  # nothing lost, nothing twice
+    files = sorted(captures.rglob("*.dcm"))
+    assert len(files) == on_device
+    ds = [pydicom.dcmread(f) for f in files]
+    ours = [d for d in ds if d.PatientID == "DEMO-42"]
+    assert ours, [d.PatientID for d in ds]
+    d = ours[0]
+    assert str(d.PatientName) == "Müller^Jörg" and d.SpecificCharacterSet == "ISO_IR 192"
+    assert d.Modality == "US" and d.SOPClassUID == "1.2.840.10008.5.1.4.1.1.6.1"
+    assert d.pixel_array.ndim == 2 and d.pixel_array.max() > 0  # the probe's frame, not an empty one
