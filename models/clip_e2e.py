@@ -35,7 +35,16 @@ from typing import Any
 import numpy as np
 
 from models.clip_data import FPS, Sequences, generate
-from models.clip_head import HELD_OUT_FROM, MOTION_UNIT, PAST_S, TOL, TRAIN_FROM, Windows, relative_motion
+from models.clip_head import (
+    HELD_OUT_FROM,
+    PAST_S,
+    TOL,
+    TRAIN_FROM,
+    Windows,
+    beta_nll,
+    window_lags,
+    window_motion,
+)
 from models.clip_head import report as clip_report
 from models.clip_head import sd_scale as fit_sd_scale
 from models.inputs import DEPTH_SCALE, FREQ_SCALE, IMAGE_MEAN, IMAGE_STD
@@ -43,7 +52,7 @@ from models.inputs import DEPTH_SCALE, FREQ_SCALE, IMAGE_MEAN, IMAGE_STD
 log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 300
-LAGS = tuple(round(s * FPS) for s in PAST_S)  # frames before the current one: 3, 6, 10
+LAGS = tuple(window_lags(PAST_S, FPS))  # frames before the current one: 3, 6, 10
 
 
 @dataclass
@@ -74,13 +83,7 @@ def clip_windows(seqs: Sequences, lags: tuple[int, ...] = LAGS) -> ClipWindows:
     n, t = seqs.images.shape[:2]
     grid_traj, grid_now = np.meshgrid(np.arange(n), np.arange(max(lags), t), indexing="ij")
     traj, now = grid_traj.ravel(), grid_now.ravel()
-    motion = np.zeros((len(traj), len(lags), 7), np.float32)
-    for w, (i, j) in enumerate(zip(traj, now, strict=True)):
-        for k, lag in enumerate(lags):
-            motion[w, k, :6] = (
-                relative_motion(seqs.position_mm[i], seqs.rotation[i], int(j - lag), int(j)) / MOTION_UNIT
-            )
-    motion[..., 6] = 1.0
+    motion = np.stack([window_motion(seqs, int(i), int(j), lags) for i, j in zip(traj, now, strict=True)])
     return ClipWindows(
         traj, now, motion, seqs.correction[traj, now].astype(np.float32),
         seqs.visible[traj, now].astype(np.float32), seqs.quality[traj, now].astype(np.float32),
@@ -186,8 +189,8 @@ class Batches:
 
 def train(net: Any, data: Batches, rows: np.ndarray, params: E2EParams, budget_s: float,
           max_steps: int | None = None) -> dict[str, Any]:  # fmt: skip
-    """Train for about ``budget_s`` seconds: the step count is set from the first steps' speed so the
-    learning-rate schedule runs to its end."""
+    """Train for about ``budget_s`` seconds: the step count is set from the speed of steps 20-120 so
+    the learning-rate schedule runs to its end."""
     torch = data.torch
     torch.manual_seed(params.seed)
     gen = torch.Generator(device=data.device).manual_seed(params.seed)
@@ -224,13 +227,9 @@ def train(net: Any, data: Batches, rows: np.ndarray, params: E2EParams, budget_s
         frames, motion, scalars = data.get(idx, gen, params)
         with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
             mean, log_sd, aux = net(frames, motion, scalars)
-        y = data.truth[idx]
-        var = torch.exp(2 * log_sd)
-        nll = 0.5 * ((y - mean) ** 2 / var + 2 * log_sd)
-        loss = (nll * var.detach() ** 0.5).mean()
-        loss = loss + params.aux_weight * torch.nn.functional.binary_cross_entropy_with_logits(
-            aux, data.aux[idx]
-        )
+        loss = beta_nll(
+            data.truth[idx], mean, log_sd
+        ) + params.aux_weight * torch.nn.functional.binary_cross_entropy_with_logits(aux, data.aux[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -93,6 +93,29 @@ def relative_motion(pos: np.ndarray, rot: np.ndarray, past: int, now: int) -> np
     return np.concatenate([t, r])
 
 
+def window_lags(past_s: Sequence[float], fps: float = FPS) -> list[int]:
+    """How many frames before the current one each earlier frame of a window is."""
+    return [int(np.rint(s * fps)) for s in past_s]
+
+
+def window_motion(seqs: Sequences, traj: int, now: int, lags: Sequence[int]) -> np.ndarray:
+    """(K-1, 7) the head's motion input: each earlier frame's pose in the current probe frame over
+    MOTION_UNIT, and a "tracked" flag."""
+    m = np.zeros((len(lags), 7), np.float32)
+    for j, lag in enumerate(lags):
+        m[j, :6] = relative_motion(seqs.position_mm[traj], seqs.rotation[traj], now - lag, now) / MOTION_UNIT
+        m[j, 6] = 1.0
+    return m
+
+
+def beta_nll(y: Any, mean: Any, log_sd: Any) -> Any:
+    """β-NLL (Seitzer et al. 2022, β = 0.5), torch tensors: plain NLL lets hard samples be explained
+    away by a large variance and stops learning their mean."""
+    var = (2 * log_sd).exp()
+    nll = 0.5 * ((y - mean) ** 2 / var + 2 * log_sd)
+    return (nll * var.detach() ** 0.5).mean()
+
+
 @dataclass
 class Windows:
     features: np.ndarray  # (M, K, D): current first, then each earlier frame
@@ -106,7 +129,7 @@ class Windows:
 
 def windows(seqs: Sequences, enc: dict[str, np.ndarray], fps: float = FPS,
             past_s: tuple[float, ...] = PAST_S) -> Windows:  # fmt: skip
-    lags = [int(np.rint(s * fps)) for s in past_s]
+    lags = window_lags(past_s, fps)
     n, t = seqs.images.shape[:2]
     feats, motion, truth, vis, cont, own, group = [], [], [], [], [], [], []
     f = enc[FEATURE_OUTPUT]
@@ -115,11 +138,7 @@ def windows(seqs: Sequences, enc: dict[str, np.ndarray], fps: float = FPS,
         for now in range(max(lags), t):
             idx = [now] + [now - lag for lag in lags]
             feats.append(f[i, idx])
-            m = np.zeros((len(lags), 7), np.float32)
-            for j, past in enumerate(idx[1:]):
-                m[j, :6] = relative_motion(seqs.position_mm[i], seqs.rotation[i], past, now) / MOTION_UNIT
-                m[j, 6] = 1.0
-            motion.append(m)
+            motion.append(window_motion(seqs, i, now, lags))
             truth.append(seqs.correction[i, now])
             vis.append(seqs.visible[i, now])
             cont.append(seqs.contact[i, now])
@@ -206,12 +225,7 @@ def train_head(w: Windows, params: HeadParams, net: Any = None) -> Any:
             idx = order[b : b + params.batch]
             f, m = drop_motion(w.features[idx], w.motion[idx], rng, params.untracked_p, params.repeat_p)
             mean, log_sd = net(torch.from_numpy(f), torch.from_numpy(m))
-            y = torch.from_numpy(y_all[idx])
-            # β-NLL (Seitzer et al. 2022, β = 0.5): plain NLL lets hard samples be explained away by a
-            # large variance and stops learning their mean.
-            var = torch.exp(2 * log_sd)
-            nll = 0.5 * ((y - mean) ** 2 / var + 2 * log_sd)
-            loss = (nll * var.detach() ** 0.5).mean()
+            loss = beta_nll(torch.from_numpy(y_all[idx]), mean, log_sd)
             opt.zero_grad()
             loss.backward()
             opt.step()
