@@ -75,10 +75,12 @@ def test_sim_camera_recording_plays_back_through_rs_pipeline(tmp_path: Path) -> 
         playback.set_real_time(False)
         playback.seek(datetime.timedelta(0))
         playback.resume()
-        # Real-time playback follows the recorder's own clock: it must span at least the frames'
-        # timestamps (14 periods), or the recording plays faster than its frames say it was taken
-        # (less 2 ms: the recorder stamps a frame when it handles it, tens of µs after the hand-over).
-        assert playback.get_duration().total_seconds() >= 14 / 30 - 0.002, playback.get_duration()
+        # Real-time playback follows the recorder's own clock: it must span the frames' timestamps
+        # (14 periods), or the recording plays faster than its frames say it was taken. The recorder
+        # stamps a frame on its own thread when it gets to it, so on a loaded machine one stamp can
+        # lag its hand-over by milliseconds (0.462 s against 0.465 s was seen in CI): allow up to one
+        # frame period short, which unpaced hand-over (rendering alone, 18 ms a frame here) would still fail.
+        assert playback.get_duration().total_seconds() >= 13 / 30, playback.get_duration()
         assert abs(profile.get_device().first_depth_sensor().get_depth_scale() - 0.001) < 1e-9
         depth_frames, colour = [], {}
         # A generous wait (a loaded CI machine can stall playback start for seconds), but no wait at
