@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--episodes", type=int, default=24, help="episodes per arm (default 24)")
+    p.add_argument("--episodes", type=int, default=60, help="episodes per arm (default 60)")
     p.add_argument("--seed-base", type=int, default=200000, help="first phantom seed (>= 200000)")
     p.add_argument("--novice-noise", type=float, default=0.3, help="novice imprecision 0..1 (default 0.3)")
     p.add_argument(
