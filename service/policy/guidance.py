@@ -130,6 +130,11 @@ class GuidanceParams:
     tolerance_deg: float = 4.0
     switch_s: float = 0.3  # a new instruction must persist this long before it is shown
     stickiness: float = 1.3  # the shown axis wins ties by this factor (hysteresis on the choice)
+    # Hysteresis on "hold still" itself: once shown, it stays while the quality is within
+    # ``hold_quality_margin`` below good_quality and no correction exceeds its tolerance by more than
+    # ``hold_motion_margin`` (a share of it), so tremor at a threshold does not flip the words.
+    hold_quality_margin: float = 0.05
+    hold_motion_margin: float = 0.2
     # Axes whose sign the model cannot tell from one image (service.policy.search.unreliable_axes): their
     # components are not followed; a search on the view's score over time moves along them instead.
     unreliable_axes: frozenset[str] = frozenset()
@@ -177,6 +182,11 @@ def _patient_direction(
     return ("left" if x > 0 else "right"), math.hypot(x, y)
 
 
+def good_threshold(params: GuidanceParams, current: str | None) -> float:
+    """The quality that counts as a good view now: a little lower while "hold still" is shown."""
+    return params.good_quality - (params.hold_quality_margin if current == "hold_still" else 0.0)
+
+
 def choose_instruction(
     correction: Correction,
     quality: float,
@@ -198,7 +208,8 @@ def choose_instruction(
         return make("more_gel", c=1.0 - contact)
     if contact < params.contact_min:
         return make("press", c=1.0 - contact)
-    if quality >= params.good_quality:
+    holding = current == "hold_still"
+    if quality >= good_threshold(params, current):
         return make("hold_still", c=quality)
     if not correction.known:
         return make("scan", c=0.0)
@@ -221,7 +232,7 @@ def choose_instruction(
         candidates[current] = (score * params.stickiness, mag, unit)
     best = max(candidates, key=lambda k: candidates[k][0])
     score, mag, unit = candidates[best]
-    if score < 1.0:
+    if score < (1.0 + params.hold_motion_margin if holding else 1.0):
         return make("hold_still", c=conf)  # the pose is as good as the model can tell
     return make(best, mag, unit, conf)
 
@@ -351,7 +362,9 @@ class GuidanceEngine:
                 within_tolerance(belief.translation_mm, belief.rotation_deg, p.tolerance_mm, p.tolerance_deg)
                 and quality >= good
             )
-            judged = max(quality, p.good_quality) if agree else min(quality, p.good_quality - 1e-6)
+            # Not agreeing must leave "hold still" even within its quality hysteresis.
+            below = p.good_quality - p.hold_quality_margin - 1e-6
+            judged = max(quality, p.good_quality) if agree else min(quality, below)
             fused = self.filter.update(belief, now)
             current = self.stabilizer.shown.id if self.stabilizer.shown else None
             words_contact = max(contact, p.contact_min) if shadowed else contact
@@ -366,7 +379,7 @@ class GuidanceEngine:
         current = self.stabilizer.shown.id if self.stabilizer.shown else None
         raw = choose_instruction(fused, quality, contact, p, patient_from_probe, current)
         axes = search_axes(unreliable, seen, p.search_visible) if camera is None else []
-        if raw.id == "hold_still" and quality < p.good_quality and axes:
+        if raw.id == "hold_still" and quality < good_threshold(p, current) and axes:
             # The followed axes are done (or unknown) but the view is not good: search the others.
             move = self.search.update(seen + quality, now, axes)
             if move is not None:

@@ -144,6 +144,18 @@ def test_with_a_belief_hold_still_and_the_capture_need_both_to_agree() -> None:
     assert {i.id for i, _ in out} == {"hold_still"} and not any(c for _, c in out)
 
 
+def test_with_a_belief_hold_still_keeps_its_hysteresis_but_a_belief_elsewhere_ends_it() -> None:
+    engine = GuidanceEngine()
+    assert _frames(engine, corr(t=(1.0, 0.0, 0.0)), 0.85)[-1][0].id == "good_view"
+    # The belief drifts just past the tolerance (4.5 mm, within 1.2 of it) and the image dips a little
+    # (0.77, within 0.05 of good): still "hold still", not a flip to a move and back.
+    later = [engine.update(corr(), 0.77, 1.0, 2.0 + i / 30, belief=corr(t=(4.5, 0, 0)))[0] for i in range(30)]
+    assert {i.id for i in later} <= {"hold_still", "good_view"}
+    # The belief moves away (20 mm): the image's good score must not keep the novice there.
+    away = [engine.update(corr(), 0.77, 1.0, 3.0 + i / 30, belief=corr(t=(20.0, 0, 0)))[0] for i in range(30)]
+    assert away[-1].id == "slide_head"
+
+
 def test_with_a_belief_the_models_own_score_at_the_view_counts_as_good() -> None:
     there = corr(t=(1.0, 0.0, 0.0))
     out = _frames(GuidanceEngine(), there, 0.65, belief_good_quality=0.6)  # the model peaks at 0.6

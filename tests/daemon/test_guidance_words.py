@@ -244,3 +244,21 @@ def test_words_to_motion_under_any_tilted_orientation_keep_the_length_on_the_ski
         m = instruction_to_motion(i).translation_mm
         assert np.hypot(m[0], m[1]) == pytest.approx(i.magnitude) and m[2] == 0.0, (t, i)
         assert np.dot(m[:2], t[:2]) > 0  # roughly back along the asked slide
+
+
+def test_hold_still_has_hysteresis_on_quality_and_on_the_correction() -> None:
+    # Entering: quality at good_quality (0.8) or the correction within tolerance (4 mm / 4°).
+    assert choose_instruction(corr(t=(20, 0, 0)), 0.79, 1.0, P, current="slide_head").id == "slide_head"
+    assert choose_instruction(corr(t=(4.5, 0, 0)), 0.3, 1.0, P, current="rotate_cw").id == "slide_head"
+    # Once shown it stays down to 0.75 and up to 1.2 tolerances (4.8 mm, 4.8°): tremor at a threshold
+    # must not flip the words ...
+    held = "hold_still"
+    assert choose_instruction(corr(t=(20, 0, 0)), 0.76, 1.0, P, current=held).id == held
+    assert choose_instruction(corr(t=(4.7, 0, 0)), 0.3, 1.0, P, current=held).id == held
+    assert choose_instruction(corr(r=(0, 0, -4.7)), 0.3, 1.0, P, current=held).id == held
+    # ... and goes beyond them.
+    assert choose_instruction(corr(t=(20, 0, 0)), 0.74, 1.0, P, current=held).id == "slide_head"
+    assert choose_instruction(corr(t=(4.9, 0, 0)), 0.3, 1.0, P, current=held).id == "slide_head"
+    assert choose_instruction(corr(r=(0, 0, -4.9)), 0.3, 1.0, P, current=held).id == "rotate_cw"
+    # Contact problems are never held off.
+    assert choose_instruction(corr(), 0.9, 0.1, P, current=held).id == "more_gel"

@@ -49,6 +49,18 @@ def test_censored_quantiles_count_failures_as_never() -> None:
     ]
 
 
+def test_flicker_leaves_out_only_the_words_catching_up_with_the_arrival() -> None:
+    arrive = ["slide_head", "slide_head", "hold_still", "good_view", "hold_still"]
+    assert metrics.count_changes(arrive) == 1 and metrics.flicker_changes(arrive, 6) == 0
+    # Too late to be the arrival's lag (after 6 frames), or not to "hold still": it counts.
+    assert metrics.flicker_changes(["slide_head"] * 8 + ["hold_still"], 6) == 1
+    assert metrics.flicker_changes(["slide_head", "rotate_cw", "hold_still"], 6) == 2
+    # Only the first change can be the arrival; changes after it count.
+    assert metrics.flicker_changes(["slide_head", "hold_still", "slide_head", "hold_still"], 6) == 2
+    assert metrics.flicker_changes(["hold_still", "slide_head", "hold_still"], 6) == 2
+    assert metrics.flicker_changes([], 6) == 0
+
+
 def test_flicker_counts_changes_and_good_view_is_hold_still() -> None:
     assert metrics.count_changes(["hold_still", "good_view", "good_view", "hold_still"]) == 0
     assert metrics.count_changes(["slide_head", "slide_head", "rotate_cw", "slide_head", "hold_still"]) == 3

@@ -39,11 +39,12 @@ from service.tools.evaluate.metrics import (
     ARMS,
     GAIN_FRAMES,
     LIMIT_S,
+    SETTLE_S,
     EpisodeResult,
     at_plane,
-    count_changes,
     depth_ok,
     first_converged,
+    flicker_changes,
     gain_ok,
 )
 from service.tools.evaluate.rendered_tracker import RenderedTracker
@@ -286,7 +287,7 @@ def run_episode(
         start_depth_mm=float(spec.start_settings.depth_mm),
         depth_ok_at_end=depth_ok(standard.target_fill),
         gain_converged_frame=first_converged(gain_curve[: GAIN_FRAMES + 1]),
-        hold_changes=count_changes(hold_ids),
+        hold_changes=flicker_changes(hold_ids, round(SETTLE_S * fps)),
         hold_s=held,
         auto_changes=auto_changes,
         lifts=novice.lifts,

@@ -13,7 +13,9 @@ Definitions (docs/evaluation.md):
 - **gain converged**: the gain within ``GAIN_OK_DB`` of the best within ``GAIN_FRAMES`` (10) frames
   of the episode's start;
 - **flicker**: changes of the shown instruction per second while the novice holds still (a hold
-  window after each episode); ``good_view`` counts as ``hold_still`` (it only adds "captured");
+  window after each episode); ``good_view`` counts as ``hold_still`` (it only adds "captured"); the
+  words catching up with the arrival (a first change to "hold still" within ``SETTLE_S`` of the
+  window's start) is not flicker (``flicker_changes``);
 - **capture rate**: the share of episodes with an automatic capture taken with the probe at the
   plane (on the way, in the hold window, or in the follow-on after it in which the novice follows
   the words again: ``episode.CAPTURE_S``); **off-view captures**: automatic captures taken anywhere
@@ -39,6 +41,9 @@ LIMIT_S = 60.0
 GAIN_FRAMES = 10
 ARMS = ("guided", "camera", "unguided", "oracle")
 SAME_INSTRUCTION = {"good_view": "hold_still"}
+# How long the words may take to say "hold still" once the probe arrived: the filter (0.2 s) and the
+# hysteresis (0.3 s), with a frame to spare at 10 Hz.
+SETTLE_S = 0.6
 
 
 def at_plane(distance_mm: float, angle_deg: float) -> bool:
@@ -51,6 +56,17 @@ def gain_ok(gain_error_db: float) -> bool:
 
 def depth_ok(target_fill: float) -> bool:
     return FILL_RANGE[0] <= target_fill <= FILL_RANGE[1]
+
+
+def flicker_changes(instructions: Sequence[str], settle_frames: int) -> int:
+    """Changes of the shown words in a hold window (:func:`count_changes`), less the words catching up
+    with the arrival: a first change, within ``settle_frames`` of the window's start, from the move
+    that brought the probe there to "hold still" is the guidance doing its job (it lags the probe by
+    its filter and hysteresis), not flicker. Every other change counts."""
+    ids = [SAME_INSTRUCTION.get(i, i) for i in instructions]
+    first = next((k for k in range(1, len(ids)) if ids[k] != ids[k - 1]), None)
+    arrival = first is not None and first <= settle_frames and ids[first] == "hold_still"
+    return count_changes(ids) - int(arrival)
 
 
 def count_changes(instructions: Iterable[str]) -> int:
