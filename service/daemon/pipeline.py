@@ -47,7 +47,6 @@ from service.policy.camera_guidance import (
     BeliefStep,
     FrameOutput,
     PendingFrames,
-    RecentOrientation,
     newest_pose,
 )
 from service.policy.clip_window import FrameHistory, KeptFrame
@@ -87,7 +86,6 @@ class Pipeline:
         self.limits = limits or limits_from_info(getattr(link, "info", None))
         self.auto_gain = AutoGain(self.limits)
         self.contact_guard = ContactGainGuard(self.limits)
-        self.orientation = RecentOrientation()  # names directions through short tracking gaps
         self.skin = SkinMemory()  # with a camera: was the probe lifted since the model last saw skin?
         self.shadowed = False  # ... no contact, yet not lifted: the belief guides out of the shadow
         self.auto_depth = AutoDepth(self.limits)
@@ -233,8 +231,6 @@ class Pipeline:
         assert out is not None
         taken_at = work.frame.host_time
         pose = newest_pose(self.camera.pose_at, taken_at) if self.camera is not None else None
-        if pose is not None and pose.patient_from_probe is not None:
-            self.orientation.note(taken_at, pose.patient_from_probe)
         with self._model_lock:
             model = self.model
         out = work.output = self._clip(model, out, taken_at, pose)
@@ -245,9 +241,7 @@ class Pipeline:
             out.contact,
             now,
             camera=pose.correction if pose else None,
-            # Without a pose now, the image's words are named by the last tracked orientation (basis
-            # "camera") for a moment rather than by the default hold.
-            patient_from_probe=pose.patient_from_probe if pose else self.orientation.at(taken_at),
+            patient_from_probe=pose.patient_from_probe if pose else None,
             visible=out.target_visible,
             belief=belief,
             belief_good_quality=self.belief.agreeing_quality() if self.belief is not None else None,
@@ -347,7 +341,6 @@ class Pipeline:
         """Restart the target belief: a new exam preset (its prior), or None to keep the preset (a new
         camera calibration puts the tracked poses in another frame)."""
         self.skin.forget()
-        self.orientation.forget()
         if self.belief is None:
             return
         self.belief.reset(preset)

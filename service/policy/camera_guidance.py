@@ -306,31 +306,6 @@ class PendingFrames:
         return reason
 
 
-# How long the last tracked orientation still names head/feet/left/right for the image's words
-# while the camera has no pose (a hidden marker: median 0.2 s, at most ~1.5 s on the simulated chain):
-# a novice turns a probe far less in that time than the default hold can be off (cardiac: 50-80°).
-ORIENTATION_HOLD_S = 2.0
-
-
-class RecentOrientation:
-    """The probe's last tracked orientation (patient from probe), for up to ``hold_s`` after it."""
-
-    def __init__(self, hold_s: float = ORIENTATION_HOLD_S) -> None:
-        self.hold_s = hold_s
-        self._last: tuple[float, np.ndarray] | None = None
-
-    def note(self, t: float, rotation: np.ndarray) -> None:
-        self._last = (t, np.array(rotation, float))
-
-    def forget(self) -> None:
-        self._last = None
-
-    def at(self, t: float) -> np.ndarray | None:
-        if self._last is None or not 0.0 <= t - self._last[0] <= self.hold_s:
-            return None
-        return self._last[1]
-
-
 def newest_pose(pose_at: Callable[[float], Any], t: float, lags: tuple[float, ...] = ANSWER_LAG_S) -> Any:
     """The tracked pose at ``t`` or, while the camera's poses lag, the newest one up to the last lag back."""
     for lag in lags:

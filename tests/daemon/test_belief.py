@@ -32,13 +32,7 @@ from service.policy.belief import (
     pose_jump,
     rotvecs_to_matrices,
 )
-from service.policy.camera_guidance import (
-    BeliefGuide,
-    FrameOutput,
-    PendingFrames,
-    RecentOrientation,
-    newest_pose,
-)
+from service.policy.camera_guidance import BeliefGuide, FrameOutput, PendingFrames, newest_pose
 from sim.types import Pose
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -805,18 +799,3 @@ def test_a_flipped_reading_and_a_wild_view_score_have_their_own_terms() -> None:
     wild = Observation(np.zeros(6), 0.5, 100.0)  # visibility 0.5 is the field's peak: 0σ off
     floor = observation_loglik(np.zeros((1, 6)), wild, _one_band(), 0.05, "p")[0]
     assert floor == pytest.approx(7 * np.log(0.95 + 0.005) + np.log(0.005))
-
-
-def test_the_last_tracked_orientation_names_directions_for_two_seconds_then_not() -> None:
-    recent = RecentOrientation(hold_s=2.0)
-    assert recent.at(1.0) is None  # never tracked
-    turned = rotvecs_to_matrices(np.array([[0.0, 0.0, 60.0]]))[0]
-    recent.note(1.0, turned)
-    got = recent.at(3.0)
-    assert got is not None and np.allclose(got, turned)
-    assert recent.at(3.01) is None  # too old: the probe may have been turned since
-    assert recent.at(0.5) is None  # not from the future
-    recent.note(3.0, np.eye(3))
-    assert np.allclose(recent.at(4.0), np.eye(3))  # type: ignore[arg-type]
-    recent.forget()  # a new calibration or preset
-    assert recent.at(4.0) is None
