@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import serial
@@ -15,7 +17,7 @@ import serial
 from firmware_bridge.devicelog import device_logger
 from firmware_bridge.ptyport import PtyPair
 from service.daemon.logsetup import setup_logging
-from service.tools.local_broker import LocalBroker
+from service.tools.local_broker import LocalBroker, free_port
 
 
 def _connected_client(broker: LocalBroker, client_id: str) -> mqtt.Client:
@@ -59,6 +61,19 @@ def test_broker_restart_keeps_port_and_logs(start_broker) -> None:
     b.start()
     assert b.running and b.port == port
     assert "mosquitto version" in b.log_text()
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_kernels_ephemeral_range() -> None:
+    """An outgoing connection's source port comes from the ephemeral range and could take a port
+    handed to a broker before the broker binds it; ports below that range cannot be taken so."""
+    low, _ = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = [free_port() for _ in range(40)]
+    assert len(set(ports)) == len(ports)
+    if low > 20000:
+        assert all(20000 <= p < low for p in ports), ports
+    for port in ports[:5]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", port))
 
 
 def test_bytes_round_trip_through_pty_with_pyserial(pty_pair: PtyPair) -> None:
