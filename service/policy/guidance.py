@@ -363,7 +363,7 @@ class GuidanceEngine:
                 and quality >= good
             )
             # Not agreeing must leave "hold still" even within its quality hysteresis.
-            below = p.good_quality - p.hold_quality_margin - 1e-6
+            below = good_threshold(p, "hold_still") - 1e-6
             judged = max(quality, p.good_quality) if agree else min(quality, below)
             fused = self.filter.update(belief, now)
             current = self.stabilizer.shown.id if self.stabilizer.shown else None
