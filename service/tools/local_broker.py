@@ -51,13 +51,13 @@ def find_mosquitto() -> str:
 _handed_out: set[int] = set()
 
 
-def _ephemeral_range() -> tuple[int, int]:
-    """The kernel's range for outgoing connections' source ports (Linux; the IANA range elsewhere)."""
+def _ephemeral_low() -> int:
+    """The lowest source port the kernel gives outgoing connections (Linux; IANA's 49152 elsewhere)."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
+        low, _ = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low)
     except (OSError, ValueError):
-        return 49152, 65535
+        return 49152
 
 
 def _bindable(port: int) -> bool:
@@ -75,7 +75,7 @@ def free_port() -> int:
     Chosen below the kernel's ephemeral range when there is room: a port from that range (what
     binding port 0 gives) can be taken as the source port of any outgoing connection before the
     broker binds it ("Address already in use", seen in CI); ports below it never are."""
-    low, _ = _ephemeral_range()
+    low = _ephemeral_low()
     rng = random.SystemRandom()
     if low > 20000:
         for _ in range(50):
