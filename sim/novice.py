@@ -179,9 +179,9 @@ class UnguidedNovice:
             self._origin = pose.position_mm.copy()
         seen = 0.0
         if phantom is not None:
-            from sim.truth import ground_truth  # local: truth renders, keep the import cheap
+            from sim.truth import view_score  # local: truth renders, keep the import cheap
 
-            gt = ground_truth(phantom, pose, phantom.preset.default)
+            gt = view_score(phantom, pose, phantom.preset.default)
             seen = gt.target_visible
             if self._best is None or gt.quality > self._best[0]:
                 self._best = (gt.quality, pose)

@@ -136,12 +136,23 @@ def _best_depth(phantom: Phantom, deepest_mm: float) -> float:
     return steps[-1]
 
 
-def ground_truth(phantom: Phantom, pose: Pose, settings: ImagingSettings) -> GroundTruth:
+@dataclass(frozen=True)
+class ViewScore:
+    """What a view shows of the target, without the gain (cheaper than :func:`ground_truth`)."""
+
+    target_visible: float
+    quality: float
+    contact: bool
+
+
+def _section_in_view(
+    phantom: Phantom, pose: Pose, settings: ImagingSettings
+) -> tuple[bool, float, np.ndarray, np.ndarray]:
+    """(contact, target_visible, the target's cross-section x and z in the probe frame)."""
     sc = _truth_scanner(phantom)
     grid = sc.grid(settings)
     contact_beams = sc.beam_contact(pose, grid)
     contact = bool(np.mean(contact_beams) >= 0.5)
-
     semi = phantom.target.semi_mm
     standard_area = float(np.pi * semi[0] * semi[2])
     x, z, cell = _cross_section(phantom, pose)
@@ -157,21 +168,43 @@ def ground_truth(phantom: Phantom, pose: Pose, settings: ImagingSettings) -> Gro
         b = np.clip(np.rint(beam), 0, grid.n_beams - 1).astype(int)
         in_fan &= contact_beams[b]
         visible = min(1.0, float(np.count_nonzero(in_fan)) * cell / standard_area)
+    return contact, visible, x, z
+
+
+def _quality(phantom: Phantom, pose: Pose, visible: float, contact: bool) -> tuple[float, float, float]:
+    """(quality, distance, angle) of a view showing ``visible`` of the target."""
+    distance, angle = pose_error(pose, phantom.target_pose)
+    sigma_d = float(np.clip(0.2 * phantom.target.semi_mm[0], 4.0, 10.0))
+    pose_term = np.exp(-0.5 * (distance / sigma_d) ** 2) * np.exp(-0.5 * (angle / ANGLE_SIGMA_DEG) ** 2)
+    return (float(visible * pose_term) if contact else 0.0), distance, angle
+
+
+def _standard_best_depth(phantom: Phantom) -> float:
+    """The best depth of the standard view (fixed per phantom, so computed once)."""
+    depth = getattr(phantom, "_standard_best_depth", None)
+    if depth is None:
+        xt, zt, _ = _cross_section(phantom, phantom.target_pose)
+        depth = _best_depth(phantom, _deepest_in_fan(phantom, xt, zt) if len(xt) else 0.0)
+        phantom._standard_best_depth = depth  # type: ignore[attr-defined]
+    return depth
+
+
+def view_score(phantom: Phantom, pose: Pose, settings: ImagingSettings) -> ViewScore:
+    """The target's visibility and the view's quality (as in :func:`ground_truth`), without the gain."""
+    contact, visible, _, _ = _section_in_view(phantom, pose, settings)
+    return ViewScore(visible, _quality(phantom, pose, visible, contact)[0], contact)
+
+
+def ground_truth(phantom: Phantom, pose: Pose, settings: ImagingSettings) -> GroundTruth:
+    contact, visible, x, z = _section_in_view(phantom, pose, settings)
     deepest_here = _deepest_in_fan(phantom, x, z) if len(x) else 0.0
     fill = deepest_here / settings.depth_mm
-    if visible >= 0.05:
-        best_depth = _best_depth(phantom, deepest_here)
-    else:
-        xt, zt, _ = _cross_section(phantom, phantom.target_pose)
-        best_depth = _best_depth(phantom, _deepest_in_fan(phantom, xt, zt) if len(xt) else 0.0)
+    best_depth = _best_depth(phantom, deepest_here) if visible >= 0.05 else _standard_best_depth(phantom)
 
     gain = best_gain_db(phantom, pose, settings) if contact else None
     best_gain = float(settings.gain_db) if gain is None else gain
 
-    distance, angle = pose_error(pose, phantom.target_pose)
-    sigma_d = float(np.clip(0.2 * semi[0], 4.0, 10.0))
-    pose_term = np.exp(-0.5 * (distance / sigma_d) ** 2) * np.exp(-0.5 * (angle / ANGLE_SIGMA_DEG) ** 2)
-    quality = float(visible * pose_term) if contact else 0.0
+    quality, distance, angle = _quality(phantom, pose, visible, contact)
     corr_mm, corr_deg = pose.motion_to(phantom.target_pose)
     return GroundTruth(
         gain_error_db=float(settings.gain_db) - best_gain,

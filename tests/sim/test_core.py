@@ -8,7 +8,7 @@ import pytest
 from sim.phantom import make_phantom
 from sim.presets import PRESETS
 from sim.scanner import Scanner
-from sim.truth import ground_truth, pose_error
+from sim.truth import ground_truth, pose_error, view_score
 from sim.types import ImagingSettings, Pose, matrix_to_rotvec, rotvec_to_matrix
 
 
@@ -111,6 +111,26 @@ def test_ground_truth_at_and_away_from_the_standard_view(preset: str) -> None:
     # Brighter gain → positive error of the same size.
     brighter = ground_truth(ph, ph.target_pose, p.default.replace(gain_db=p.default.gain_db + 6))
     assert brighter.gain_error_db == pytest.approx(at.gain_error_db + 6, abs=1e-6)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_view_score_is_ground_truths_visibility_and_quality_without_the_gain(preset: str) -> None:
+    ph = make_phantom(preset, 8)
+    p = PRESETS[preset]
+    poses = [
+        ph.target_pose,  # at the view
+        ph.target_pose.apply_motion([3, 2, 0], [2, -3, 5]),  # near it
+        ph.target_pose.apply_motion([25, -30, 0], [10, 5, 40]),  # target out of the plane
+        ph.target_pose.apply_motion([0, 0, -15], [0, 0, 0]),  # lifted off the skin
+    ]
+    for pose in poses:
+        gt, vs = ground_truth(ph, pose, p.default), view_score(ph, pose, p.default)
+        assert (vs.target_visible, vs.quality, vs.contact) == (gt.target_visible, gt.quality, gt.contact)
+    assert view_score(ph, poses[0], p.default).quality > 0.9
+    assert view_score(ph, poses[2], p.default).target_visible < 0.05
+    # Far from the target the best depth is the standard view's, the same on every call (it is kept).
+    far = [ground_truth(ph, pose, p.default).best_depth_mm for pose in (poses[2], poses[2], poses[3])]
+    assert far == [ground_truth(ph, ph.target_pose, p.default).best_depth_mm] * 3
 
 
 def test_too_shallow_depth_cuts_the_target_off() -> None:
