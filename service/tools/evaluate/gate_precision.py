@@ -10,6 +10,9 @@ frames it passes (recall). A gate worth shipping needs a high share at the plane
 model none reaches it (docs/evaluation.md), which is why the automatic capture waits for a sharper
 view score (issue 17).
 
+A second table scores the signs of the frame's own correction and of the belief's per axis, by band
+of the true correction: near the view (4-15 mm or degrees) is where the last approach is decided.
+
 The truth is read here, by the diagnostic, after each frame: nothing in the pipeline sees it.
 
 Run: ``python -m service.tools.evaluate.gate_precision [--seed-base 300000] [--episodes 24]``.
@@ -18,6 +21,7 @@ Run: ``python -m service.tools.evaluate.gate_precision [--seed-base 300000] [--e
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +48,7 @@ class GateFrame:
     agreeing_quality: float  # the quality the image must reach to agree, as the guidance takes it
     model: np.ndarray  # (6,) the frame's own correction (the clip head's when there is one)
     model_sd: np.ndarray | None  # (6,) its spread, when the model gives one
+    truth: np.ndarray | None = None  # (6,) truth: the probe-frame motion to the standard view
 
 
 def within(c: np.ndarray, tol_mm: float, tol_deg: float) -> np.ndarray:
@@ -97,6 +102,39 @@ def gate_table(frames: Sequence[GateFrame]) -> list[dict[str, Any]]:
     return rows
 
 
+# Bands of the true correction per axis (mm or deg): near the view (just outside the 4 mm / 4°
+# tolerance) is where the last approach is decided.
+SIGN_BANDS = ((4.0, 8.0), (8.0, 15.0), (15.0, 30.0), (30.0, math.inf))
+AXES = ("dx", "dy", "dz", "rx", "ry", "rz")
+
+
+def sign_by_band(frames: Sequence[GateFrame], min_frames: int = 50) -> list[dict[str, Any]]:
+    """Per band of the true correction and axis: how often the frame's own correction and the belief's
+    point the right way (shares; None with fewer than ``min_frames`` frames in the cell)."""
+    with_truth = [f for f in frames if f.truth is not None]
+    truth = np.array([f.truth for f in with_truth]).reshape(-1, 6)
+    own = np.array([f.model for f in with_truth]).reshape(-1, 6)
+    belief = np.array([f.estimate for f in with_truth]).reshape(-1, 6)
+    rows = []
+    for lo, hi in SIGN_BANDS:
+        row: dict[str, Any] = {"band": (lo, hi)}
+        for i, axis in enumerate(AXES):
+            cell = (np.abs(truth[:, i]) >= lo) & (np.abs(truth[:, i]) < hi)
+            n = int(cell.sum())
+            right = np.sign(truth[cell, i])
+            row[axis] = (
+                None
+                if n < min_frames
+                else (
+                    float(np.mean(np.sign(own[cell, i]) == right)),
+                    float(np.mean(np.sign(belief[cell, i]) == right)),
+                    n,
+                )
+            )
+        rows.append(row)
+    return rows
+
+
 def probing_at_plane(frames: Sequence[GateFrame]) -> tuple[int, int]:
     """(at-plane frames showing a probing move instead of the belief's correction, at-plane frames)."""
     at = [f for f in frames if at_plane(f.distance_mm, f.angle_deg)]
@@ -122,6 +160,7 @@ def recorder(frames: list[GateFrame], target: Any) -> Callable[[Any, Any], None]
                 np.array(step.correction, float), float(out.quality), float(agree),
                 np.array([*out.correction_mm, *out.correction_deg], float),
                 None if out.correction_sd is None else np.array(out.correction_sd, float),
+                np.concatenate(pose.motion_to(target)).astype(float),
             )
         )  # fmt: skip
 
@@ -169,6 +208,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{row['gate']:42s} {row['frames']:7d} {row['at_plane']:9.2f} {row['far']:6.2f} {row['recall']:7.2f}"
         )
+    print(
+        "\nsign right, the frame's own correction / the belief's (frames), by the true correction per axis:"
+    )
+    for row in sign_by_band(frames):
+        lo, hi = row["band"]
+        cells = [
+            f"{a} -" if row[a] is None else f"{a} {row[a][0]:.2f}/{row[a][1]:.2f} ({row[a][2]})" for a in AXES
+        ]
+        print(f"  {lo:g}-{hi:g}: " + "  ".join(cells))
     return 0
 
 
