@@ -220,7 +220,7 @@ def run_episode(
         t = clock.now()
         if tracker is not None:
             tracker.observe(pose, t)
-        # The oracle reads the truth, never the pixels: its frames are not rendered (a third of its cost).
+        # The oracle reads the truth, never the pixels: its frames are not rendered (over half its cost).
         image = blank if oracle is not None else sc.render(pose, settings, frame)
         message, _ = pipeline.step(SimFrame(frame, round(t * 1e6), t, image, probe.params()))
         if on_frame is not None:

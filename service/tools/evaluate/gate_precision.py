@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from service.policy.belief import AXES
 from service.policy.guidance import GuidanceParams, within_tolerance
 from service.tools.evaluate.metrics import at_plane
 
@@ -105,7 +106,6 @@ def gate_table(frames: Sequence[GateFrame]) -> list[dict[str, Any]]:
 # Bands of the true correction per axis (mm or deg): near the view (just outside the 4 mm / 4°
 # tolerance) is where the last approach is decided.
 SIGN_BANDS = ((4.0, 8.0), (8.0, 15.0), (15.0, 30.0), (30.0, math.inf))
-AXES = ("dx", "dy", "dz", "rx", "ry", "rz")
 
 
 def sign_by_band(frames: Sequence[GateFrame], min_frames: int = 50) -> list[dict[str, Any]]:
